@@ -1,0 +1,125 @@
+"""The :class:`Gateway`: one node's bus, configuration, connections and counters.
+
+Transports and resources hold a reference to it; it holds no sockets of its own
+(:class:`~gateway.service.GatewayService` does the listening).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from gateway.broker import broker_from_config
+from gateway.bus import Bus
+from gateway.config import Config, ConfigError
+from gateway.core.model import Publication
+from gateway.errors import Unavailable
+from gateway.interfaces import IBroker
+from gateway.metrics import Stats
+
+__all__ = ["Gateway"]
+
+
+class Gateway:
+    """A gateway node: what every transport shares.
+
+    Args:
+        config: the node's configuration.
+        reactor: the reactor (defaults to the global one, imported late).
+        broker: a broker to use instead of the one ``config`` selects.
+    """
+
+    _log = Logger()
+
+    def __init__(self, config: Config | None = None, reactor: Any = None, broker: IBroker | None = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        self.config = config = config or Config()
+        if config.jwt_secret or config.jwt_public_key or config.api_key:
+            raise ConfigError("authentication (--jwt-secret, --jwt-public-key, --api-key) is not implemented yet")
+        self.reactor = reactor
+        self.bus = Bus(broker or broker_from_config(config, reactor), reactor)
+        self.bus.publish_hooks.append(self._count_publication)
+        self.stats = Stats()
+        self.draining = False
+        self._connections: dict[str, set[Any]] = {"websocket": set(), "sse": set(), "poll": set()}
+        self._drained: list[defer.Deferred[None]] = []
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def start(self) -> defer.Deferred[None]:
+        """Start the bus (and its broker)."""
+        return self.bus.start()
+
+    def stop(self) -> defer.Deferred[None]:
+        """Stop the bus; call after :meth:`drain`."""
+        return self.bus.stop()
+
+    def drain(self, timeout: float | None = None) -> defer.Deferred[None]:
+        """Refuse new clients and tell every connected one to go (WebSocket 1001,
+        SSE streams ended, held polls answered); fires when all are gone or after
+        ``timeout`` seconds (default ``config.drain_timeout``)."""
+        self.draining = True
+        for transport in ("websocket", "sse", "poll"):
+            for conn in list(self._connections[transport]):
+                try:
+                    conn.going_away()
+                except Exception:
+                    self._log.failure("closing a {transport} connection during drain failed", transport=transport)
+        if not self.connection_count():
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._drained.append(d)
+        wait = self.config.drain_timeout if timeout is None else timeout
+        timer = self.reactor.callLater(wait, self._drain_timed_out, d)
+        d.addBoth(lambda r: (timer.cancel() if timer.active() else None, r)[1])
+        return d
+
+    def _drain_timed_out(self, d: defer.Deferred[None]) -> None:
+        if d in self._drained:
+            self._drained.remove(d)
+            self._log.warn("drain timeout: {count} connection(s) still open", count=self.connection_count())
+            d.callback(None)
+
+    # -- connections -------------------------------------------------------
+
+    def connection_opened(self, transport: str, conn: Any) -> None:
+        self._connections[transport].add(conn)
+        self.stats.connections[transport] += 1
+
+    def connection_closed(self, transport: str, conn: Any) -> None:
+        if conn in self._connections[transport]:
+            self._connections[transport].discard(conn)
+            self.stats.connections[transport] -= 1
+        if self._drained and not self.connection_count():
+            waiting, self._drained = self._drained, []
+            for d in waiting:
+                d.callback(None)
+
+    def connection_count(self, transport: str | None = None) -> int:
+        if transport is not None:
+            return len(self._connections[transport])
+        return sum(len(c) for c in self._connections.values())
+
+    def delivered(self, transport: str, count: int = 1) -> None:
+        self.stats.deliveries[transport] += count
+
+    def _count_publication(self, pub: Publication) -> None:
+        self.stats.publications += 1
+
+    # -- policy ------------------------------------------------------------
+
+    def origin_allowed(self, origin: str) -> bool:
+        """PROTOCOL.md section 8: every origin when none are configured."""
+        allowed = self.config.allowed_origin
+        return not allowed or origin in allowed
+
+    def publish(self, channel: str, data: Any, sender: str | None = None) -> defer.Deferred[Publication]:
+        """Publish through the bus, refusing while draining."""
+        if self.draining:
+            return defer.fail(Unavailable("node is draining"))
+        return self.bus.publish(channel, data, sender)

@@ -1,0 +1,126 @@
+"""The in-process broker: the default, one node, history in memory.
+
+It delivers through the same :class:`~gateway.interfaces.IBrokerListener` path as the
+Redis broker, so the bus cannot tell them apart.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from zope.interface import implementer
+
+from gateway.core.model import HistoryResult, Position, Publication
+from gateway.core.stream import Stream
+from gateway.interfaces import IBroker, IBrokerListener
+
+__all__ = ["InMemoryBroker", "new_epoch"]
+
+# A channel nobody subscribes to and nobody published on for this long is
+# forgotten (its next publication starts a new epoch).
+STREAM_IDLE_SECONDS = 24 * 3600
+SWEEP_INTERVAL = 60.0
+
+
+def new_epoch() -> str:
+    """A fresh random epoch: 8 URL-safe characters (48 bits)."""
+    return secrets.token_urlsafe(6)
+
+
+@implementer(IBroker)
+class InMemoryBroker:
+    """Single-node broker keeping each channel's :class:`Stream` in memory.
+
+    Args:
+        history_size: most publications kept per channel.
+        history_ttl: oldest publication kept, in seconds.
+        clock: an ``IReactorTime`` for the periodic sweep of idle channels;
+            None means no sweep (unit tests).
+        now: the wall clock (seconds since the Unix epoch) used for timestamps
+            and history age.
+    """
+
+    name = "memory"
+
+    def __init__(
+        self,
+        history_size: int = 1000,
+        history_ttl: float = 300.0,
+        clock: IReactorTime | None = None,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self.history_size = history_size
+        self.history_ttl = history_ttl
+        self._clock = clock
+        self._now = now
+        self._streams: dict[str, Stream] = {}
+        self._subscribed: set[str] = set()
+        self._listener: IBrokerListener | None = None
+        self._sweeper: Any = None
+
+    # -- lifecycle --------------------------------------------------------
+
+    def start(self, listener: IBrokerListener) -> defer.Deferred[None]:
+        self._listener = listener
+        if self._clock is not None:
+            self._sweeper = self._clock.callLater(SWEEP_INTERVAL, self._sweep)
+        return defer.succeed(None)
+
+    def stop(self) -> defer.Deferred[None]:
+        if self._sweeper is not None and self._sweeper.active():
+            self._sweeper.cancel()
+        self._sweeper = None
+        return defer.succeed(None)
+
+    def is_ready(self) -> bool:
+        return self._listener is not None
+
+    # -- IBroker ----------------------------------------------------------
+
+    def _stream(self, channel: str) -> Stream:
+        stream = self._streams.get(channel)
+        if stream is None:
+            stream = self._streams[channel] = Stream(channel, new_epoch(), self.history_size, self.history_ttl)
+            stream.last_publish = self._now()
+        return stream
+
+    def publish(self, channel: str, data: Any, sender: str | None = None) -> defer.Deferred[Publication]:
+        pub = self._stream(channel).append(data, self._now(), sender)
+        if channel in self._subscribed and self._listener is not None:
+            self._listener.publication_received(pub)
+        return defer.succeed(pub)
+
+    def history(self, channel: str, since: Position | None) -> defer.Deferred[HistoryResult]:
+        return defer.succeed(self._stream(channel).recover(since, self._now()))
+
+    def subscribe(self, channel: str) -> defer.Deferred[None]:
+        self._subscribed.add(channel)
+        return defer.succeed(None)
+
+    def unsubscribe(self, channel: str) -> defer.Deferred[None]:
+        self._subscribed.discard(channel)
+        return defer.succeed(None)
+
+    # -- housekeeping -----------------------------------------------------
+
+    @property
+    def channel_count(self) -> int:
+        return len(self._streams)
+
+    def _sweep(self) -> None:
+        self.sweep()
+        assert self._clock is not None
+        self._sweeper = self._clock.callLater(SWEEP_INTERVAL, self._sweep)
+
+    def sweep(self) -> None:
+        """Trim every history by age and forget long-idle unsubscribed channels."""
+        now = self._now()
+        for channel, stream in list(self._streams.items()):
+            stream.trim(now)
+            if channel not in self._subscribed and now - stream.last_publish > max(STREAM_IDLE_SECONDS, self.history_ttl):
+                del self._streams[channel]

@@ -1,0 +1,172 @@
+"""Configuration: one declarative option table, one frozen :class:`Config`.
+
+The table :data:`OPTIONS` produces the ``twistd gateway`` options, the TOML keys
+(the long option names) and the defaults; :func:`load_config` applies the
+precedence defaults < TOML file < command line and validates everything in one place.
+"""
+
+from __future__ import annotations
+
+import socket
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+
+__all__ = ["Config", "ConfigError", "Option", "OPTIONS", "load_config"]
+
+DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
+
+
+class ConfigError(ValueError):
+    """An option has a bad value; the message names it."""
+
+
+@attrs.frozen
+class Option:
+    """One configuration option.
+
+    Attributes:
+        name: the long option name, also the TOML key.
+        kind: ``str``, ``int`` or ``float`` (the type of one value).
+        default: the value when nothing sets it.
+        help: one line for ``--help``.
+        repeatable: the option may be given several times (a TOML array).
+        metavar: what the help shows as the value.
+        check: a predicate on the converted value, with the rule it enforces.
+    """
+
+    name: str
+    kind: type
+    default: Any
+    help: str
+    repeatable: bool = False
+    metavar: str = ""
+    check: tuple[Callable[[Any], bool], str] | None = None
+
+    @property
+    def attr(self) -> str:
+        return self.name.replace("-", "_")
+
+
+def _positive(v: Any) -> bool:
+    return bool(v > 0)
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("listen", str, (DEFAULT_LISTEN,), f"Twisted endpoint to listen on (repeatable; default {DEFAULT_LISTEN}).", True, "ENDPOINT"),
+    Option("redis", str, None, "Share channels through Redis: redis://HOST:PORT/DB (default: in-process bus).", metavar="URL"),
+    Option("jwt-secret", str, None, "HS256 secret for JWT authentication.", metavar="SECRET"),
+    Option("jwt-public-key", str, None, "PEM public key file for RS256/ES256 JWT authentication.", metavar="FILE"),
+    Option("api-key", str, (), "API key for backends: publish and subscribe everywhere (repeatable).", True, "KEY"),
+    Option("allowed-origin", str, (), "Browser origin allowed to connect (repeatable; default: every origin).", True, "ORIGIN"),
+    Option("history-size", int, 1000, "Publications kept per channel for resume.", metavar="N", check=(_positive, "must be > 0")),
+    Option("history-ttl", float, 300.0, "Seconds a publication is kept for resume.", metavar="SECONDS", check=(_positive, "must be > 0")),
+    Option("heartbeat", float, 20.0, "Seconds between WebSocket pings and SSE ping comments.", metavar="SECONDS", check=(_positive, "must be > 0")),
+    Option("max-message-size", int, 65536, "Largest WebSocket message and POST /publish body, in bytes.", metavar="BYTES", check=(lambda v: v >= 256, "must be >= 256")),
+    Option("node-id", str, None, "This node's name in logs and health output (default: host:pid).", metavar="ID"),
+    Option("drain-timeout", float, 10.0, "Seconds a SIGTERM drain may take before exiting.", metavar="SECONDS", check=(lambda v: v >= 0, "must be >= 0")),
+)
+
+_BY_NAME = {o.name: o for o in OPTIONS}
+
+
+@attrs.frozen(kw_only=True)
+class Config:
+    """Everything a gateway node is configured with (immutable).
+
+    Every field has the default of PROTOCOL.md section 10, so ``Config()`` is a
+    working single-node configuration and embedders set only what they need.
+    """
+
+    listen: tuple[str, ...] = (DEFAULT_LISTEN,)
+    redis: str | None = None
+    jwt_secret: str | None = None
+    jwt_public_key: str | None = None
+    api_key: tuple[str, ...] = ()
+    allowed_origin: tuple[str, ...] = ()
+    history_size: int = 1000
+    history_ttl: float = 300.0
+    heartbeat: float = 20.0
+    max_message_size: int = 65536
+    node_id: str = attrs.field(factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    drain_timeout: float = 10.0
+    # Tuning knobs that are not command-line options.
+    max_subscriptions: int = 1000
+    max_send_buffer: int = 4 * 1024 * 1024
+
+
+def _convert(option: Option, value: Any, source: str) -> Any:
+    def one(v: Any) -> Any:
+        if option.kind is str:
+            if not isinstance(v, str):
+                raise ConfigError(f"{option.name}: expected a string, got {v!r} ({source})")
+            return v
+        if isinstance(v, bool):
+            raise ConfigError(f"{option.name}: expected a number, got {v!r} ({source})")
+        try:
+            converted = option.kind(v)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{option.name}: expected {option.kind.__name__}, got {v!r} ({source})") from None
+        if option.kind is int and isinstance(v, float) and v != converted:
+            raise ConfigError(f"{option.name}: expected an integer, got {v!r} ({source})")
+        if option.kind is float and converted != converted:  # NaN
+            raise ConfigError(f"{option.name}: expected a number, got {v!r} ({source})")
+        if option.check is not None and not option.check[0](converted):
+            raise ConfigError(f"{option.name}: {option.check[1]}, got {v!r} ({source})")
+        return converted
+
+    if option.repeatable:
+        values = value if isinstance(value, (list, tuple)) else [value]
+        return tuple(one(v) for v in values)
+    if isinstance(value, (list, tuple)):
+        raise ConfigError(f"{option.name}: takes one value, got a list ({source})")
+    return one(value)
+
+
+def read_toml(path: str) -> dict[str, Any]:
+    """Read a TOML config file: top-level keys are long option names."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"config: cannot read {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config: {path} is not valid TOML: {e}") from None
+    unknown = sorted(set(data) - set(_BY_NAME))
+    if unknown:
+        raise ConfigError(f"config: unknown option(s) in {path}: {', '.join(unknown)}")
+    return data
+
+
+def load_config(cli: Mapping[str, Any] | None = None, config_file: str | None = None) -> Config:
+    """Build a :class:`Config` from defaults, then the TOML file, then ``cli``.
+
+    Args:
+        cli: option name to value (strings as typed; lists for repeatable
+            options); options absent or None/empty were not given.
+        config_file: path of a TOML file, or None.
+
+    Raises:
+        ConfigError: naming the option and the source of a bad value.
+    """
+    values: dict[str, Any] = {}
+    if config_file:
+        for name, value in read_toml(config_file).items():
+            values[_BY_NAME[name].attr] = _convert(_BY_NAME[name], value, config_file)
+    for name, value in (cli or {}).items():
+        option = _BY_NAME.get(name)
+        if option is None:
+            raise ConfigError(f"unknown option {name}")
+        if value is None or (option.repeatable and not value):
+            continue
+        values[option.attr] = _convert(option, value, "command line")
+    if "listen" in values and not values["listen"]:
+        raise ConfigError("listen: at least one endpoint is needed")
+    if values.get("jwt_secret") and values.get("jwt_public_key"):
+        raise ConfigError("give --jwt-secret or --jwt-public-key, not both")
+    if values.get("node_id") is None:
+        values.pop("node_id", None)
+    return Config(**values)

@@ -1,0 +1,197 @@
+"""Parsing of client commands (PROTOCOL.md section 4) into typed values.
+
+Everything a client sends passes through :func:`parse_command`, which either returns
+one of the command classes below or raises a :class:`~gateway.errors.GatewayError`
+carrying the request ``id`` when one could be read, so the error reply can echo it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Union
+
+import attrs
+
+from gateway.core.channels import validate_channel
+from gateway.core.cursor import MAX_EPOCH_LENGTH
+from gateway.core.model import Position
+from gateway.errors import BadRequest, GatewayError
+
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_ID_LENGTH",
+    "MAX_TOKEN_LENGTH",
+    "Auth",
+    "Subscribe",
+    "Unsubscribe",
+    "Publish",
+    "Command",
+    "CommandError",
+    "loads_strict",
+    "parse_command",
+    "parse_publication",
+]
+
+MAX_DEPTH = 64
+MAX_ID_LENGTH = 128
+MAX_TOKEN_LENGTH = 8192
+
+RequestId = Union[str, int, float, None]
+
+
+@attrs.frozen
+class Auth:
+    id: RequestId
+    token: str
+
+
+@attrs.frozen
+class Subscribe:
+    id: RequestId
+    channel: str
+    since: Position | None
+
+
+@attrs.frozen
+class Unsubscribe:
+    id: RequestId
+    channel: str
+
+
+@attrs.frozen
+class Publish:
+    id: RequestId
+    channel: str
+    data: Any
+
+
+Command = Union[Auth, Subscribe, Unsubscribe, Publish]
+
+
+class CommandError(Exception):
+    """A :class:`GatewayError` raised while parsing, with the request id (if readable)."""
+
+    def __init__(self, error: GatewayError, request_id: RequestId = None) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.request_id = request_id
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _depth_ok(value: Any, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            if depth > limit:
+                return False
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            if depth > limit:
+                return False
+            stack.extend((v, depth + 1) for v in item)
+    return True
+
+
+def loads_strict(text: str | bytes, max_depth: int = MAX_DEPTH) -> Any:
+    """Parse JSON strictly: no NaN/Infinity, nesting at most ``max_depth``.
+
+    Raises:
+        BadRequest: for anything that is not such a JSON document.
+    """
+    try:
+        value = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise BadRequest(f"JSON nested deeper than {max_depth} levels") from None
+    except (ValueError, TypeError) as e:
+        raise BadRequest(f"invalid JSON: {str(e)[:200]}") from None
+    if not _depth_ok(value, max_depth):
+        raise BadRequest(f"JSON nested deeper than {max_depth} levels")
+    return value
+
+
+def _request_id(obj: dict[str, Any]) -> RequestId:
+    if "id" not in obj:
+        return None
+    rid = obj["id"]
+    if isinstance(rid, bool) or not isinstance(rid, (str, int, float)):
+        raise CommandError(BadRequest("id must be a string or a number"))
+    if isinstance(rid, str) and len(rid) > MAX_ID_LENGTH:
+        raise CommandError(BadRequest(f"id longer than {MAX_ID_LENGTH} characters"))
+    if isinstance(rid, int) and abs(rid) > 2**53:
+        raise CommandError(BadRequest("id is not a safe integer"))
+    if isinstance(rid, float) and not math.isfinite(rid):
+        raise CommandError(BadRequest("id must be finite"))
+    return rid
+
+
+def _since(value: Any) -> Position:
+    if not isinstance(value, dict) or set(value) - {"epoch", "seq"}:
+        raise BadRequest('since must be {"epoch": <string>, "seq": <integer>}')
+    epoch, seq = value.get("epoch"), value.get("seq")
+    if not isinstance(epoch, str) or not 0 < len(epoch) <= MAX_EPOCH_LENGTH:
+        raise BadRequest(f"since.epoch must be a string of 1-{MAX_EPOCH_LENGTH} characters")
+    if type(seq) is not int or seq < 0 or seq > 2**63:
+        raise BadRequest("since.seq must be an integer >= 0")
+    return Position(epoch, seq)
+
+
+def parse_publication(obj: Any) -> tuple[str, Any]:
+    """Validate a ``{"channel": .., "data": ..}`` object; return (channel, data)."""
+    if not isinstance(obj, dict):
+        raise BadRequest("a publication must be a JSON object")
+    if "channel" not in obj:
+        raise BadRequest("missing field: channel")
+    channel = validate_channel(obj["channel"])
+    if "data" not in obj:
+        raise BadRequest("missing field: data")
+    return channel, obj["data"]
+
+
+def parse_command(text: str | bytes) -> Command:
+    """Parse one WebSocket text message into a command.
+
+    Raises:
+        CommandError: wrapping the :class:`GatewayError` to reply with.
+    """
+    try:
+        obj = loads_strict(text)
+    except GatewayError as e:
+        raise CommandError(e) from None
+    if not isinstance(obj, dict):
+        raise CommandError(BadRequest("a command must be a JSON object"))
+    rid = _request_id(obj)
+    try:
+        kind = obj.get("type")
+        if not isinstance(kind, str):
+            raise BadRequest("missing field: type (a string)")
+        if kind == "subscribe":
+            channel = validate_channel(_required(obj, "channel"))
+            since = _since(obj["since"]) if obj.get("since") is not None else None
+            return Subscribe(rid, channel, since)
+        if kind == "unsubscribe":
+            return Unsubscribe(rid, validate_channel(_required(obj, "channel")))
+        if kind == "publish":
+            channel, data = parse_publication(obj)
+            return Publish(rid, channel, data)
+        if kind == "auth":
+            token = _required(obj, "token")
+            if not isinstance(token, str):
+                raise BadRequest("token must be a string")
+            if len(token) > MAX_TOKEN_LENGTH:
+                raise BadRequest(f"token longer than {MAX_TOKEN_LENGTH} characters")
+            return Auth(rid, token)
+        shown = kind if len(kind) <= 32 else kind[:32] + "..."
+        raise BadRequest(f"unknown command type {shown!r}")
+    except GatewayError as e:
+        raise CommandError(e, rid) from None
+
+
+def _required(obj: dict[str, Any], name: str) -> Any:
+    if name not in obj:
+        raise BadRequest(f"missing field: {name}")
+    return obj[name]

@@ -1,0 +1,65 @@
+"""Server events (PROTOCOL.md section 3) and their encodings.
+
+A publication is encoded once per node (:class:`PreparedPublication`); transports
+derive their own framing from that one encoding and cache it on the object, so
+every subscriber of a transport gets the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from gateway.core.model import Position, Publication
+from gateway.errors import GatewayError
+
+__all__ = ["PreparedPublication", "dumps", "reply", "error_event", "reset_event"]
+
+T = TypeVar("T")
+
+
+def dumps(obj: Any) -> bytes:
+    """Compact UTF-8 JSON, the one encoding used on every transport."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+class PreparedPublication:
+    """A publication with its JSON ``message`` event encoded once.
+
+    Attributes:
+        publication: the publication.
+        payload: the UTF-8 JSON of its ``message`` event.
+    """
+
+    __slots__ = ("publication", "payload", "_forms")
+
+    def __init__(self, publication: Publication) -> None:
+        self.publication = publication
+        self.payload = dumps(publication.to_event())
+        self._forms: dict[str, Any] = {}
+
+    def form(self, key: str, build: Callable[[bytes], T]) -> T:
+        """Return the transport form ``key``, building it from the payload once."""
+        try:
+            return self._forms[key]  # type: ignore[no-any-return]
+        except KeyError:
+            value = self._forms[key] = build(self.payload)
+            return value
+
+
+def reply(kind: str, request_id: Any = None, **fields: Any) -> dict[str, Any]:
+    """A reply event with ``id`` echoed when the command had one."""
+    event: dict[str, Any] = {"type": kind}
+    if request_id is not None:
+        event["id"] = request_id
+    event.update(fields)
+    return event
+
+
+def error_event(error: GatewayError, request_id: Any = None) -> dict[str, Any]:
+    return reply("error", request_id, code=error.code, message=error.message)
+
+
+def reset_event(channel: str, position: Position) -> dict[str, Any]:
+    return {"type": "reset", "channel": channel, "epoch": position.epoch, "seq": position.seq}

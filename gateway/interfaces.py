@@ -1,0 +1,92 @@
+"""The gateway's seams, as zope interfaces whose docstrings carry the contracts."""
+
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+__all__ = ["IBroker", "IBrokerListener"]
+
+
+class IBrokerListener(Interface):
+    """What a broker delivers to: the node's :class:`~gateway.bus.Bus`, exactly one per broker."""
+
+    def publication_received(publication):  # type: ignore[no-untyped-def]
+        """A publication arrived on a channel this node subscribed to.
+
+        Called once per publication per node (never per client connection), in the
+        order the broker received them.  The listener checks seq continuity itself:
+        a broker may lose or repeat deliveries (Redis pub/sub across a reconnect),
+        and the listener fills gaps with :meth:`IBroker.history`.
+        """
+
+    def broker_reconnected():  # type: ignore[no-untyped-def]
+        """The broker lost and regained its delivery connection: deliveries may have been lost.
+
+        The listener should check every subscribed channel against
+        :meth:`IBroker.history` and fill what it missed.
+        """
+
+
+class IBroker(Interface):
+    """Orders, stores and fans out publications for one node.
+
+    Contract:
+
+    * **Ordering and atomicity.** :meth:`publish` assigns the channel's next seq
+      (``top.seq + 1``, the first is 1) and appends the publication to history in one
+      atomic step, once for the whole cluster: two publishes never get the same seq,
+      and no seq is skipped within an epoch.
+    * **Durability before success.** The Deferred of :meth:`publish` fires only once
+      the publication is stored in history and handed to delivery; when that cannot
+      be done it fails with :class:`~gateway.errors.Unavailable` and the publication
+      did not happen.  A publication is never reported done and then dropped.
+    * **Epochs.** Each channel has an epoch; when its stream is lost (history
+      flushed, a new in-process broker), the channel gets a new epoch and seqs start
+      from 1 again.  Seqs are never silently renumbered within an epoch.
+    * **Node-level delivery.** :meth:`subscribe` is per channel per node; every
+      publication on a subscribed channel is passed to the listener's
+      ``publication_received``, publications of one channel in seq order (the
+      listener tolerates repeats and detects gaps).  The in-memory broker delivers
+      through this same path.
+    """
+
+    name = Attribute("A short name for logs and metrics, e.g. 'memory' or 'redis://host:port/0'.")
+
+    def start(listener):  # type: ignore[no-untyped-def]
+        """Begin serving, delivering to ``listener`` (an :class:`IBrokerListener`).
+
+        Returns a Deferred that fires when the broker is ready to try; a broker that
+        cannot reach its backend yet still starts and reports :meth:`is_ready` False.
+        """
+
+    def stop():  # type: ignore[no-untyped-def]
+        """Release connections and timers. Returns a Deferred."""
+
+    def is_ready():  # type: ignore[no-untyped-def]
+        """True while publishes can be made durable right now."""
+
+    def publish(channel, data, sender=None):  # type: ignore[no-untyped-def]
+        """Publish ``data`` on ``channel``.
+
+        Returns:
+            Deferred firing with the ordered :class:`~gateway.core.model.Publication`,
+            or failing with :class:`~gateway.errors.Unavailable` (not published).
+        """
+
+    def history(channel, since):  # type: ignore[no-untyped-def]
+        """The channel's top, and its publications after ``since`` (a Position or None).
+
+        Returns:
+            Deferred firing with a :class:`~gateway.core.model.HistoryResult`;
+            ``publications`` is None when history cannot continue from ``since``.
+            Fails with :class:`~gateway.errors.Unavailable` when the backend is down.
+        """
+
+    def subscribe(channel):  # type: ignore[no-untyped-def]
+        """Start node-level delivery of ``channel``; Deferred fires once effective.
+
+        Every publication accepted after the Deferred fires is delivered.
+        """
+
+    def unsubscribe(channel):  # type: ignore[no-untyped-def]
+        """Stop node-level delivery of ``channel``. Returns a Deferred."""

@@ -1,0 +1,77 @@
+"""``GatewayResource``: every endpoint of PROTOCOL.md section 2 as one twisted.web tree.
+
+Mount it at the root of a Site or under any path of an existing one::
+
+    root.putChild(b"realtime", GatewayResource(gateway))
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.web import resource
+from twisted.web.server import Request
+
+from gateway.app import Gateway
+from gateway.metrics import MetricsResource, make_registry
+from gateway.transports._http import JSONResource, NotFoundResource, send_json
+from gateway.transports.publish import PublishResource
+from gateway.transports.websocket import websocket_resource
+
+__all__ = ["GatewayResource", "HealthResource", "ReadyResource"]
+
+
+class HealthResource(JSONResource):
+    """``GET /healthz``: 200 while the reactor runs."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        super().__init__()
+        self.gateway = gateway
+
+    def render_GET(self, request: Request) -> bytes:
+        return send_json(request, 200, {"status": "ok", "node": self.gateway.config.node_id, "bus": self.gateway.bus.broker.name})
+
+
+class ReadyResource(JSONResource):
+    """``GET /readyz``: 200 when this node can serve and publish, else 503."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        super().__init__()
+        self.gateway = gateway
+
+    def render_GET(self, request: Request) -> bytes:
+        gw = self.gateway
+        if gw.draining:
+            return send_json(request, 503, {"status": "unavailable", "reason": "draining"})
+        if not gw.bus.is_ready():
+            return send_json(request, 503, {"status": "unavailable", "reason": "message bus not reachable"})
+        return send_json(request, 200, {"status": "ready", "node": gw.config.node_id})
+
+
+class GatewayResource(resource.Resource):
+    """The gateway's resource tree: ``ws``, ``publish``, ``healthz``, ``readyz``, ``metrics``.
+
+    Args:
+        gateway: the node these endpoints serve.
+    """
+
+    def __init__(self, gateway: Gateway) -> None:
+        super().__init__()
+        self.gateway = gateway
+        self.registry = make_registry(gateway)
+        self.putChild(b"ws", websocket_resource(gateway))
+        self.putChild(b"publish", PublishResource(gateway))
+        self.putChild(b"healthz", HealthResource(gateway))
+        self.putChild(b"readyz", ReadyResource(gateway))
+        self.putChild(b"metrics", MetricsResource(self.registry))
+        self._not_found = NotFoundResource()
+
+    def getChild(self, path: bytes, request: Any) -> resource.Resource:
+        return self._not_found
+
+    def render(self, request: Request) -> bytes:
+        return send_json(
+            request,
+            200,
+            {"service": "gateway", "endpoints": ["/ws", "/publish", "/healthz", "/readyz", "/metrics"]},
+        )

@@ -1,0 +1,103 @@
+"""``POST /publish`` (PROTOCOL.md section 7): single and batch publications over HTTP."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.server import NOT_DONE_YET, Request
+
+from gateway.core.commands import loads_strict, parse_publication
+from gateway.core.model import Publication
+from gateway.errors import BadRequest, GatewayError, Internal, TooLarge
+from gateway.transports._http import JSONResource, finish_json, error_body
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+__all__ = ["PublishResource", "MAX_BATCH"]
+
+MAX_BATCH = 1000
+
+
+def _result(pub: Publication) -> dict[str, Any]:
+    return {"channel": pub.channel, "seq": pub.seq, "epoch": pub.epoch}
+
+
+def parse_publish_body(body: bytes) -> tuple[bool, list[tuple[str, Any]]]:
+    """Validate a publish body whole; return (is_batch, [(channel, data), ...])."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("body is not UTF-8") from None
+    obj = loads_strict(text)
+    if not isinstance(obj, dict):
+        raise BadRequest("body must be a JSON object")
+    if "messages" in obj and "channel" not in obj:
+        items = obj["messages"]
+        if not isinstance(items, list) or not items:
+            raise BadRequest("messages must be a non-empty array")
+        if len(items) > MAX_BATCH:
+            raise BadRequest(f"at most {MAX_BATCH} messages per batch")
+        out = []
+        for i, item in enumerate(items):
+            try:
+                out.append(parse_publication(item))
+            except GatewayError as e:
+                raise type(e)(f"messages[{i}]: {e.message}") from None
+        return True, out
+    return False, [parse_publication(obj)]
+
+
+class PublishResource(JSONResource):
+    """``POST /publish``."""
+
+    _log = Logger()
+
+    def __init__(self, gateway: Gateway) -> None:
+        super().__init__()
+        self.gateway = gateway
+
+    def render_POST(self, request: Request) -> bytes | int:
+        limit = self.gateway.config.max_message_size
+        length = request.getHeader(b"content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise TooLarge(f"body larger than {limit} bytes")
+        assert request.content is not None
+        request.content.seek(0)
+        body = request.content.read(limit + 1)
+        if len(body) > limit:
+            raise TooLarge(f"body larger than {limit} bytes")
+        batch, items = parse_publish_body(body)
+        d = self._publish_all(items)
+        d.addCallbacks(self._done, self._failed, callbackArgs=(request, batch), errbackArgs=(request,))
+        return NOT_DONE_YET
+
+    @defer.inlineCallbacks
+    def _publish_all(self, items: list[tuple[str, Any]]) -> Any:
+        results = []
+        for channel, data in items:
+            try:
+                pub = yield self.gateway.publish(channel, data)
+            except GatewayError as e:
+                e.partial_results = results  # type: ignore[attr-defined]
+                raise
+            results.append(_result(pub))
+        return results
+
+    def _done(self, results: list[dict[str, Any]], request: Request, batch: bool) -> None:
+        finish_json(request, 200, {"results": results} if batch else results[0])
+
+    def _failed(self, failure: Failure, request: Request) -> None:
+        if failure.check(GatewayError):
+            error: GatewayError = failure.value
+        else:
+            self._log.failure("publish failed", failure)
+            error = Internal("internal error")
+        body = error_body(error)
+        partial = getattr(error, "partial_results", None)
+        if partial:
+            body["results"] = partial
+        finish_json(request, error.http_status, body)

@@ -1,0 +1,267 @@
+"""WebSocket transport (PROTOCOL.md section 4): Autobahn on twisted.web.
+
+A thin adaptor: Autobahn callbacks go in, :mod:`gateway.core.commands` parses them,
+the :class:`~gateway.core.session.Session` keeps per-connection state, the
+:class:`~gateway.bus.Bus` does the work, and replies go back out.  Heartbeats and
+the slow-consumer policy live here, on the reactor's clock.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.protocol import WebSocketProtocol
+from autobahn.websocket.types import ConnectionDeny
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+from twisted.internet.interfaces import IPushProducer
+
+from gateway.bus import SubscribeResult, Subscription
+from gateway.core.commands import Auth, CommandError, Publish, Subscribe, Unsubscribe, parse_command
+from gateway.core.events import PreparedPublication, dumps, error_event, reply, reset_event
+from gateway.core.model import Position, Publication
+from gateway.core.session import Session
+from gateway.errors import (
+    CLOSE_GOING_AWAY,
+    CLOSE_POLICY,
+    CLOSE_UNSUPPORTED_DATA,
+    GatewayError,
+    Internal,
+    NotFound,
+)
+
+__all__ = ["GatewayWebSocketFactory", "GatewayWebSocketProtocol", "websocket_resource"]
+
+_WS_FORM = "ws"
+
+
+@implementer(IPushProducer)
+class _Backpressure:
+    """Tracks whether the socket's send buffer is full (the transport pauses us)."""
+
+    def __init__(self) -> None:
+        self.paused = False
+        self.queued_while_paused = 0
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self.queued_while_paused = 0
+
+    def stopProducing(self) -> None:
+        self.paused = False
+
+
+class GatewayWebSocketProtocol(WebSocketServerProtocol):
+    """One WebSocket client connection."""
+
+    _log = Logger()
+    factory: GatewayWebSocketFactory
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.session: Session | None = None
+        self._backpressure = _Backpressure()
+
+    # -- Autobahn callbacks ---------------------------------------------------
+
+    def onConnect(self, request: Any) -> None:
+        gateway = self.factory.gateway
+        if gateway.draining:
+            raise ConnectionDeny(503, "node is draining")
+        origin = request.headers.get("origin")
+        if origin is not None and not gateway.origin_allowed(origin):
+            raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
+        return None
+
+    def onOpen(self) -> None:
+        gateway = self.factory.gateway
+        self.session = Session(max_subscriptions=gateway.config.max_subscriptions)
+        gateway.connection_opened("websocket", self)
+        transport = self.transport
+        if transport is not None:
+            # twisted.web's HTTPChannel is still registered as the producer of the
+            # socket after the upgrade; take its place to learn when the client
+            # stops reading (see ../shared/STACK.md section 2).
+            try:
+                transport.unregisterProducer()
+                transport.registerProducer(self._backpressure, True)
+            except Exception:  # pragma: no cover - transports without producers
+                self._log.debug("no producer support on {transport!r}", transport=transport)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if isBinary:
+            self._close(CLOSE_UNSUPPORTED_DATA, "binary frames are not supported: send JSON text")
+            return
+        try:
+            self._handle(payload)
+        except Exception:
+            self._log.failure("unexpected error handling a WebSocket message")
+            self.send_event(error_event(Internal("internal error")))
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        session, self.session = self.session, None
+        if session is not None:
+            for sub in session.clear():
+                sub.cancel()
+            self.factory.gateway.connection_closed("websocket", self)
+
+    # -- commands -------------------------------------------------------------
+
+    def _handle(self, payload: bytes) -> None:
+        session = self.session
+        if session is None:
+            return
+        try:
+            command = parse_command(payload)
+        except CommandError as e:
+            self.send_event(error_event(e.error, e.request_id))
+            return
+        try:
+            if isinstance(command, Subscribe):
+                self._subscribe(session, command)
+            elif isinstance(command, Unsubscribe):
+                sub = session.remove(command.channel)
+                if sub is not None:
+                    sub.cancel()
+                self.send_event(reply("unsubscribed", command.id, channel=command.channel))
+            elif isinstance(command, Publish):
+                self._publish(command)
+            elif isinstance(command, Auth):
+                self._auth(session, command)
+        except GatewayError as e:
+            self.send_event(error_event(e, command.id))
+
+    def _subscribe(self, session: Session, command: Subscribe) -> None:
+        session.check_subscribe(command.channel)
+        sub = self.factory.gateway.bus.subscribe(command.channel, _WebSocketSubscriber(self), command.since)
+        session.add(command.channel, sub)
+        sub.ready.addCallbacks(
+            self._subscribed,
+            self._subscribe_failed,
+            callbackArgs=(command, sub),
+            errbackArgs=(command, sub),
+        )
+
+    def _subscribed(self, result: SubscribeResult, command: Subscribe, sub: Subscription) -> None:
+        fields: dict[str, Any] = {"channel": command.channel, "epoch": result.top.epoch, "seq": result.top.seq}
+        if command.since is not None:
+            fields["recovered"] = bool(result.recovered)
+        self.send_event(reply("subscribed", command.id, **fields))
+        if result.recovered is False:
+            self.send_event(reset_event(command.channel, result.top))
+        for prepared in result.publications:
+            self.send_publication(prepared)
+
+    def _subscribe_failed(self, failure: Failure, command: Subscribe, sub: Subscription) -> None:
+        if self.session is not None and self.session.get(command.channel) is sub:
+            self.session.remove(command.channel)
+        if failure.check(defer.CancelledError):
+            error: GatewayError = NotFound("unsubscribed before the subscription took effect")
+        elif failure.check(GatewayError):
+            error = failure.value
+        else:
+            self._log.failure("subscribe failed", failure)
+            error = Internal("internal error")
+        self.send_event(error_event(error, command.id))
+
+    def _publish(self, command: Publish) -> None:
+        identity = self.session.identity if self.session else None
+        d = self.factory.gateway.publish(command.channel, command.data, identity)
+        d.addCallbacks(self._published, self._publish_failed, callbackArgs=(command,), errbackArgs=(command,))
+
+    def _published(self, pub: Publication, command: Publish) -> None:
+        self.send_event(reply("ack", command.id, channel=pub.channel, seq=pub.seq, epoch=pub.epoch))
+
+    def _publish_failed(self, failure: Failure, command: Publish) -> None:
+        if failure.check(GatewayError):
+            self.send_event(error_event(failure.value, command.id))
+        else:
+            self._log.failure("publish failed", failure)
+            self.send_event(error_event(Internal("internal error"), command.id))
+
+    def _auth(self, session: Session, command: Auth) -> None:
+        # No authenticator is configured yet: every token is accepted, anonymously.
+        session.identity = None
+        session.authenticated = True
+        self.send_event(reply("authenticated", command.id, sub=session.identity))
+
+    # -- output -------------------------------------------------------------
+
+    def send_event(self, event: dict[str, Any]) -> None:
+        """Send one JSON event, if the connection is still open."""
+        if self.state == WebSocketProtocol.STATE_OPEN:
+            data = dumps(event)
+            self._write_frame(len(data), lambda: self.sendMessage(data))
+
+    def send_publication(self, prepared: PreparedPublication) -> None:
+        """Send a prepared ``message`` frame (shared by every subscriber)."""
+        if self.state == WebSocketProtocol.STATE_OPEN:
+            frame = prepared.form(_WS_FORM, self.factory.prepareMessage)
+            self._write_frame(len(prepared.payload), lambda: self.sendPreparedMessage(frame))
+            self.factory.gateway.delivered("websocket")
+
+    def _write_frame(self, size: int, write: Any) -> None:
+        bp = self._backpressure
+        if bp.paused:
+            bp.queued_while_paused += size
+            if bp.queued_while_paused > self.factory.gateway.config.max_send_buffer:
+                self._close(CLOSE_POLICY, "slow consumer: send buffer full")
+                return
+        write()
+
+    def _close(self, code: int, reason: str) -> None:
+        # sendClose() refuses 1001/1003/1008 (it only allows 1000 and 3000-4999).
+        if self.state == WebSocketProtocol.STATE_OPEN:
+            self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8"), isReply=False)
+
+    def going_away(self) -> None:
+        """Close with 1001: the node is shutting down; reconnect elsewhere and resume."""
+        self._close(CLOSE_GOING_AWAY, "node shutting down")
+
+
+class _WebSocketSubscriber:
+    """The bus-facing side of one connection's subscriptions."""
+
+    __slots__ = ("proto",)
+
+    def __init__(self, proto: GatewayWebSocketProtocol) -> None:
+        self.proto = proto
+
+    def on_publication(self, prepared: PreparedPublication) -> None:
+        self.proto.send_publication(prepared)
+
+    def on_reset(self, channel: str, position: Position) -> None:
+        self.proto.send_event(reset_event(channel, position))
+
+
+class GatewayWebSocketFactory(WebSocketServerFactory):
+    """Autobahn factory bound to one :class:`~gateway.resource.Gateway`."""
+
+    protocol = GatewayWebSocketProtocol
+
+    def __init__(self, gateway: Any) -> None:
+        super().__init__()
+        self.gateway = gateway
+        config = gateway.config
+        self.setProtocolOptions(
+            autoPingInterval=config.heartbeat,
+            autoPingTimeout=config.heartbeat,
+            failByDrop=False,
+            maxMessagePayloadSize=config.max_message_size,
+            maxFramePayloadSize=config.max_message_size,
+            openHandshakeTimeout=30,
+            closeHandshakeTimeout=2,
+            allowNullOrigin=True,
+        )
+
+
+def websocket_resource(gateway: Any) -> WebSocketResource:
+    """The ``/ws`` resource for ``gateway``."""
+    return WebSocketResource(GatewayWebSocketFactory(gateway))

@@ -1,0 +1,3 @@
+from twisted.application.service import ServiceMaker
+
+Gateway = ServiceMaker("gateway", "gateway.tap", "Real-time WebSocket, SSE and long-poll gateway.", "gateway")
