@@ -1,0 +1,55 @@
+"""Shared fixtures: a real gateway on a free port, and a check that each test leaves
+the reactor clean (no delayed calls left behind by the gateway)."""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+
+from gateway.testing import start_gateway, sleep
+
+
+@pytest_twisted.async_yield_fixture
+async def gw():
+    """A running single-node gateway (in-process bus) on 127.0.0.1:<free port>."""
+    running = start_gateway(drain_timeout=2.0)
+    yield running
+    await running.stop()
+
+
+@pytest_twisted.async_yield_fixture
+async def gw_factory():
+    """Start gateways with custom settings: ``gw_factory(heartbeat=1, ...)``."""
+    started = []
+
+    def make(**overrides):
+        running = start_gateway(**{"drain_timeout": 2.0, **overrides})
+        started.append(running)
+        return running
+
+    yield make
+    for running in started:
+        await running.stop()
+
+
+def _gateway_calls(reactor):
+    calls = []
+    for call in reactor.getDelayedCalls():
+        if not call.active():
+            continue
+        text = repr(call.func)
+        if "gateway" in getattr(call.func, "__module__", "") or "gateway." in text:
+            calls.append(call)
+    return calls
+
+
+@pytest.fixture(autouse=True)
+def clean_reactor():
+    """Fail a test that leaves gateway timers running on the reactor."""
+    from twisted.internet import reactor
+
+    yield
+    leftover = _gateway_calls(reactor)
+    for call in leftover:
+        call.cancel()
+    assert not leftover, f"test left gateway timers behind: {leftover}"
