@@ -17,7 +17,7 @@ from twisted.internet import defer
 from gateway.config import Config
 from gateway.interfaces import IBroker
 
-__all__ = ["aio", "sleep", "WSClient", "RunningGateway", "start_gateway"]
+__all__ = ["aio", "sleep", "WSClient", "RunningGateway", "start_gateway", "ManualBroker", "RecordingSubscriber"]
 
 # Tests scale every timeout by this factor (GATEWAY_TESTS_TIMEOUT_FACTOR) on slow machines.
 DEFAULT_TIMEOUT = 5.0
@@ -109,3 +109,110 @@ def start_gateway(config: Config | None = None, broker: IBroker | None = None, *
     service = GatewayService(config, broker=broker)
     service.startService()
     return RunningGateway(service)
+
+
+class ManualBroker:
+    """An :class:`~gateway.interfaces.IBroker` whose deliveries the test drives by hand.
+
+    Publications are ordered and stored like :class:`~gateway.broker.memory.InMemoryBroker`
+    does, but nothing reaches the listener until the test calls :meth:`deliver`, which
+    makes lost, repeated and reordered pub/sub deliveries easy to stage.  With
+    ``hold_history=True`` every :meth:`history` answer waits in :attr:`held` until
+    the test fires it (:meth:`release_history`).
+    """
+
+    name = "manual"
+
+    def __init__(self, history_size: int = 1000, history_ttl: float = 300.0, now: Any = None) -> None:
+        import time
+
+        from gateway.core.stream import Stream
+
+        self._Stream = Stream
+        self.history_size = history_size
+        self.history_ttl = history_ttl
+        self.now = now or time.time
+        self.streams: dict[str, Any] = {}
+        self.subscribed: set[str] = set()
+        self.listener: Any = None
+        self.ready = True
+        self.hold_history = False
+        self.held: list[tuple[str, Any, defer.Deferred[Any]]] = []
+        self.history_calls: list[tuple[str, Any]] = []
+        self._epochs = 0
+
+    def stream(self, channel: str) -> Any:
+        if channel not in self.streams:
+            self._epochs += 1
+            self.streams[channel] = self._Stream(channel, f"e{self._epochs}", self.history_size, self.history_ttl)
+        return self.streams[channel]
+
+    def restart_stream(self, channel: str) -> None:
+        """Forget a channel's stream: its next use starts a new epoch (like FLUSHALL)."""
+        self.streams.pop(channel, None)
+
+    def start(self, listener: Any) -> defer.Deferred[None]:
+        self.listener = listener
+        return defer.succeed(None)
+
+    def stop(self) -> defer.Deferred[None]:
+        return defer.succeed(None)
+
+    def is_ready(self) -> bool:
+        return self.ready
+
+    def publish(self, channel: str, data: Any, sender: str | None = None) -> defer.Deferred[Any]:
+        from gateway.errors import Unavailable
+
+        if not self.ready:
+            return defer.fail(Unavailable("broker down"))
+        return defer.succeed(self.stream(channel).append(data, self.now(), sender))
+
+    def deliver(self, pub: Any) -> None:
+        """Hand one publication to the listener, as pub/sub would."""
+        if pub.channel in self.subscribed:
+            self.listener.publication_received(pub)
+
+    def history(self, channel: str, since: Any) -> defer.Deferred[Any]:
+        self.history_calls.append((channel, since))
+        if self.hold_history:
+            # The answer is read now (like a Redis reply on its way) and handed over later.
+            d: defer.Deferred[Any] = defer.Deferred()
+            self.held.append((channel, self.stream(channel).recover(since, self.now()), d))
+            return d
+        return defer.succeed(self.stream(channel).recover(since, self.now()))
+
+    def release_history(self, error: Exception | None = None) -> None:
+        """Hand over every held history answer (as read when asked), or fail them with ``error``."""
+        held, self.held = self.held, []
+        for _channel, answer, d in held:
+            if error is not None:
+                d.errback(error)
+            else:
+                d.callback(answer)
+
+    def subscribe(self, channel: str) -> defer.Deferred[None]:
+        self.subscribed.add(channel)
+        return defer.succeed(None)
+
+    def unsubscribe(self, channel: str) -> defer.Deferred[None]:
+        self.subscribed.discard(channel)
+        return defer.succeed(None)
+
+
+class RecordingSubscriber:
+    """A bus subscriber that records what it receives as plain tuples."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, str, int]] = []
+
+    def on_publication(self, prepared: Any) -> None:
+        pub = prepared.publication
+        self.events.append(("message", pub.channel, pub.epoch, pub.seq))
+
+    def on_reset(self, channel: str, position: Any) -> None:
+        self.events.append(("reset", channel, position.epoch, position.seq))
+
+    @property
+    def seqs(self) -> list[int]:
+        return [e[3] for e in self.events if e[0] == "message"]

@@ -8,6 +8,7 @@ same way.
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -41,7 +42,7 @@ def recover(top: Position, history: Sequence[Publication], since: Position | Non
     if not history or history[0].seq > since.seq + 1:
         return HistoryResult(top, None)
     start = since.seq + 1 - history[0].seq
-    return HistoryResult(top, tuple(history[start:]))
+    return HistoryResult(top, tuple(itertools.islice(history, start, None)))
 
 
 class Stream:

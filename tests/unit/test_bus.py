@@ -1,0 +1,302 @@
+"""The bus: node-level fan-out, recovery, gap filling and resets, with a hand-driven broker."""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet import defer
+from twisted.internet.task import Clock
+
+from gateway.broker.memory import InMemoryBroker
+from gateway.bus import GAP_RETRY_SECONDS, Bus
+from gateway.core.model import Position
+from gateway.errors import BadRequest, Unavailable
+from gateway.testing import ManualBroker, RecordingSubscriber
+
+
+def make(broker=None):
+    broker = broker or ManualBroker()
+    clock = Clock()
+    bus = Bus(broker, clock)
+    bus.start()
+    return bus, broker, clock
+
+
+def result_of(d):
+    out = []
+    d.addBoth(out.append)
+    assert out, "Deferred has not fired"
+    return out[0]
+
+
+def publish_and_deliver(bus, broker, channel, data=None, deliver=True):
+    pub = result_of(bus.publish(channel, data))
+    if deliver:
+        broker.deliver(pub)
+    return pub
+
+
+def test_subscribe_from_now_then_live_delivery():
+    """Without `since` a subscription starts at the top and receives what follows."""
+    bus, broker, _ = make()
+    publish_and_deliver(bus, broker, "c")
+    rec = RecordingSubscriber()
+    sub = bus.subscribe("c", rec)
+    res = result_of(sub.ready)
+    assert (res.top.seq, res.recovered, res.publications) == (1, None, ())
+    publish_and_deliver(bus, broker, "c")
+    assert rec.events == [("message", "c", res.top.epoch, 2)]
+
+
+def test_publication_is_encoded_once_for_all_subscribers():
+    """Every subscriber receives the very same prepared object (one JSON encoding per publication)."""
+    bus = Bus(InMemoryBroker(), Clock())
+    bus.start()
+    seen = []
+
+    class Sub:
+        def on_publication(self, prepared):
+            seen.append(prepared)
+
+        def on_reset(self, channel, position):
+            raise AssertionError("no reset expected")
+
+    for _ in range(3):
+        bus.subscribe("c", Sub())
+    result_of(bus.publish("c", {"x": 1}))
+    assert len(seen) == 3
+    assert seen[0] is seen[1] is seen[2]
+    assert seen[0].payload.startswith(b'{"type":"message","channel":"c","seq":1')
+
+
+def test_one_broker_subscription_per_channel():
+    """The first local subscriber takes the broker subscription and the last one drops it."""
+    bus, broker, _ = make()
+    a = bus.subscribe("c", RecordingSubscriber())
+    b = bus.subscribe("c", RecordingSubscriber())
+    assert broker.subscribed == {"c"}
+    a.cancel()
+    assert broker.subscribed == {"c"}
+    b.cancel()
+    assert broker.subscribed == set()
+    assert bus.channels == []
+    assert bus.subscriber_count() == 0
+
+
+def test_recovery_from_position_returns_missed_publications():
+    """A subscription with `since` inside history recovers every later publication, in order."""
+    bus, broker, _ = make()
+    pubs = [publish_and_deliver(bus, broker, "c", i) for i in range(3)]
+    res = result_of(bus.subscribe("c", RecordingSubscriber(), Position(pubs[0].epoch, 1)).ready)
+    assert res.recovered is True
+    assert [p.publication.seq for p in res.publications] == [2, 3]
+
+
+@pytest.mark.parametrize(
+    "since",
+    [Position("other-epoch", 1), Position("e1", 9)],
+    ids=["wrong-epoch", "ahead-of-top"],
+)
+def test_recovery_impossible_reports_not_recovered(since):
+    """A position from another epoch or ahead of the top cannot be continued: recovered is False."""
+    bus, broker, _ = make()
+    publish_and_deliver(bus, broker, "c")
+    res = result_of(bus.subscribe("c", RecordingSubscriber(), since).ready)
+    assert res.recovered is False
+    assert res.top == Position("e1", 1)
+    assert res.publications == ()
+
+
+def test_recovery_older_than_history_is_not_recovered():
+    """A position whose successors were trimmed from history gets recovered False."""
+    bus, broker, _ = make(ManualBroker(history_size=2))
+    for i in range(5):
+        publish_and_deliver(bus, broker, "c", i)
+    res = result_of(bus.subscribe("c", RecordingSubscriber(), Position("e1", 1)).ready)
+    assert (res.recovered, res.top) == (False, Position("e1", 5))
+
+
+def test_live_publications_during_subscribe_are_merged_after_history():
+    """Publications arriving while the history read is in flight follow it, without repeats."""
+    bus, broker, _ = make()
+    broker.hold_history = True
+    rec = RecordingSubscriber()
+    sub = bus.subscribe("c", rec)
+    publish_and_deliver(bus, broker, "c")
+    publish_and_deliver(bus, broker, "c")
+    broker.release_history()
+    res = result_of(sub.ready)
+    assert res.top.seq == 0
+    assert [p.publication.seq for p in res.publications] == [1, 2]
+    broker.hold_history = False
+    publish_and_deliver(bus, broker, "c")
+    assert rec.seqs == [3]
+
+
+def test_gap_is_filled_from_history_before_later_publications():
+    """A lost pub/sub delivery is fetched from history and delivered in order."""
+    bus, broker, _ = make()
+    rec = RecordingSubscriber()
+    bus.subscribe("c", rec)
+    publish_and_deliver(bus, broker, "c")
+    publish_and_deliver(bus, broker, "c", deliver=False)  # lost
+    publish_and_deliver(bus, broker, "c")
+    assert rec.seqs == [1, 2, 3]
+    assert [e[0] for e in rec.events] == ["message"] * 3
+
+
+def test_publications_arriving_during_a_gap_fill_wait_behind_it():
+    """While a gap is being filled, later live publications are held and then delivered in order."""
+    bus, broker, _ = make()
+    rec = RecordingSubscriber()
+    bus.subscribe("c", rec)
+    publish_and_deliver(bus, broker, "c")
+    publish_and_deliver(bus, broker, "c", deliver=False)
+    broker.hold_history = True
+    publish_and_deliver(bus, broker, "c")  # seq 3 reveals the gap
+    publish_and_deliver(bus, broker, "c")  # seq 4 arrives while filling
+    assert rec.seqs == [1]
+    broker.release_history()
+    assert rec.seqs == [1, 2, 3, 4]
+
+
+def test_repeated_delivery_is_dropped():
+    """A publication delivered twice reaches subscribers once."""
+    bus, broker, _ = make()
+    rec = RecordingSubscriber()
+    bus.subscribe("c", rec)
+    pub = publish_and_deliver(bus, broker, "c")
+    broker.deliver(pub)
+    assert rec.seqs == [1]
+
+
+def test_unfillable_gap_resets_instead_of_skipping():
+    """When history no longer holds the gap, subscribers get a reset to the top, never a silent skip."""
+    bus, broker, _ = make(ManualBroker(history_size=2))
+    rec = RecordingSubscriber()
+    bus.subscribe("c", rec)
+    publish_and_deliver(bus, broker, "c")
+    for _ in range(3):
+        publish_and_deliver(bus, broker, "c", deliver=False)
+    publish_and_deliver(bus, broker, "c")  # seq 5; history holds 4, 5
+    assert rec.events == [("message", "c", "e1", 1), ("reset", "c", "e1", 5)]
+
+
+def test_new_epoch_resets_subscribers():
+    """A publication from a new epoch (stream lost) resets subscribers, then is delivered."""
+    bus, broker, _ = make()
+    rec = RecordingSubscriber()
+    bus.subscribe("c", rec)
+    publish_and_deliver(bus, broker, "c")
+    broker.restart_stream("c")
+    publish_and_deliver(bus, broker, "c")
+    assert rec.events == [("message", "c", "e1", 1), ("reset", "c", "e2", 0), ("message", "c", "e2", 1)]
+
+
+def test_broker_reconnect_fills_what_was_missed():
+    """After the broker reconnects, publications lost meanwhile are fetched and delivered."""
+    bus, broker, _ = make()
+    rec = RecordingSubscriber()
+    bus.subscribe("c", rec)
+    publish_and_deliver(bus, broker, "c")
+    publish_and_deliver(bus, broker, "c", deliver=False)
+    bus.broker_reconnected()
+    assert rec.seqs == [1, 2]
+
+
+def test_failed_gap_fill_is_retried_on_the_clock():
+    """A history read that fails while filling a gap is retried after GAP_RETRY_SECONDS."""
+    bus, broker, clock = make()
+    rec = RecordingSubscriber()
+    sub = bus.subscribe("c", rec)
+    publish_and_deliver(bus, broker, "c")
+    publish_and_deliver(bus, broker, "c", deliver=False)
+    broker.hold_history = True
+    publish_and_deliver(bus, broker, "c")
+    broker.release_history(Unavailable("down"))
+    assert rec.seqs == [1]
+    assert bus.pending_timers == 1
+    broker.hold_history = False
+    clock.advance(GAP_RETRY_SECONDS)
+    assert rec.seqs == [1, 2, 3]
+    assert bus.pending_timers == 0
+    sub.cancel()
+
+
+def test_cancel_during_gap_fill_retry_leaves_no_timer():
+    """Dropping the last subscriber cancels a pending gap-fill retry."""
+    bus, broker, clock = make()
+    sub = bus.subscribe("c", RecordingSubscriber())
+    publish_and_deliver(bus, broker, "c")
+    publish_and_deliver(bus, broker, "c", deliver=False)
+    broker.hold_history = True
+    publish_and_deliver(bus, broker, "c")
+    broker.release_history(Unavailable("down"))
+    sub.cancel()
+    assert clock.getDelayedCalls() == []
+
+
+def test_cancel_while_subscribing_fails_ready_and_releases_channel():
+    """Cancelling a pending subscription fails `ready` with CancelledError and drops the channel."""
+    bus, broker, _ = make()
+    broker.hold_history = True
+    sub = bus.subscribe("c", RecordingSubscriber())
+    sub.cancel()
+    failure = result_of(sub.ready)
+    assert failure.check(defer.CancelledError)
+    broker.release_history()
+    assert bus.channels == [] and broker.subscribed == set()
+
+
+def test_history_failure_fails_subscribe_with_unavailable():
+    """When the broker cannot read history, subscribe fails with `unavailable` and leaves nothing behind."""
+    bus, broker, _ = make()
+    broker.hold_history = True
+    sub = bus.subscribe("c", RecordingSubscriber())
+    broker.release_history(RuntimeError("connection lost"))
+    failure = result_of(sub.ready)
+    assert failure.check(Unavailable)
+    assert bus.channels == []
+
+
+def test_broker_subscribe_failure_fails_every_pending_subscription():
+    """A failed broker subscription fails all waiting subscribers; the next subscribe tries again."""
+    broker = ManualBroker()
+    attempts = []
+
+    def failing_subscribe(channel):
+        attempts.append(channel)
+        return defer.fail(Unavailable("down"))
+
+    broker.subscribe = failing_subscribe
+    bus, _, _ = make(broker)
+    sub = bus.subscribe("c", RecordingSubscriber())
+    assert result_of(sub.ready).check(Unavailable)
+    assert bus.channels == []
+    bus.subscribe("c", RecordingSubscriber()).ready.addErrback(lambda f: None)
+    assert attempts == ["c", "c"]
+
+
+def test_publish_when_broker_down_fails_fast():
+    """Publishing while the broker is not ready fails at once with Unavailable."""
+    bus, broker, _ = make()
+    broker.ready = False
+    assert result_of(bus.publish("c", 1)).check(Unavailable)
+    assert not bus.is_ready()
+
+
+def test_publish_rejects_invalid_channel():
+    """An invalid channel name is a BadRequest, from publish and from subscribe."""
+    bus, _, _ = make()
+    assert result_of(bus.publish("bad channel", 1)).check(BadRequest)
+    with pytest.raises(BadRequest):
+        bus.subscribe("*", RecordingSubscriber())
+
+
+def test_publish_hooks_see_each_accepted_publication():
+    """Publish hooks run once per accepted publication, and a failing hook does not fail the publish."""
+    bus, _, _ = make()
+    seen = []
+    bus.publish_hooks.append(lambda pub: seen.append(pub.seq))
+    bus.publish_hooks.append(lambda pub: 1 / 0)
+    assert result_of(bus.publish("c", 1)).seq == 1
+    assert seen == [1]
