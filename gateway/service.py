@@ -102,6 +102,8 @@ class GatewayService(service.MultiService):
     @defer.inlineCallbacks
     def stopService(self) -> Any:
         """Stop listening, drain every client (WebSocket 1001, SSE ended, polls answered), stop the bus."""
+        # Readiness goes 503 and new clients are refused from this moment on.
+        self.gateway.draining = True
         yield service.MultiService.stopService(self)
         ports, self.ports = self.ports, []
         self._listened = False

@@ -77,8 +77,7 @@ class WSClient:
                 return
 
         await aio(asyncio.wait_for(wait(), timeout))
-        rcvd = self.conn.close_rcvd
-        return (rcvd.code, rcvd.reason) if rcvd is not None else (None, "")
+        return self.conn.close_code, self.conn.close_reason or ""
 
     async def close(self) -> None:
         await aio(self.conn.close())

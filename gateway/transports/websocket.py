@@ -68,6 +68,9 @@ class GatewayWebSocketProtocol(WebSocketServerProtocol):
         super().__init__()
         self.session: Session | None = None
         self._backpressure = _Backpressure()
+        self._heartbeat_call: Any = None
+        self._awaiting_pong: bytes | None = None
+        self._pings = 0
 
     # -- Autobahn callbacks ---------------------------------------------------
 
@@ -84,6 +87,7 @@ class GatewayWebSocketProtocol(WebSocketServerProtocol):
         gateway = self.factory.gateway
         self.session = Session(max_subscriptions=gateway.config.max_subscriptions)
         gateway.connection_opened("websocket", self)
+        self._heartbeat_call = gateway.reactor.callLater(gateway.config.heartbeat, self._heartbeat)
         transport = self.transport
         if transport is not None:
             # twisted.web's HTTPChannel is still registered as the producer of the
@@ -105,12 +109,37 @@ class GatewayWebSocketProtocol(WebSocketServerProtocol):
             self._log.failure("unexpected error handling a WebSocket message")
             self.send_event(error_event(Internal("internal error")))
 
+    def onPong(self, payload: bytes) -> None:
+        if payload == self._awaiting_pong:
+            self._awaiting_pong = None
+
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if self._heartbeat_call is not None and self._heartbeat_call.active():
+            self._heartbeat_call.cancel()
+        self._heartbeat_call = None
         session, self.session = self.session, None
         if session is not None:
             for sub in session.clear():
                 sub.cancel()
             self.factory.gateway.connection_closed("websocket", self)
+
+    # -- heartbeat ------------------------------------------------------------
+    # Our own timer rather than Autobahn's autoPing: txaio's batched timers round
+    # deadlines down to whole seconds, so a pong timeout could fire almost at once.
+
+    def _heartbeat(self) -> None:
+        self._heartbeat_call = None
+        if self.state != WebSocketProtocol.STATE_OPEN:
+            return
+        if self._awaiting_pong is not None:
+            self._log.info("closing WebSocket {peer}: no pong within {seconds}s", peer=self.peer, seconds=self.factory.gateway.config.heartbeat)
+            self.dropConnection(abort=True)
+            return
+        self._pings += 1
+        self._awaiting_pong = b"gw%d" % self._pings
+        self.sendPing(self._awaiting_pong)
+        gateway = self.factory.gateway
+        self._heartbeat_call = gateway.reactor.callLater(gateway.config.heartbeat, self._heartbeat)
 
     # -- commands -------------------------------------------------------------
 
@@ -251,8 +280,6 @@ class GatewayWebSocketFactory(WebSocketServerFactory):
         self.gateway = gateway
         config = gateway.config
         self.setProtocolOptions(
-            autoPingInterval=config.heartbeat,
-            autoPingTimeout=config.heartbeat,
             failByDrop=False,
             maxMessagePayloadSize=config.max_message_size,
             maxFramePayloadSize=config.max_message_size,

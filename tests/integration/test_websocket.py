@@ -1,0 +1,277 @@
+"""WebSocket protocol (PROTOCOL.md section 4) over real sockets: commands, recovery,
+errors, close codes, limits, heartbeats, slow consumers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+import websockets
+
+from gateway.testing import WSClient, aio, sleep
+
+from .rawws import RawWS
+
+
+async def subscribe(ws, channel, id=1, **extra):
+    return await ws.request({"type": "subscribe", "channel": channel, "id": id, **extra})
+
+
+async def test_subscribe_since_recovers_missed_messages_in_order(gw):
+    """`since` inside history: subscribed with recovered true, then every missed message in order."""
+    ws = await WSClient.connect(gw.ws_url)
+    first = await subscribe(ws, "r")
+    for i in range(5):
+        await ws.request({"type": "publish", "channel": "r", "data": i, "id": f"p{i}"})
+    await ws.close()
+    ws = await WSClient.connect(gw.ws_url)
+    reply = await subscribe(ws, "r", since={"epoch": first["epoch"], "seq": 2})
+    assert reply == {"type": "subscribed", "id": 1, "channel": "r", "epoch": first["epoch"], "seq": 5, "recovered": True}
+    got = [await ws.recv() for _ in range(3)]
+    assert [(m["type"], m["seq"], m["data"]) for m in got] == [("message", 3, 2), ("message", 4, 3), ("message", 5, 4)]
+    await ws.close()
+
+
+async def test_subscribe_since_unrecoverable_sends_one_reset(gw):
+    """A `since` from another epoch: subscribed with recovered false, then one reset to the latest seq."""
+    ws = await WSClient.connect(gw.ws_url)
+    await ws.request({"type": "publish", "channel": "r", "data": 1, "id": 0})
+    reply = await subscribe(ws, "r", since={"epoch": "gone", "seq": 7})
+    assert reply["recovered"] is False
+    reset = await ws.recv()
+    assert reset == {"type": "reset", "channel": "r", "epoch": reply["epoch"], "seq": 1}
+    await ws.close()
+
+
+async def test_history_size_limits_recovery(gw_factory):
+    """A client away longer than history reaches gets a reset, not partial history."""
+    gw = gw_factory(history_size=3)
+    ws = await WSClient.connect(gw.ws_url)
+    first = await subscribe(ws, "r")
+    for i in range(6):
+        await ws.request({"type": "publish", "channel": "r", "data": i, "id": i + 10})
+    ws2 = await WSClient.connect(gw.ws_url)
+    reply = await subscribe(ws2, "r", since={"epoch": first["epoch"], "seq": 1})
+    assert (reply["recovered"], reply["seq"]) == (False, 6)
+    assert (await ws2.recv())["type"] == "reset"
+    await ws.close()
+    await ws2.close()
+
+
+async def test_unsubscribe_stops_delivery(gw):
+    """After `unsubscribed`, no more messages of that channel arrive."""
+    ws = await WSClient.connect(gw.ws_url)
+    await subscribe(ws, "a")
+    await subscribe(ws, "b", id=2)
+    assert await ws.request({"type": "unsubscribe", "channel": "a", "id": 3}) == {
+        "type": "unsubscribed",
+        "id": 3,
+        "channel": "a",
+    }
+    pub = await WSClient.connect(gw.ws_url)
+    await pub.request({"type": "publish", "channel": "a", "data": 1, "id": 4})
+    await pub.request({"type": "publish", "channel": "b", "data": 2, "id": 5})
+    assert (await ws.recv())["channel"] == "b"
+    assert gw.bus.subscriber_count("a") == 0
+    await ws.close()
+    await pub.close()
+
+
+async def test_auth_without_authenticator_is_anonymous(gw):
+    """With no auth configured any token is accepted and `sub` is null."""
+    ws = await WSClient.connect(gw.ws_url)
+    assert await ws.request({"type": "auth", "token": "anything", "id": "a"}) == {
+        "type": "authenticated",
+        "id": "a",
+        "sub": None,
+    }
+    await ws.close()
+
+
+async def test_id_is_echoed_as_given(gw):
+    """String and number ids come back unchanged; a command without id gets a reply without id."""
+    ws = await WSClient.connect(gw.ws_url)
+    assert (await subscribe(ws, "x", id=1.5))["id"] == 1.5
+    await ws.send({"type": "unsubscribe", "channel": "x"})
+    assert await ws.recv() == {"type": "unsubscribed", "channel": "x"}
+    await ws.close()
+
+
+BAD_COMMANDS = [
+    ("not json", "{oops", None),
+    ("json array", "[1,2]", None),
+    ("nan", '{"type":"publish","channel":"c","data":NaN,"id":1}', None),
+    ("unknown type", '{"type":"dance","id":7}', 7),
+    ("missing type", '{"id":8}', 8),
+    ("type not string", '{"type":5,"id":9}', 9),
+    ("missing channel", '{"type":"subscribe","id":10}', 10),
+    ("channel not string", '{"type":"subscribe","channel":5,"id":11}', 11),
+    ("bad channel name", '{"type":"subscribe","channel":"a b","id":12}', 12),
+    ("channel too long", json.dumps({"type": "subscribe", "channel": "x" * 201, "id": 13}), 13),
+    ("glob in channel", '{"type":"publish","channel":"room:*","data":1,"id":14}', 14),
+    ("missing data", '{"type":"publish","channel":"c","id":15}', 15),
+    ("since wrong shape", '{"type":"subscribe","channel":"c","since":[1],"id":16}', 16),
+    ("since negative seq", '{"type":"subscribe","channel":"c","since":{"epoch":"e","seq":-1},"id":17}', 17),
+    ("token not string", '{"type":"auth","token":5,"id":18}', 18),
+    ("enormous id", json.dumps({"type": "subscribe", "channel": "c", "id": "i" * 100000}), None),
+    ("object id", '{"type":"subscribe","channel":"c","id":{"a":1}}', None),
+    ("deep nesting", '{"type":"publish","channel":"c","id":1,"data":' + "[" * 100000 + "]" * 100000 + "}", None),
+]
+
+
+@pytest.mark.parametrize("payload,expected_id", [(p, i) for _, p, i in BAD_COMMANDS], ids=[n for n, _, _ in BAD_COMMANDS])
+async def test_bad_command_gets_bad_request_and_connection_stays_open(gw_factory, payload, expected_id):
+    """Each malformed command gets a `bad_request` error (id echoed when readable); the connection stays usable."""
+    gw = gw_factory(max_message_size=1024 * 1024)
+    ws = await WSClient.connect(gw.ws_url)
+    await ws.send(payload)
+    error = await ws.recv()
+    assert error["type"] == "error"
+    assert error["code"] == "bad_request"
+    assert error.get("id") == expected_id
+    assert isinstance(error["message"], str) and error["message"]
+    assert (await subscribe(ws, "still-ok", id="ok"))["type"] == "subscribed"
+    await ws.close()
+
+
+async def test_duplicate_subscribe_is_bad_request(gw):
+    """Subscribing twice to one channel on one connection is a `bad_request`."""
+    ws = await WSClient.connect(gw.ws_url)
+    await subscribe(ws, "c")
+    error = await subscribe(ws, "c", id=2)
+    assert (error["type"], error["code"]) == ("error", "bad_request")
+    await ws.close()
+
+
+async def test_at_most_1000_subscriptions_per_connection(gw):
+    """The 1,001st subscription on one connection is refused with `bad_request`."""
+    ws = await WSClient.connect(gw.ws_url)
+    for i in range(1000):
+        await ws.send({"type": "subscribe", "channel": f"c{i}", "id": i})
+    replies = [await ws.recv() for _ in range(1000)]
+    assert all(r["type"] == "subscribed" for r in replies)
+    error = await subscribe(ws, "one-too-many", id="x")
+    assert (error["type"], error["code"]) == ("error", "bad_request")
+    await ws.close()
+    await sleep(0.1)
+    assert gw.bus.subscriber_count() == 0
+
+
+async def test_binary_frame_closes_with_1003(gw):
+    """A binary frame is answered with close code 1003."""
+    ws = await WSClient.connect(gw.ws_url)
+    await ws.send(b"\x00\x01")
+    code, _ = await ws.closed()
+    assert code == 1003
+
+
+async def test_invalid_utf8_closes_with_1007(gw):
+    """A text frame that is not UTF-8 is answered with close code 1007."""
+    raw = await aio(RawWS.connect(gw.port))
+    assert raw.status == 101
+    raw.send_frame(0x1, b'{"type":"\xff\xfe"}')
+    code, _ = await aio(raw.read_until_close())
+    raw.close()
+    assert code == 1007
+
+
+async def test_oversize_message_closes_with_1009(gw_factory):
+    """A message over --max-message-size gets a 1009 close frame (not a dropped connection)."""
+    gw = gw_factory(max_message_size=1024)
+    ws = await WSClient.connect(gw.ws_url, max_size=None)
+    await ws.send({"type": "publish", "channel": "c", "data": "x" * 2000})
+    code, _ = await ws.closed()
+    assert code == 1009
+
+
+async def test_bad_clients_do_not_disturb_others(gw_factory):
+    """While other clients send garbage, binary and oversize frames, a subscriber keeps receiving."""
+    gw = gw_factory(max_message_size=4096)
+    good = await WSClient.connect(gw.ws_url)
+    await subscribe(good, "c")
+    for bad in ["{nope", b"\x00", json.dumps({"type": "publish", "channel": "c", "data": "x" * 5000})]:
+        ws = await WSClient.connect(gw.ws_url, max_size=None)
+        await ws.send(bad)
+        if isinstance(bad, bytes) or len(bad) > 4096:
+            await ws.closed()
+        else:
+            assert (await ws.recv())["code"] == "bad_request"
+            await ws.close()
+    pub = await WSClient.connect(gw.ws_url)
+    await pub.request({"type": "publish", "channel": "c", "data": "fine", "id": 1})
+    assert (await good.recv())["data"] == "fine"
+    await good.close()
+    await pub.close()
+
+
+async def test_heartbeat_keeps_answering_clients_connected(gw_factory):
+    """A client that answers pings stays connected across several heartbeat periods."""
+    gw = gw_factory(heartbeat=0.3)
+    ws = await WSClient.connect(gw.ws_url, ping_interval=None)
+    await sleep(1.2)
+    assert (await subscribe(ws, "c"))["type"] == "subscribed"
+    await ws.close()
+
+
+async def test_client_not_answering_pings_is_disconnected(gw_factory):
+    """The server pings every heartbeat and drops a client whose pong does not come back in time."""
+    gw = gw_factory(heartbeat=0.3)
+    raw = await aio(RawWS.connect(gw.port))
+    code, opcodes = await aio(asyncio.wait_for(raw.read_until_close(), 5))
+    raw.close()
+    assert 9 in opcodes  # it was pinged
+    assert gw.gateway.connection_count("websocket") == 0
+
+
+async def test_slow_consumer_is_closed_with_1008(gw_factory):
+    """A client that stops reading is disconnected (1008) once its send buffer passes the cap."""
+    gw = gw_factory(max_send_buffer=256 * 1024)
+    raw = await aio(RawWS.connect(gw.port, rcvbuf=4096))
+    raw.send_frame(0x1, json.dumps({"type": "subscribe", "channel": "flood", "id": 1}).encode())
+    await aio(raw.writer.drain())
+    await sleep(0.1)
+    assert gw.bus.subscriber_count("flood") == 1
+    chunk = "x" * 16000
+    for _ in range(400):
+        await gw.bus.publish("flood", chunk)
+        if gw.gateway.connection_count("websocket") == 0 or gw.bus.subscriber_count("flood") == 0:
+            break
+        await sleep(0)
+    # Now read everything the server managed to queue: it must end with a 1008 close.
+    code, _ = await aio(asyncio.wait_for(raw.read_until_close(), 10))
+    raw.close()
+    assert code == 1008
+
+
+async def test_origin_not_allowed_is_refused_with_403(gw_factory):
+    """With --allowed-origin set, an upgrade from another Origin is refused with HTTP 403; no Origin is fine."""
+    gw = gw_factory(allowed_origin=("https://app.example",))
+    with pytest.raises(websockets.InvalidStatus) as info:
+        await WSClient.connect(gw.ws_url, origin="https://evil.example")
+    assert info.value.response.status_code == 403
+    ok = await WSClient.connect(gw.ws_url, origin="https://app.example")
+    await ok.close()
+    raw = await aio(RawWS.connect(gw.port))
+    assert raw.status == 101
+    raw.close()
+
+
+async def test_drain_closes_websockets_with_1001(gw_factory):
+    """Stopping the service closes WebSockets with 1001 and /readyz reports draining meanwhile."""
+    gw = gw_factory()
+    ws = await WSClient.connect(gw.ws_url)
+    await subscribe(ws, "c")
+    stopping = gw.service.stopService()
+    assert gw.gateway.draining
+    code, _ = await ws.closed()
+    await stopping
+    assert code == 1001
+
+
+async def test_publish_to_invalid_channel_returns_error_with_id(gw):
+    """A publish to an invalid channel is a `bad_request` echoing the id; nothing is published."""
+    ws = await WSClient.connect(gw.ws_url)
+    error = await ws.request({"type": "publish", "channel": "", "data": 1, "id": 42})
+    assert (error["code"], error["id"]) == ("bad_request", 42)
+    await ws.close()
