@@ -17,7 +17,7 @@ from twisted.internet import defer
 from gateway.config import Config
 from gateway.interfaces import IBroker
 
-__all__ = ["aio", "sleep", "WSClient", "RunningGateway", "start_gateway", "ManualBroker", "RecordingSubscriber"]
+__all__ = ["aio", "sleep", "http", "WSClient", "RunningGateway", "start_gateway", "ManualBroker", "RecordingSubscriber"]
 
 # Tests scale every timeout by this factor (GATEWAY_TESTS_TIMEOUT_FACTOR) on slow machines.
 DEFAULT_TIMEOUT = 5.0
@@ -215,3 +215,14 @@ class RecordingSubscriber:
     @property
     def seqs(self) -> list[int]:
         return [e[3] for e in self.events if e[0] == "message"]
+
+
+def http(method: str, url: str, **kwargs: Any) -> defer.Deferred[Any]:
+    """One request with the independent ``httpx`` client; fires with the response."""
+    import httpx
+
+    async def go() -> Any:
+        async with httpx.AsyncClient(timeout=DEFAULT_TIMEOUT) as client:
+            return await client.request(method, url, **kwargs)
+
+    return aio(go())
