@@ -170,3 +170,18 @@ def load_config(cli: Mapping[str, Any] | None = None, config_file: str | None = 
     if values.get("node_id") is None:
         values.pop("node_id", None)
     return Config(**values)
+
+
+def options_markdown() -> str:
+    """The README's option table, generated from :data:`OPTIONS` (``python -m gateway.config``)."""
+    rows = ["| option | default | meaning |", "|---|---|---|"]
+    for o in OPTIONS:
+        default = o.default
+        if isinstance(default, tuple):
+            default = ", ".join(default) if default else "none"
+        rows.append(f"| `--{o.name}`{' (repeatable)' if o.repeatable else ''} | {'none' if default is None else default} | {o.help} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print(options_markdown())
