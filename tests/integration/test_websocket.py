@@ -275,3 +275,60 @@ async def test_publish_to_invalid_channel_returns_error_with_id(gw):
     error = await ws.request({"type": "publish", "channel": "", "data": 1, "id": 42})
     assert (error["code"], error["id"]) == ("bad_request", 42)
     await ws.close()
+
+
+async def test_one_prepared_frame_per_publication_for_all_subscribers(gw):
+    """A publication is framed once (Autobahn prepared message) however many subscribers get it."""
+    factory = gw.service.resource.children[b"ws"]._factory
+    prepared = []
+    original = factory.prepareMessage
+
+    def counting(payload, *args, **kwargs):
+        prepared.append(payload)
+        return original(payload, *args, **kwargs)
+
+    factory.prepareMessage = counting
+    clients = [await WSClient.connect(gw.ws_url) for _ in range(5)]
+    for ws in clients:
+        await subscribe(ws, "shared")
+    await gw.bus.publish("shared", {"n": 1})
+    received = [await ws.recv() for ws in clients]
+    assert all(m["data"] == {"n": 1} for m in received)
+    assert len(prepared) == 1
+    for ws in clients:
+        await ws.close()
+
+
+async def test_publish_while_bus_unavailable_is_unavailable_error(gw_factory):
+    """When the broker cannot take a publish, the client gets `unavailable` and the connection stays open."""
+    from gateway.testing import ManualBroker
+
+    broker = ManualBroker()
+    gw = gw_factory(broker=broker)
+    ws = await WSClient.connect(gw.ws_url)
+    broker.ready = False
+    error = await ws.request({"type": "publish", "channel": "c", "data": 1, "id": 9})
+    assert (error["type"], error["code"], error["id"]) == ("error", "unavailable", 9)
+    broker.ready = True
+    assert (await ws.request({"type": "publish", "channel": "c", "data": 1, "id": 10}))["type"] == "ack"
+    await ws.close()
+
+
+async def test_subscribe_while_bus_unavailable_is_unavailable_error(gw_factory):
+    """When the broker cannot read history, subscribe fails with `unavailable` and holds nothing."""
+    from gateway.testing import ManualBroker
+
+    broker = ManualBroker()
+    broker.hold_history = True
+    gw = gw_factory(broker=broker)
+    ws = await WSClient.connect(gw.ws_url)
+    await ws.send({"type": "subscribe", "channel": "c", "id": 3})
+    while not broker.held:
+        await sleep(0.01)
+    broker.release_history(RuntimeError("connection lost"))
+    error = await ws.recv()
+    assert (error["type"], error["code"], error["id"]) == ("error", "unavailable", 3)
+    assert gw.bus.subscriber_count() == 0
+    broker.hold_history = False
+    assert (await subscribe(ws, "c", id=4))["type"] == "subscribed"
+    await ws.close()
