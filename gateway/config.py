@@ -7,8 +7,8 @@ precedence defaults < TOML file < command line and validates everything in one p
 
 from __future__ import annotations
 
-import socket
 import os
+import socket
 import tomllib
 from collections.abc import Callable, Mapping
 from typing import Any

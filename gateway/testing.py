@@ -100,9 +100,9 @@ class RunningGateway:
 
 def start_gateway(config: Config | None = None, broker: IBroker | None = None, **overrides: Any) -> RunningGateway:
     """Start a node listening on 127.0.0.1 with an ephemeral port."""
-    from gateway.service import GatewayService
-
     import attrs
+
+    from gateway.service import GatewayService
 
     config = attrs.evolve(config or Config(), listen=("tcp:0:interface=127.0.0.1",), **overrides)
     service = GatewayService(config, broker=broker)

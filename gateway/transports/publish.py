@@ -12,7 +12,8 @@ from twisted.web.server import NOT_DONE_YET, Request
 from gateway.core.commands import loads_strict, parse_publication
 from gateway.core.model import Publication
 from gateway.errors import BadRequest, GatewayError, Internal, TooLarge
-from gateway.transports._http import JSONResource, finish_json, error_body
+from gateway.transports._http import JSONResource, error_body, finish_json
+from gateway.transports.cors import apply_cors, preflight
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -60,7 +61,11 @@ class PublishResource(JSONResource):
         super().__init__()
         self.gateway = gateway
 
+    def render_OPTIONS(self, request: Request) -> bytes:
+        return preflight(self.gateway, request, ["POST"])
+
     def render_POST(self, request: Request) -> bytes | int:
+        apply_cors(self.gateway, request)
         limit = self.gateway.config.max_message_size
         length = request.getHeader(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:

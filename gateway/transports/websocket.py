@@ -15,14 +15,27 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet import defer
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
-from twisted.internet.interfaces import IPushProducer
 
 from gateway.bus import SubscribeResult, Subscription
-from gateway.core.commands import Auth, CommandError, Publish, Subscribe, Unsubscribe, parse_command
-from gateway.core.events import PreparedPublication, dumps, error_event, reply, reset_event
+from gateway.core.commands import (
+    Auth,
+    CommandError,
+    Publish,
+    Subscribe,
+    Unsubscribe,
+    parse_command,
+)
+from gateway.core.events import (
+    PreparedPublication,
+    dumps,
+    error_event,
+    reply,
+    reset_event,
+)
 from gateway.core.model import Position, Publication
 from gateway.core.session import Session
 from gateway.errors import (
