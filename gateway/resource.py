@@ -15,7 +15,9 @@ from twisted.web.server import Request
 from gateway.app import Gateway
 from gateway.metrics import MetricsResource, make_registry
 from gateway.transports._http import JSONResource, NotFoundResource, send_json
+from gateway.transports.poll import PollResource
 from gateway.transports.publish import PublishResource
+from gateway.transports.sse import SSEResource
 from gateway.transports.websocket import websocket_resource
 
 __all__ = ["GatewayResource", "HealthResource", "ReadyResource"]
@@ -49,7 +51,7 @@ class ReadyResource(JSONResource):
 
 
 class GatewayResource(resource.Resource):
-    """The gateway's resource tree: ``ws``, ``publish``, ``healthz``, ``readyz``, ``metrics``.
+    """The gateway's resource tree: ``ws``, ``sse``, ``poll``, ``publish``, ``healthz``, ``readyz``, ``metrics``.
 
     Args:
         gateway: the node these endpoints serve.
@@ -60,6 +62,8 @@ class GatewayResource(resource.Resource):
         self.gateway = gateway
         self.registry = make_registry(gateway)
         self.putChild(b"ws", websocket_resource(gateway))
+        self.putChild(b"sse", SSEResource(gateway))
+        self.putChild(b"poll", PollResource(gateway))
         self.putChild(b"publish", PublishResource(gateway))
         self.putChild(b"healthz", HealthResource(gateway))
         self.putChild(b"readyz", ReadyResource(gateway))
@@ -73,5 +77,5 @@ class GatewayResource(resource.Resource):
         return send_json(
             request,
             200,
-            {"service": "gateway", "endpoints": ["/ws", "/publish", "/healthz", "/readyz", "/metrics"]},
+            {"service": "gateway", "endpoints": ["/ws", "/sse", "/poll", "/publish", "/healthz", "/readyz", "/metrics"]},
         )

@@ -81,3 +81,54 @@ class NotFoundResource(JSONResource):
 
 
 __all__ += ["finish_json", "NOT_DONE_YET"]
+
+
+# -- query strings (GET /sse, GET /poll) ---------------------------------------
+
+# The longest query string the streaming endpoints accept.  Twisted itself drops a
+# request line over 16 KiB; below that, an oversize query is our own JSON 400, and
+# 8 KiB is room for 64 channel names plus a full 4,096-character cursor.
+MAX_QUERY_LENGTH = 8192
+
+
+def query_params(request: Request, max_length: int = MAX_QUERY_LENGTH) -> dict[str, list[str]]:
+    """The request's query parameters as text, validated.
+
+    Raises:
+        BadRequest: when the query string is longer than ``max_length`` bytes or a
+            name or value is not UTF-8.
+    """
+    query = request.uri.partition(b"?")[2]
+    if len(query) > max_length:
+        raise BadRequest(f"query string longer than {max_length} bytes")
+    params: dict[str, list[str]] = {}
+    for raw_name, raw_values in (request.args or {}).items():
+        try:
+            name = raw_name.decode("utf-8")
+            params[name] = [v.decode("utf-8") for v in raw_values]
+        except UnicodeDecodeError:
+            raise BadRequest("query parameters must be UTF-8") from None
+    return params
+
+
+def single_param(params: dict[str, list[str]], name: str) -> str | None:
+    """The one value of ``name``, or None when absent.
+
+    Raises:
+        BadRequest: when ``name`` is given more than once (which value wins would
+            be a guess).
+    """
+    values = params.get(name)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise BadRequest(f"{name} given more than once")
+    return values[0]
+
+
+def is_gone(request: Request) -> bool:
+    """True once ``request`` can take no more output (finished or client gone)."""
+    return bool(request.finished or getattr(request, "_disconnected", False))
+
+
+__all__ += ["MAX_QUERY_LENGTH", "query_params", "single_param", "is_gone"]

@@ -1,0 +1,407 @@
+"""Server-Sent Events (PROTOCOL.md section 5): ``GET /sse``, and the base it shares
+with long-polling.
+
+Theory of operation
+-------------------
+An SSE stream and a long poll are both *one HTTP request subscribed to a set of
+channels*, positioned by a cursor.  :class:`ChannelSetRequest` is that shared
+part (poll.py builds on it, as Nchan builds its EventSource subscriber on its
+long-poll one):
+
+1. the request's channels are subscribed on the bus, each from its position in
+   the cursor when it has one, else from "now";
+2. nothing is written until *every* subscription is live, so errors (503 when the
+   bus cannot subscribe) are still plain JSON, and "now" is fixed before the
+   response starts;
+3. then the start of each channel is known (``SubscribeResult``): a ``reset``
+   when the position could not be continued, the missed publications when it
+   could; those come first, resets before anything else, then whatever was
+   published while subscribing;
+4. after that, live events flow as the bus delivers them.  Each event advances
+   the request's positions; the cursor after an event is those positions.
+
+``request.notifyFinish()`` ends it all: whether the response finished or the
+client went away, every subscription and timer is released at once and the
+connection is unregistered from the gateway.
+
+The SSE ``event:``/``data:`` block of a publication is built once per publication
+(:meth:`PreparedPublication.form`) and shared by every stream; only the ``id:``
+line, which carries each stream's own cursor, is written per connection.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import attrs
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.server import NOT_DONE_YET, Request
+
+from gateway.bus import SubscribeResult, Subscription
+from gateway.core.channels import validate_channel
+from gateway.core.cursor import MAX_CURSOR_LENGTH, decode_cursor, encode_cursor
+from gateway.core.events import PreparedPublication, dumps, reset_event
+from gateway.core.model import Position
+from gateway.errors import BadRequest, GatewayError, Internal, Unavailable
+from gateway.transports._http import JSONResource, error_body, is_gone, query_params, send_json, single_param
+from gateway.transports.cors import apply_cors, preflight
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+__all__ = ["MAX_CHANNELS", "SSE_HEADERS", "ChannelSetRequest", "Event", "SSEResource", "SSEStream", "parse_channels"]
+
+MAX_CHANNELS = 64
+
+# Headers that keep every hop from caching or buffering the stream (nginx reads
+# X-Accel-Buffering; SSE is always UTF-8, so no charset parameter is needed).
+SSE_HEADERS = (
+    (b"content-type", b"text/event-stream"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+)
+
+# A cursor must stay within MAX_CURSOR_LENGTH for the client to hand it back.  A
+# request is refused up front when its channels would not fit with seqs of up to
+# this many digits (10**12 publications per channel).
+_SEQ_HEADROOM = 10**12 - 1
+
+_SSE_FORM = "sse"
+_PING = b": ping\n\n"
+
+
+@attrs.frozen
+class Event:
+    """One server event for a request: a ``message`` or a ``reset``.
+
+    Attributes:
+        channel: the event's channel.
+        position: the channel's position after this event.
+        prepared: the publication, for a ``message``; None for a ``reset``.
+    """
+
+    channel: str
+    position: Position
+    prepared: PreparedPublication | None = None
+
+    @property
+    def kind(self) -> str:
+        return "reset" if self.prepared is None else "message"
+
+    @property
+    def payload(self) -> bytes:
+        """The event's JSON (shared bytes for a ``message``)."""
+        if self.prepared is not None:
+            return self.prepared.payload
+        return dumps(reset_event(self.channel, self.position))
+
+
+def parse_channels(params: dict[str, list[str]]) -> list[str]:
+    """The distinct ``channel`` parameters, in order.
+
+    Raises:
+        BadRequest: none given, an invalid name, or more than :data:`MAX_CHANNELS`.
+    """
+    names = params.get("channel") or []
+    if not names:
+        raise BadRequest("at least one channel= parameter is required")
+    channels = list(dict.fromkeys(names))
+    if len(channels) > MAX_CHANNELS:
+        raise BadRequest(f"at most {MAX_CHANNELS} channels per request")
+    for name in channels:
+        validate_channel(name)
+    return channels
+
+
+def parse_cursor(value: str | None, name: str) -> dict[str, Position] | None:
+    """Decode a cursor parameter; None when absent; :class:`BadRequest` when invalid."""
+    if value is None:
+        return None
+    try:
+        return decode_cursor(value)
+    except BadRequest as e:
+        raise BadRequest(f"{name}: {e.message}") from None
+
+
+class ChannelSetRequest:
+    """One HTTP request subscribed to a set of channels (base of SSE and poll).
+
+    Subclasses implement :meth:`_open` (every subscription is live; the first
+    events are given), :meth:`_deliver` (a live event after that),
+    :meth:`_refuse` (an error before opening) and :meth:`going_away`.
+
+    Args:
+        gateway: the node.
+        request: the HTTP request, rendered with ``NOT_DONE_YET``.
+        channels: the distinct channels to subscribe to.
+        since: per channel, the position to continue from (channels absent start
+            at "now"); already restricted to ``channels``.
+        reset_all: start every channel with a ``reset`` (the client's position
+            could not be read at all).
+
+    Attributes:
+        positions: each channel's position after the last event handed out (a
+            channel is absent only while its first ``reset`` is still to come).
+    """
+
+    transport: ClassVar[str]
+    _log = Logger()
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        request: Request,
+        channels: list[str],
+        since: dict[str, Position],
+        reset_all: bool = False,
+    ) -> None:
+        self.gateway = gateway
+        self.request = request
+        self.channels = channels
+        self.since = since
+        self.reset_all = reset_all
+        self.positions: dict[str, Position] = {}
+        self.opened = False
+        self.released = False
+        self._subscriptions: list[Subscription] = []
+        self._waiting = set(channels)
+        self._tops: dict[str, Position] = {}
+        self._resets: list[Event] = []
+        self._backlog: list[Event] = []
+        self._live: list[Event] = []
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def start(self) -> None:
+        """Register with the gateway and subscribe every channel."""
+        self.gateway.connection_opened(self.transport, self)
+        self.request.notifyFinish().addBoth(self._finished)
+        bus = self.gateway.bus
+        for channel in self.channels:
+            if self.released:
+                return
+            sub = bus.subscribe(channel, self, self.since.get(channel))
+            self._subscriptions.append(sub)
+            sub.ready.addCallbacks(self._ready, self._subscribe_failed, (channel,))
+
+    def _finished(self, result: Any) -> None:
+        # Fires with None after finish() and with a Failure when the client went
+        # away; either way nothing more can be written.
+        self.release()
+
+    def release(self) -> None:
+        """Cancel every subscription and timer and unregister (idempotent)."""
+        if self.released:
+            return
+        self.released = True
+        subscriptions, self._subscriptions = self._subscriptions, []
+        for sub in subscriptions:
+            sub.cancel()
+        self._live.clear()
+        self._stop_timers()
+        self.gateway.connection_closed(self.transport, self)
+
+    def _stop_timers(self) -> None:
+        """Cancel the subclass's timers (called once, on release)."""
+
+    def cursor(self) -> str:
+        """The cursor at the current positions."""
+        return encode_cursor(self.positions)
+
+    # -- subscribing ------------------------------------------------------------
+
+    def _ready(self, result: SubscribeResult, channel: str) -> None:
+        if self.released:
+            return
+        self._tops[channel] = result.top
+        since = self.since.get(channel)
+        if self.reset_all or result.recovered is False:
+            self._resets.append(Event(channel, result.top))
+            if since is not None:
+                # Until its reset is out, the client is still where it said it was.
+                self.positions[channel] = since
+        elif result.recovered:
+            assert since is not None
+            self.positions[channel] = since
+        else:
+            self.positions[channel] = result.top
+        self._backlog.extend(Event(channel, p.publication.position, p) for p in result.publications)
+        self._waiting.discard(channel)
+        if not self._waiting:
+            self._all_ready()
+
+    def _subscribe_failed(self, failure: Failure, channel: str) -> None:
+        if self.released:
+            return
+        if failure.check(GatewayError):
+            error: GatewayError = failure.value
+        elif failure.check(defer.CancelledError):
+            error = Unavailable("subscription cancelled")
+        else:
+            self._log.failure("subscribing {channel} failed", failure, channel=channel)
+            error = Internal("internal error")
+        self._fail(error)
+
+    def _fail(self, error: GatewayError) -> None:
+        """Refuse the request with ``error`` (only before it opened)."""
+        self.release()
+        if not self.opened and not is_gone(self.request):
+            self._refuse(error)
+
+    def _all_ready(self) -> None:
+        try:
+            self._check_cursor_fits()
+        except GatewayError as e:
+            self._fail(e)
+            return
+        self.opened = True
+        first = self._resets + self._backlog + self._live
+        self._resets, self._backlog, self._live = [], [], []
+        self._open(first)
+
+    def _check_cursor_fits(self) -> None:
+        worst = {channel: Position(top.epoch, max(top.seq, _SEQ_HEADROOM)) for channel, top in self._tops.items()}
+        if len(encode_cursor(worst)) > MAX_CURSOR_LENGTH:
+            raise BadRequest(
+                f"these channels make a cursor longer than {MAX_CURSOR_LENGTH} characters: use fewer or shorter names"
+            )
+
+    # -- the bus's Subscriber ---------------------------------------------------
+
+    def on_publication(self, prepared: PreparedPublication) -> None:
+        pub = prepared.publication
+        self._event(Event(pub.channel, pub.position, prepared))
+
+    def on_reset(self, channel: str, position: Position) -> None:
+        self._event(Event(channel, position))
+
+    def _event(self, event: Event) -> None:
+        if self.released:
+            return
+        if not self.opened:
+            self._live.append(event)
+            return
+        self._deliver(event)
+
+    def advance(self, event: Event) -> None:
+        """Move the positions past ``event``."""
+        self.positions[event.channel] = event.position
+
+    # -- for subclasses -----------------------------------------------------------
+
+    def _open(self, first: list[Event]) -> None:
+        raise NotImplementedError
+
+    def _deliver(self, event: Event) -> None:
+        raise NotImplementedError
+
+    def _refuse(self, error: GatewayError) -> None:
+        raise NotImplementedError
+
+    def going_away(self) -> None:
+        raise NotImplementedError
+
+
+def _sse_block(kind: bytes, payload: bytes) -> bytes:
+    return b"event: " + kind + b"\ndata: " + payload + b"\n\n"
+
+
+class SSEStream(ChannelSetRequest):
+    """One ``GET /sse`` response: events framed with their cursor, pings between."""
+
+    transport = "sse"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._heartbeat: Any = None
+
+    def _open(self, first: list[Event]) -> None:
+        request = self.request
+        request.setResponseCode(200)
+        for name, value in SSE_HEADERS:
+            request.setHeader(name, value)
+        # An empty write sends the status line and headers now, so the client
+        # knows the stream is open even before the first event.
+        request.write(b"")
+        for event in first:
+            self._deliver(event)
+        self._schedule_ping()
+
+    def _deliver(self, event: Event) -> None:
+        self.advance(event)
+        if event.prepared is not None:
+            block = event.prepared.form(_SSE_FORM, lambda payload: _sse_block(b"message", payload))
+        else:
+            block = _sse_block(b"reset", event.payload)
+        self.request.write(b"id: " + self.cursor().encode("ascii") + b"\n" + block)
+        if event.prepared is not None:
+            self.gateway.delivered("sse")
+
+    def _refuse(self, error: GatewayError) -> None:
+        self.request.write(send_json(self.request, error.http_status, error_body(error)))
+        self.request.finish()
+
+    def _schedule_ping(self) -> None:
+        self._heartbeat = self.gateway.reactor.callLater(self.gateway.config.heartbeat, self._ping)
+
+    def _ping(self) -> None:
+        self._heartbeat = None
+        if self.released or is_gone(self.request):
+            return
+        # Besides keeping idle proxies from closing the stream, the write is what
+        # reveals a peer that vanished without closing the connection.
+        self.request.write(_PING)
+        self._schedule_ping()
+
+    def _stop_timers(self) -> None:
+        if self._heartbeat is not None and self._heartbeat.active():
+            self._heartbeat.cancel()
+        self._heartbeat = None
+
+    def going_away(self) -> None:
+        """End the stream (the node is draining); the client resumes elsewhere."""
+        if is_gone(self.request):
+            self.release()
+            return
+        if not self.opened:
+            self._fail(Unavailable("node is draining"))
+            return
+        self.release()
+        self.request.finish()
+
+
+class SSEResource(JSONResource):
+    """``GET /sse?channel=a&channel=b[&since=<cursor>]``."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        super().__init__()
+        self.gateway = gateway
+
+    def render_OPTIONS(self, request: Request) -> bytes:
+        return preflight(self.gateway, request, ["GET"])
+
+    def render_GET(self, request: Request) -> bytes | int:
+        gateway = self.gateway
+        apply_cors(gateway, request)
+        params = query_params(request)
+        channels = parse_channels(params)
+        since = parse_cursor(single_param(params, "since"), "since") or {}
+        reset_all = False
+        last_event_id = request.getHeader(b"last-event-id")
+        if last_event_id:
+            # The browser's reconnect: newer than the `since` still in its URL.
+            # An unreadable one must not be a 400, which would make the browser
+            # give up: every channel starts with a reset instead.
+            try:
+                since = decode_cursor(last_event_id.decode("ascii"))
+            except (BadRequest, UnicodeDecodeError):
+                since, reset_all = {}, True
+        if gateway.draining:
+            raise Unavailable("node is draining")
+        if not gateway.bus.is_ready():
+            raise Unavailable("the message bus is not available")
+        since = {c: p for c, p in since.items() if c in channels}
+        SSEStream(gateway, request, channels, since, reset_all).start()
+        return NOT_DONE_YET
