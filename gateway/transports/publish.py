@@ -64,11 +64,7 @@ class PublishResource(JSONResource):
     def render_OPTIONS(self, request: Request) -> bytes:
         return preflight(self.gateway, request, ["POST"])
 
-    def render_OPTIONS(self, request: Request) -> bytes:
-        return preflight(self.gateway, request, ["POST"])
-
     def render_POST(self, request: Request) -> bytes | int:
-        apply_cors(self.gateway, request)
         apply_cors(self.gateway, request)
         limit = self.gateway.config.max_message_size
         length = request.getHeader(b"content-length")
