@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
@@ -300,3 +302,42 @@ def test_publish_hooks_see_each_accepted_publication():
     bus.publish_hooks.append(lambda pub: 1 / 0)
     assert result_of(bus.publish("c", 1)).seq == 1
     assert seen == [1]
+
+
+
+def _no_silent_gap(events):
+    """Every message follows the previous position by exactly one, or a reset said where to go on from."""
+    pos = None
+    for kind, _channel, epoch, seq in events:
+        if kind == "reset":
+            pos = (epoch, seq)
+            continue
+        if pos is not None:
+            assert (epoch, seq) == (pos[0], pos[1] + 1), events
+        pos = (epoch, seq)
+    return pos
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    deliveries=st.lists(st.sampled_from(["deliver", "lose", "repeat"]), min_size=1, max_size=40),
+    history_size=st.integers(min_value=1, max_value=50),
+)
+def test_lossy_delivery_never_produces_a_silent_gap(deliveries, history_size):
+    """Whatever pub/sub loses or repeats, a subscriber sees every seq once in order, or a reset; never a silent gap."""
+    bus, broker, _ = make(ManualBroker(history_size=history_size))
+    rec = RecordingSubscriber()
+    bus.subscribe("c", rec)
+    last = None
+    for action in deliveries:
+        pub = publish_and_deliver(bus, broker, "c", deliver=False)
+        if action != "lose":
+            broker.deliver(pub)
+        if action == "repeat":
+            broker.deliver(pub)
+        last = pub
+    bus.broker_reconnected()  # what the Redis broker does after a reconnect
+    final = _no_silent_gap(rec.events)
+    assert final == ("e1", last.seq)
+    if history_size >= len(deliveries):
+        assert rec.seqs == list(range(1, len(deliveries) + 1))
