@@ -10,16 +10,30 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from gateway.broker import broker_from_config
 from gateway.bus import Bus
 from gateway.config import Config, ConfigError
 from gateway.core.model import Publication
 from gateway.errors import Unavailable
-from gateway.interfaces import IBroker
+from gateway.hooks import load_hooks
+from gateway.interfaces import IBroker, IPublishHook
 from gateway.metrics import Stats
 
 __all__ = ["Gateway"]
+
+
+@implementer(IPublishHook)
+class _CountPublications:
+    def __init__(self, stats: Stats) -> None:
+        self.stats = stats
+
+    def before_publish(self, channel: str, data: Any, sender: str | None) -> None:
+        pass
+
+    def after_publish(self, publication: Publication) -> None:
+        self.stats.publications += 1
 
 
 class Gateway:
@@ -42,9 +56,13 @@ class Gateway:
         if config.jwt_secret or config.jwt_public_key or config.api_key:
             raise ConfigError("authentication (--jwt-secret, --jwt-public-key, --api-key) is not implemented yet")
         self.reactor = reactor
-        self.bus = Bus(broker or broker_from_config(config, reactor), reactor)
-        self.bus.publish_hooks.append(self._count_publication)
         self.stats = Stats()
+        try:
+            hooks = load_hooks(config.hook)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        self.bus = Bus(broker or broker_from_config(config, reactor), reactor)
+        self.bus.hooks.extend([_CountPublications(self.stats), *hooks])
         self.draining = False
         self._connections: dict[str, set[Any]] = {"websocket": set(), "sse": set(), "poll": set()}
         self._drained: list[defer.Deferred[None]] = []
@@ -107,9 +125,6 @@ class Gateway:
 
     def delivered(self, transport: str, count: int = 1) -> None:
         self.stats.deliveries[transport] += count
-
-    def _count_publication(self, pub: Publication) -> None:
-        self.stats.publications += 1
 
     # -- policy ------------------------------------------------------------
 

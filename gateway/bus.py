@@ -43,7 +43,7 @@ from zope.interface import implementer
 from gateway.core.channels import validate_channel
 from gateway.core.events import PreparedPublication
 from gateway.core.model import HistoryResult, Position, Publication
-from gateway.errors import GatewayError, Unavailable
+from gateway.errors import GatewayError, Internal, Unavailable
 from gateway.interfaces import IBroker, IBrokerListener
 
 __all__ = ["Bus", "Subscriber", "Subscription", "SubscribeResult"]
@@ -214,7 +214,8 @@ class Bus:
         self._clock = clock
         self._channels: dict[str, _Channel] = {}
         self.publications_fanned_out = 0
-        self.publish_hooks: list[Callable[[Publication], None]] = []
+        # IPublishHook providers, run around every publish in order.
+        self.hooks: list[Any] = []
 
     # -- lifecycle --------------------------------------------------------
 
@@ -255,13 +256,19 @@ class Bus:
         """Publish ``data`` on ``channel``; fires with the ordered publication.
 
         Local subscribers receive it through the broker, like every other node's.
+        Publish hooks (:attr:`hooks`) run before (and may refuse it) and after.
         Fails with :class:`~gateway.errors.BadRequest` for an invalid channel and
         :class:`~gateway.errors.Unavailable` when the broker cannot take it.
         """
         try:
             validate_channel(channel)
+            for hook in self.hooks:
+                hook.before_publish(channel, data, sender)
         except GatewayError:
             return defer.fail()
+        except Exception:
+            self._log.failure("a publish hook failed before publishing to {channel}", channel=channel)
+            return defer.fail(Internal("a publish hook failed"))
         if not self.broker.is_ready():
             return defer.fail(Unavailable("the message bus is not available"))
         d = self.broker.publish(channel, data, sender)
@@ -269,11 +276,11 @@ class Bus:
         return d
 
     def _published(self, pub: Publication) -> Publication:
-        for hook in self.publish_hooks:
+        for hook in self.hooks:
             try:
-                hook(pub)
+                hook.after_publish(pub)
             except Exception:
-                self._log.failure("publish hook {hook!r} failed", hook=hook)
+                self._log.failure("publish hook {hook!r} failed after publishing", hook=hook)
         return pub
 
     def subscribe(self, channel: str, subscriber: Subscriber, since: Position | None = None) -> Subscription:

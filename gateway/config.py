@@ -67,6 +67,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("heartbeat", float, 20.0, "Seconds between WebSocket pings and SSE ping comments.", metavar="SECONDS", check=(_positive, "must be > 0")),
     Option("max-message-size", int, 65536, "Largest WebSocket message and POST /publish body, in bytes.", metavar="BYTES", check=(lambda v: v >= 256, "must be >= 256")),
     Option("node-id", str, None, "This node's name in logs and health output (default: host:pid).", metavar="ID"),
+    Option("hook", str, (), "Publish hook NAME[:ARGS] from the plugins package, e.g. log or allow-channels:room:* (repeatable).", True, "HOOK"),
     Option("drain-timeout", float, 10.0, "Seconds a SIGTERM drain may take before exiting.", metavar="SECONDS", check=(lambda v: v >= 0, "must be >= 0")),
 )
 
@@ -93,6 +94,7 @@ class Config:
     max_message_size: int = 65536
     node_id: str = attrs.field(factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     drain_timeout: float = 10.0
+    hook: tuple[str, ...] = ()
     # Tuning knobs that are not command-line options.
     max_subscriptions: int = 1000
     max_send_buffer: int = 4 * 1024 * 1024

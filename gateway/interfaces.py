@@ -90,3 +90,41 @@ class IBroker(Interface):
 
     def unsubscribe(channel):  # type: ignore[no-untyped-def]
         """Stop node-level delivery of ``channel``. Returns a Deferred."""
+
+
+class IPublishHook(Interface):
+    """Runs around every publish accepted by this node (WebSocket, HTTP or Python)."""
+
+    def before_publish(channel, data, sender):  # type: ignore[no-untyped-def]
+        """Called before the broker sees the publication.
+
+        Raise a :class:`~gateway.errors.GatewayError` (e.g. ``Forbidden``,
+        ``BadRequest``, ``RateLimited``) to refuse it; the client gets that error
+        and nothing is published.  Must not block.
+        """
+
+    def after_publish(publication):  # type: ignore[no-untyped-def]
+        """Called once the broker accepted ``publication`` (a Publication). Must not block."""
+
+
+class IPublishHookFactory(Interface):
+    """A publish hook type that operators select with ``--hook NAME[:ARGS]``.
+
+    Shaped like Twisted's ``ICheckerFactory``: provide it (and ``twisted.plugin.IPlugin``)
+    from a module named ``gateway_*.py`` in the ``plugins`` package, or in a ``plugins``
+    directory of another distribution on sys.path.
+    """
+
+    hookType = Attribute("The name used in --hook, e.g. 'log'.")
+    hookHelp = Attribute("One paragraph on what the hook does.")
+    argStringFormat = Attribute("What goes after the colon, e.g. 'PATTERN[,PATTERN...]'.")
+
+    def make_hook(argstring):  # type: ignore[no-untyped-def]
+        """Return an :class:`IPublishHook` configured by ``argstring`` ('' when none).
+
+        Raises:
+            ValueError: with a message for the operator when ``argstring`` is bad.
+        """
+
+
+__all__ += ["IPublishHook", "IPublishHookFactory"]

@@ -294,14 +294,48 @@ def test_publish_rejects_invalid_channel():
         bus.subscribe("*", RecordingSubscriber())
 
 
-def test_publish_hooks_see_each_accepted_publication():
-    """Publish hooks run once per accepted publication, and a failing hook does not fail the publish."""
+class Hook:
+    def __init__(self, refuse=None, fail_after=False):
+        self.before, self.after = [], []
+        self.refuse, self.fail_after = refuse, fail_after
+
+    def before_publish(self, channel, data, sender):
+        self.before.append(channel)
+        if self.refuse is not None:
+            raise self.refuse
+
+    def after_publish(self, publication):
+        self.after.append(publication.seq)
+        if self.fail_after:
+            raise RuntimeError("hook bug")
+
+
+def test_publish_hooks_run_before_and_after_each_publication():
+    """Hooks see every publish before and after; a hook failing afterwards does not fail the publish."""
     bus, _, _ = make()
-    seen = []
-    bus.publish_hooks.append(lambda pub: seen.append(pub.seq))
-    bus.publish_hooks.append(lambda pub: 1 / 0)
+    first, second = Hook(), Hook(fail_after=True)
+    bus.hooks.extend([first, second])
     assert result_of(bus.publish("c", 1)).seq == 1
-    assert seen == [1]
+    assert (first.before, first.after, second.after) == (["c"], [1], [1])
+
+
+def test_publish_hook_can_refuse_a_publication():
+    """A hook raising a GatewayError before publishing refuses it: nothing is published."""
+    from gateway.errors import Forbidden
+
+    bus, broker, _ = make()
+    bus.hooks.append(Hook(refuse=Forbidden("no")))
+    assert result_of(bus.publish("c", 1)).check(Forbidden)
+    assert "c" not in broker.streams
+
+
+def test_publish_hook_crashing_before_is_internal_error():
+    """A hook that crashes before publishing yields `internal`, not an unhandled exception."""
+    from gateway.errors import Internal
+
+    bus, _, _ = make()
+    bus.hooks.append(Hook(refuse=RuntimeError("bug")))
+    assert result_of(bus.publish("c", 1)).check(Internal)
 
 
 

@@ -1,0 +1,124 @@
+"""Built-in publish hooks, exposed to operators through ``plugins/gateway_hooks.py``.
+
+* ``log``: log every accepted publication (channel, seq, sender).
+* ``allow-channels:PATTERN[,PATTERN...]``: refuse (``forbidden``) publishes to
+  channels that match none of the glob patterns.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from typing import Any
+
+from twisted.logger import Logger
+from twisted.plugin import IPlugin
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from gateway.core.channels import pattern_matches
+from gateway.core.model import Publication
+from gateway.errors import Forbidden
+from gateway.interfaces import IPublishHook, IPublishHookFactory
+
+__all__ = ["LogHook", "AllowChannelsHook", "LogHookFactory", "AllowChannelsHookFactory", "discover_hook_factories", "load_hooks"]
+
+PLUGIN_PREFIX = "gateway_"
+
+
+@implementer(IPublishHook)
+class LogHook:
+    _log = Logger()
+
+    def before_publish(self, channel: str, data: Any, sender: str | None) -> None:
+        pass
+
+    def after_publish(self, publication: Publication) -> None:
+        self._log.info(
+            "published {channel} seq {seq} epoch {epoch} from {sender}",
+            channel=publication.channel,
+            seq=publication.seq,
+            epoch=publication.epoch,
+            sender=publication.sender or "-",
+        )
+
+
+@implementer(IPublishHook)
+class AllowChannelsHook:
+    def __init__(self, patterns: tuple[str, ...]) -> None:
+        self.patterns = patterns
+
+    def before_publish(self, channel: str, data: Any, sender: str | None) -> None:
+        if not any(pattern_matches(p, channel) for p in self.patterns):
+            raise Forbidden(f"publishing to {channel!r} is not allowed on this gateway")
+
+    def after_publish(self, publication: Publication) -> None:
+        pass
+
+
+@implementer(IPlugin, IPublishHookFactory)
+class LogHookFactory:
+    hookType = "log"
+    hookHelp = "Log every accepted publication (channel, seq, epoch, sender) at info level."
+    argStringFormat = "(none)"
+
+    def make_hook(self, argstring: str) -> IPublishHook:
+        if argstring:
+            raise ValueError("the log hook takes no arguments")
+        return LogHook()
+
+
+@implementer(IPlugin, IPublishHookFactory)
+class AllowChannelsHookFactory:
+    hookType = "allow-channels"
+    hookHelp = "Refuse (forbidden) publishes to channels matching none of the glob patterns (* and ?)."
+    argStringFormat = "PATTERN[,PATTERN...]"
+
+    def make_hook(self, argstring: str) -> IPublishHook:
+        patterns = tuple(p for p in argstring.split(",") if p)
+        if not patterns:
+            raise ValueError("allow-channels needs at least one pattern, e.g. allow-channels:room:*")
+        return AllowChannelsHook(patterns)
+
+
+def discover_hook_factories() -> dict[str, Any]:
+    """Every :class:`IPublishHookFactory` in ``gateway_*`` modules of the ``plugins`` package.
+
+    Only modules named ``gateway_*`` are imported, so an unrelated ``plugins``
+    directory elsewhere on sys.path is never executed.
+    """
+    import plugins
+
+    found: dict[str, Any] = {}
+    for info in pkgutil.iter_modules(plugins.__path__):
+        if not info.name.startswith(PLUGIN_PREFIX):
+            continue
+        module = importlib.import_module(f"plugins.{info.name}")
+        for value in vars(module).values():
+            if IPublishHookFactory.providedBy(value) and not isinstance(value, type):
+                verifyObject(IPublishHookFactory, value)
+                found.setdefault(value.hookType, value)
+    return found
+
+
+def load_hooks(specs: tuple[str, ...]) -> list[Any]:
+    """Build the hooks named by ``--hook NAME[:ARGS]`` values.
+
+    Raises:
+        ValueError: for an unknown hook (listing the known ones) or bad arguments.
+    """
+    factories = discover_hook_factories() if specs else {}
+    hooks = []
+    for spec in specs:
+        name, _, args = spec.partition(":")
+        factory = factories.get(name)
+        if factory is None:
+            known = ", ".join(sorted(factories)) or "none"
+            raise ValueError(f"hook: unknown hook {name!r} (available: {known})")
+        try:
+            hook = factory.make_hook(args)
+        except ValueError as e:
+            raise ValueError(f"hook {name}: {e}") from None
+        verifyObject(IPublishHook, hook)
+        hooks.append(hook)
+    return hooks
