@@ -41,7 +41,7 @@ def decode_cursor(cursor: str) -> dict[str, Position]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         obj = json.loads(raw.decode("utf-8"))
-    except (binascii.Error, UnicodeDecodeError, ValueError):
+    except (binascii.Error, UnicodeDecodeError, ValueError, RecursionError):
         raise BadRequest("cursor does not decode to JSON") from None
     if not isinstance(obj, dict):
         raise BadRequest("cursor must encode a JSON object")
