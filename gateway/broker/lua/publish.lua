@@ -1,0 +1,57 @@
+-- publish.lua: order one publication, keep it in history and PUBLISH it, in one atomic step.
+--
+-- KEYS[1]  the channel's meta hash: field "e" = epoch, field "s" = latest seq
+-- KEYS[2]  the channel's history list, oldest entry first
+-- ARGV[1]  the Redis pub/sub channel to PUBLISH the entry on
+-- ARGV[2]  body: the JSON object {"c": channel, "d": data, "f": sender or null}
+-- ARGV[3]  a fresh epoch, used only when the channel has no meta hash (never
+--          published on, idle past the meta ttl, or its keys were flushed)
+-- ARGV[4]  history size: the most entries kept
+-- ARGV[5]  history ttl in milliseconds: the oldest entry kept
+-- ARGV[6]  expiry of the history list in seconds (an idle channel's history goes away)
+-- ARGV[7]  expiry of the meta hash in seconds (refreshed on every publish)
+--
+-- Returns  {seq, epoch, ts}: the seq given to this publication, the channel's
+--          epoch, and the acceptance time (Redis TIME, ms since the Unix epoch).
+--
+-- The entry stored in history and published is "<seq>:<ts>:<epoch>:<body>", so a
+-- subscriber builds the publication from the message alone.  A new epoch starts
+-- at seq 1 with an empty history: seqs are never renumbered within an epoch.
+
+if redis.replicate_commands then
+  redis.replicate_commands()
+end
+
+local meta, hist = KEYS[1], KEYS[2]
+
+local epoch = redis.call("HGET", meta, "e")
+if not epoch then
+  epoch = ARGV[3]
+  redis.call("DEL", hist)
+  redis.call("HSET", meta, "e", epoch, "s", 0)
+end
+local seq = redis.call("HINCRBY", meta, "s", 1)
+
+local t = redis.call("TIME")
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ts = string.format("%d", now)
+
+local entry = seq .. ":" .. ts .. ":" .. epoch .. ":" .. ARGV[2]
+redis.call("RPUSH", hist, entry)
+redis.call("LTRIM", hist, -tonumber(ARGV[4]), -1)
+
+-- Drop entries older than the ttl from the head (entries are in ts order).
+local oldest = now - tonumber(ARGV[5])
+while true do
+  local head = redis.call("LINDEX", hist, 0)
+  if not head then break end
+  local head_ts = tonumber(string.match(head, "^%d+:(%d+):"))
+  if head_ts == nil or head_ts >= oldest then break end
+  redis.call("LPOP", hist)
+end
+
+redis.call("EXPIRE", hist, ARGV[6])
+redis.call("EXPIRE", meta, ARGV[7])
+redis.call("PUBLISH", ARGV[1], entry)
+
+return {seq, epoch, now}

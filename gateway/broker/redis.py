@@ -1,0 +1,536 @@
+"""The Redis broker: channels, seqs and history shared by every node through Redis.
+
+Theory of operation
+-------------------
+*Ordering.*  A publish is one ``EVALSHA`` of ``lua/publish.lua``: it reads (or
+creates) the channel's epoch in its meta hash, ``HINCRBY``\\s the seq, appends the
+entry to the history list (trimmed by count and by age, with an idle expiry) and
+``PUBLISH``\\es the same entry, all atomically inside Redis.  Seqs are therefore
+unique and gapless across nodes, and the order on the pub/sub channel is the seq
+order.  The entry, ``"<seq>:<ts>:<epoch>:<json body>"``, carries everything a
+:class:`~gateway.core.model.Publication` needs, so delivery costs no extra round
+trip.  ``ts`` is Redis' own ``TIME``: every node trims history by the same clock.
+
+*Epochs.*  The epoch lives in Redis.  When a channel's meta hash is missing (first
+use, idle for longer than the meta expiry, ``FLUSHALL``, a new Redis) the script
+that finds it missing installs the fresh epoch the caller passed along and starts
+the seq again from 0; the bus sees the new epoch and resets its subscribers.
+Seqs are never renumbered silently.
+
+*Delivery.*  One subscriber connection per node, with one Redis ``SUBSCRIBE`` per
+channel that has local subscribers (the bus asks on the first local subscriber
+and releases on the last).  txredisapi reconnects that connection but does not
+restore its subscriptions, so :class:`_SubscriberProtocol` resubscribes every
+wanted channel when it connects and then calls the listener's
+``broker_reconnected``, which makes the bus fill whatever was published meanwhile
+from history (``lua/history.lua``, one round trip).
+
+*Failing fast.*  txredisapi queues commands issued while Redis is down until it
+comes back, which would turn a publish into a hang (or worse, a late publish).
+This module never hands a command to a pool with no live connection: it fails at
+once with :class:`~gateway.errors.Unavailable`.  Every command also has a
+deadline (``command_timeout``): txredisapi's ``replyTimeout`` aborts a connection
+whose server stopped answering, and a health check PINGs both connections every
+``health_interval`` seconds so a hung or half-open server is noticed even when
+idle.  A publish that timed out may still have been applied by Redis (its
+subscribers then get it); it is reported as unavailable, never as done.
+
+*Reconnecting.*  txredisapi's ClientService-based slots back off from
+``reconnect_initial_delay`` to ``reconnect_max_delay`` (set per factory, not on
+the global class), with jitter.
+
+Keys, under a configurable prefix (``redis://host:port/db?prefix=gw``, default
+``gateway``), with the channel name as a Redis Cluster hash tag::
+
+    {prefix}:{<channel>}:meta   hash: e = epoch, s = latest seq
+    {prefix}:{<channel>}:hist   list of entries, oldest first
+    {prefix}:<db>:pub:<channel> pub/sub channel (pub/sub ignores the db number,
+                                so it is part of the name)
+
+Memory is bounded by the history settings: each history list holds at most
+``history_size`` entries none older than ``history_ttl`` (trimmed on every
+publish) and expires ``history_ttl`` + 10 s after the last publish.  The meta hash
+(a few dozen bytes) expires after max(24 h, 2 × ``history_ttl``) without a publish
+or subscribe: it must outlive the history so no entry is ever read under a new
+epoch, and outliving it by a day lets a client of a quiet channel resume without a
+reset (its position equals the top, nothing is missing).  That matches the
+in-memory broker, which forgets a channel after 24 h idle.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from importlib import resources
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import txredisapi
+from twisted.internet import defer
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from gateway.broker.memory import STREAM_IDLE_SECONDS, new_epoch
+from gateway.config import Config, ConfigError
+from gateway.core.events import dumps
+from gateway.core.model import HistoryResult, Position, Publication
+from gateway.core.stream import recover
+from gateway.errors import Unavailable
+from gateway.interfaces import IBroker, IBrokerListener
+
+__all__ = ["RedisBroker", "RedisURL", "parse_redis_url", "load_script"]
+
+DEFAULT_PREFIX = "gateway"
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9_\-:.]{1,64}$")
+# Seconds an idle channel's history list outlives its newest entry (all of it is
+# past the ttl by then; the margin only avoids expiring a list being appended to).
+HISTORY_EXPIRY_MARGIN = 10
+
+
+def load_script(name: str) -> bytes:
+    """The Lua script ``name`` shipped in ``gateway/broker/lua/``."""
+    return resources.files("gateway.broker").joinpath("lua", name).read_bytes()
+
+
+class RedisURL:
+    """A parsed ``redis://[[user]:password@]host[:port][/db][?prefix=P]`` URL."""
+
+    def __init__(self, host: str, port: int, db: int, prefix: str, username: str | None, password: str | None) -> None:
+        self.host = host
+        self.port = port
+        self.db = db
+        self.prefix = prefix
+        self.username = username
+        self.password = password
+
+    def display(self) -> str:
+        """The URL without credentials, for logs and ``/healthz``."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        suffix = "" if self.prefix == DEFAULT_PREFIX else f"?prefix={self.prefix}"
+        return f"redis://{host}:{self.port}/{self.db}{suffix}"
+
+
+def parse_redis_url(url: str) -> RedisURL:
+    """Parse the ``--redis`` value.
+
+    Raises:
+        ConfigError: naming what is wrong.
+    """
+    try:
+        parts = urlsplit(url)
+        port = parts.port or 6379
+    except ValueError as e:
+        raise ConfigError(f"redis: invalid URL {url!r}: {e}") from None
+    if parts.scheme != "redis":
+        raise ConfigError(f"redis: expected redis://HOST:PORT/DB, got {url!r}")
+    host = parts.hostname or "localhost"
+    path = parts.path.strip("/")
+    if path and not path.isdigit():
+        raise ConfigError(f"redis: the database must be a number, got {path!r}")
+    query = parse_qs(parts.query, keep_blank_values=True)
+    unknown = sorted(set(query) - {"prefix"})
+    if unknown:
+        raise ConfigError(f"redis: unknown URL parameter(s): {', '.join(unknown)}")
+    prefix = query.get("prefix", [DEFAULT_PREFIX])[-1]
+    if not _PREFIX_RE.match(prefix):
+        raise ConfigError(f"redis: prefix must match {_PREFIX_RE.pattern}, got {prefix!r}")
+    password = unquote(parts.password) if parts.password else None
+    username = unquote(parts.username) if parts.username else None
+    return RedisURL(host, port, int(path or 0), prefix, username, password)
+
+
+class _CommandProtocol(txredisapi.RedisProtocol):
+    """A pooled command connection that tells the broker when it comes and goes."""
+
+    def connectionMade(self) -> Any:
+        d = super().connectionMade()
+        self.whenConnected().addCallback(lambda _: self.factory.broker._command_connected(self))
+        return d
+
+    def connectionLost(self, why: Failure) -> None:
+        was_ready = bool(self._ready)
+        super().connectionLost(why)
+        if was_ready:
+            self.factory.broker._command_lost(self, why)
+
+
+class _SubscriberProtocol(txredisapi.SubscriberProtocol):
+    """The node's one pub/sub connection: resubscribes on every (re)connect."""
+
+    def connectionMade(self) -> Any:
+        # The base runs AUTH (and SELECT) first; subscribe once it is usable.
+        d = super().connectionMade()
+        self.whenConnected().addCallback(lambda _: self.factory.broker._subscriber_connected(self))
+        return d
+
+    def connectionLost(self, why: Failure) -> None:
+        was_ready = bool(self._ready)
+        super().connectionLost(why)
+        if was_ready:
+            self.factory.broker._subscriber_lost(self, why)
+
+    def messageReceived(self, pattern: Any, channel: bytes, message: bytes) -> None:
+        self.factory.broker._message_received(channel, message)
+
+
+def _factory(broker: RedisBroker, protocol: type, poolsize: int, url: RedisURL, db: int | None) -> txredisapi.RedisFactory:
+    factory = txredisapi.RedisFactory(
+        url.display(),
+        db,
+        poolsize,
+        isLazy=True,
+        charset=None,
+        password=url.password,
+        username=url.username,
+        replyTimeout=broker.command_timeout,
+        convertNumbers=False,
+    )
+    factory.protocol = protocol
+    factory.broker = broker
+    # Per factory, not the global class attributes.
+    factory.initialDelay = broker.reconnect_initial_delay
+    factory.maxDelay = broker.reconnect_max_delay
+    return factory
+
+
+@implementer(IBroker)
+class RedisBroker:
+    """Broker sharing channels through Redis (see the module docstring).
+
+    Args:
+        url: ``redis://[[user]:password@]host[:port][/db][?prefix=P]``.
+        history_size: most publications kept per channel.
+        history_ttl: oldest publication kept, in seconds.
+        reactor: the reactor (``IReactorTCP`` + ``IReactorTime``).
+        poolsize: command connections.
+        command_timeout: deadline of every Redis command, in seconds.
+        connect_timeout: deadline of one connection attempt, in seconds.
+        health_interval: seconds between PINGs on idle connections (0: none).
+        reconnect_initial_delay: first reconnection delay, in seconds.
+        reconnect_max_delay: cap of the reconnection backoff, in seconds.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        url: str,
+        history_size: int = 1000,
+        history_ttl: float = 300.0,
+        *,
+        reactor: Any,
+        poolsize: int = 2,
+        command_timeout: float = 2.0,
+        connect_timeout: float = 2.0,
+        health_interval: float = 1.0,
+        reconnect_initial_delay: float = 0.1,
+        reconnect_max_delay: float = 1.0,
+    ) -> None:
+        self.url = parse_redis_url(url)
+        self.name = self.url.display()
+        self.history_size = history_size
+        self.history_ttl = history_ttl
+        self._reactor = reactor
+        self.poolsize = poolsize
+        self.command_timeout = command_timeout
+        self.connect_timeout = connect_timeout
+        self.health_interval = health_interval
+        self.reconnect_initial_delay = reconnect_initial_delay
+        self.reconnect_max_delay = reconnect_max_delay
+
+        prefix = self.url.prefix
+        self._meta_fmt = prefix + ":{{{}}}:meta"
+        self._hist_fmt = prefix + ":{{{}}}:hist"
+        self._pub_prefix = f"{prefix}:{self.url.db}:pub:"
+        self._pub_prefix_bytes = self._pub_prefix.encode()
+        self._history_ms = str(int(math.ceil(history_ttl * 1000)))
+        self._history_expiry = str(int(math.ceil(history_ttl)) + HISTORY_EXPIRY_MARGIN)
+        self._meta_expiry = str(int(max(STREAM_IDLE_SECONDS, math.ceil(2 * history_ttl))))
+        self._publish_script = load_script("publish.lua")
+        self._history_script = load_script("history.lua")
+
+        self._listener: IBrokerListener | None = None
+        self._pool: txredisapi.RedisFactory | None = None
+        self._subscriber_factory: txredisapi.RedisFactory | None = None
+        self._commands: list[Any] = []  # live command connections
+        self._next = 0
+        self._subscriber: Any = None  # the live subscriber connection
+        self._subscriber_ready = False  # resubscribed after (re)connecting
+        self._channels: set[str] = set()  # channels the bus wants delivered
+        self._health: LoopingCall | None = None
+        self._started: defer.Deferred[None] | None = None
+        self._start_timer: Any = None
+        self._stopping = False
+        self._was_ready = False
+        self._down_since: float | None = None
+
+    @classmethod
+    def from_config(cls, config: Config, reactor: Any) -> RedisBroker:
+        """The broker for ``config.redis`` with the configured history bounds."""
+        assert config.redis is not None
+        return cls(config.redis, config.history_size, config.history_ttl, reactor=reactor)
+
+    # -- keys ---------------------------------------------------------------
+
+    def meta_key(self, channel: str) -> str:
+        """The Redis key of ``channel``'s meta hash (epoch and latest seq)."""
+        return self._meta_fmt.format(channel)
+
+    def history_key(self, channel: str) -> str:
+        """The Redis key of ``channel``'s history list."""
+        return self._hist_fmt.format(channel)
+
+    def pubsub_channel(self, channel: str) -> str:
+        """The Redis pub/sub channel carrying ``channel``'s publications."""
+        return self._pub_prefix + channel
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def start(self, listener: IBrokerListener) -> defer.Deferred[None]:
+        """Connect in the background; fires once ready, or after ``connect_timeout`` if not."""
+        self._listener = listener
+        self._stopping = False
+        endpoint = HostnameEndpoint(self._reactor, self.url.host, self.url.port, timeout=self.connect_timeout)
+        self._pool = _factory(self, _CommandProtocol, self.poolsize, self.url, self.url.db)
+        self._subscriber_factory = _factory(self, _SubscriberProtocol, 1, self.url, None)
+        self._pool.startConnecting(endpoint)
+        self._subscriber_factory.startConnecting(endpoint)
+        if self.health_interval > 0:
+            self._health = LoopingCall(self._health_check)
+            self._health.clock = self._reactor
+            self._health.start(self.health_interval, now=False)
+        self._started = defer.Deferred()
+        self._start_timer = self._reactor.callLater(self.connect_timeout, self._start_done)
+        self._log.info("connecting to {url}", url=self.name)
+        return self._started
+
+    def _start_done(self) -> None:
+        if self._start_timer is not None and self._start_timer.active():
+            self._start_timer.cancel()
+        self._start_timer = None
+        started, self._started = self._started, None
+        if started is not None:
+            if not self.is_ready() and not self._stopping:
+                self._log.warn("{url} is not reachable yet; this node is not ready until it is", url=self.name)
+            started.callback(None)
+
+    @defer.inlineCallbacks
+    def stop(self) -> Any:
+        """Close both connections and stop every timer."""
+        self._stopping = True
+        self._start_done()
+        if self._health is not None and self._health.running:
+            self._health.stop()
+        self._health = None
+        factories = [f for f in (self._pool, self._subscriber_factory) if f is not None]
+        self._pool = self._subscriber_factory = None
+        yield defer.gatherResults([f.disconnect() for f in factories], consumeErrors=True)
+        self._commands = []
+        self._subscriber = None
+        self._subscriber_ready = False
+        self._channels.clear()
+
+    def is_ready(self) -> bool:
+        """True while a command connection and the resubscribed subscriber connection are up."""
+        return bool(not self._stopping and self._commands and self._subscriber_ready)
+
+    def _readiness_changed(self) -> None:
+        ready = self.is_ready()
+        if ready == self._was_ready:
+            return
+        self._was_ready = ready
+        now = self._reactor.seconds()
+        if ready:
+            if self._down_since is not None:
+                self._log.info("{url} is back after {seconds:.2f}s; node ready", url=self.name, seconds=now - self._down_since)
+            else:
+                self._log.info("connected to {url}; node ready", url=self.name)
+            self._down_since = None
+            if self._started is not None:
+                self._start_done()
+        else:
+            self._down_since = now
+            if not self._stopping:
+                self._log.warn("lost {url}: publishes are refused until it is back", url=self.name)
+
+    # -- connection events (from the protocols) -------------------------------
+
+    def _command_connected(self, conn: Any) -> None:
+        if self._stopping:
+            return
+        self._commands.append(conn)
+        self._readiness_changed()
+
+    def _command_lost(self, conn: Any, why: Failure) -> None:
+        if conn in self._commands:
+            self._commands.remove(conn)
+        self._readiness_changed()
+
+    def _subscriber_connected(self, conn: Any) -> None:
+        if self._stopping:
+            return
+        self._subscriber = conn
+        channels = sorted(self._channels)
+        ds = [self._timed(conn.subscribe(self.pubsub_channel(c))) for c in channels]
+        d = defer.gatherResults(ds, consumeErrors=True)
+        d.addCallbacks(self._resubscribed, self._resubscribe_failed, (conn, len(channels)), errbackArgs=(conn,))
+
+    def _resubscribed(self, _: object, conn: Any, count: int) -> None:
+        if self._subscriber is not conn or self._stopping:
+            return
+        reconnected = self._down_since is not None or count > 0
+        self._subscriber_ready = True
+        if count:
+            self._log.info("resubscribed to {count} channel(s)", count=count)
+        self._readiness_changed()
+        if reconnected and self._listener is not None:
+            # Whatever was published while the subscriber was away is in history.
+            self._listener.broker_reconnected()
+
+    def _resubscribe_failed(self, failure: Failure, conn: Any) -> None:
+        failure.trap(defer.FirstError)
+        self._log.warn("resubscribing failed ({error}); reconnecting", error=failure.value.subFailure.getErrorMessage())
+        if conn.transport is not None:
+            conn.transport.abortConnection()
+
+    def _subscriber_lost(self, conn: Any, why: Failure) -> None:
+        if self._subscriber is conn:
+            self._subscriber = None
+            self._subscriber_ready = False
+        self._readiness_changed()
+
+    def _health_check(self) -> None:
+        for conn in list(self._commands) + ([self._subscriber] if self._subscriber is not None else []):
+            # replyTimeout aborts a connection whose server stopped answering.
+            d = defer.maybeDeferred(conn.execute_command, "PING")
+            d.addErrback(lambda f: None)
+
+    # -- commands -----------------------------------------------------------------
+
+    def _timed(self, d: defer.Deferred[Any]) -> defer.Deferred[Any]:
+        # A backstop: replyTimeout does not cover SUBSCRIBE.
+        return d.addTimeout(self.command_timeout + 0.5, self._reactor)
+
+    def _connection(self) -> Any:
+        if self._stopping or not self._commands:
+            return None
+        self._next = (self._next + 1) % len(self._commands)
+        return self._commands[self._next]
+
+    def _eval(self, what: str, script: bytes, keys: list[str], args: list[Any]) -> defer.Deferred[Any]:
+        conn = self._connection()
+        if conn is None:
+            return defer.fail(Unavailable(f"{what}: Redis is not reachable"))
+        d = self._timed(defer.maybeDeferred(conn.eval, script, keys, args))
+        d.addErrback(self._unavailable, what)
+        return d
+
+    def _unavailable(self, failure: Failure, what: str) -> Failure:
+        if failure.check(Unavailable):
+            return failure
+        if failure.check(txredisapi.ResponseError):
+            self._log.error("{what} failed in Redis: {error}", what=what, error=failure.getErrorMessage())
+        else:
+            self._log.warn("{what} failed: {error}", what=what, error=failure.getErrorMessage() or failure.type.__name__)
+        return Failure(Unavailable(f"{what}: Redis did not answer"))
+
+    # -- IBroker -------------------------------------------------------------------
+
+    def publish(self, channel: str, data: Any, sender: str | None = None) -> defer.Deferred[Publication]:
+        body = dumps({"c": channel, "d": data, "f": sender})
+        args = [
+            self.pubsub_channel(channel),
+            body,
+            new_epoch(),
+            str(self.history_size),
+            self._history_ms,
+            self._history_expiry,
+            self._meta_expiry,
+        ]
+        d = self._eval("publish", self._publish_script, [self.meta_key(channel), self.history_key(channel)], args)
+
+        def published(reply: list[Any]) -> Publication:
+            seq, epoch, ts = reply
+            return Publication(channel, int(seq), _text(epoch), data, int(ts), sender)
+
+        return d.addCallback(published)
+
+    def history(self, channel: str, since: Position | None) -> defer.Deferred[HistoryResult]:
+        args = [
+            new_epoch(),
+            "" if since is None else since.epoch,
+            "0" if since is None else str(since.seq),
+            self._meta_expiry,
+        ]
+        d = self._eval("history", self._history_script, [self.meta_key(channel), self.history_key(channel)], args)
+
+        def answer(reply: list[Any]) -> HistoryResult:
+            epoch, top, now = _text(reply[0]), int(reply[1]), int(reply[2])
+            oldest = now - int(self._history_ms)
+            pubs = [p for p in (_parse_entry(channel, e) for e in reply[3:]) if p.ts >= oldest]
+            return recover(Position(epoch, top), pubs, since)
+
+        return d.addCallback(answer)
+
+    def subscribe(self, channel: str) -> defer.Deferred[None]:
+        conn = self._subscriber
+        if conn is None or self._stopping:
+            return defer.fail(Unavailable("subscribe: Redis is not reachable"))
+        self._channels.add(channel)
+        d = self._timed(defer.maybeDeferred(conn.subscribe, self.pubsub_channel(channel)))
+
+        def failed(failure: Failure) -> Failure:
+            self._channels.discard(channel)
+            return self._unavailable(failure, "subscribe")
+
+        return d.addCallbacks(lambda _: None, failed)
+
+    def unsubscribe(self, channel: str) -> defer.Deferred[None]:
+        self._channels.discard(channel)
+        conn = self._subscriber
+        if conn is None or self._stopping:
+            return defer.succeed(None)
+        d = self._timed(defer.maybeDeferred(conn.unsubscribe, self.pubsub_channel(channel)))
+        # Not fatal: a reconnect subscribes only to wanted channels, and stray
+        # messages for unwanted ones are dropped.
+        d.addErrback(lambda f: self._log.warn("unsubscribe {channel} failed: {error}", channel=channel, error=f.getErrorMessage()))
+        return d.addCallback(lambda _: None)
+
+    @property
+    def subscribed_channels(self) -> frozenset[str]:
+        """Channels delivered to this node (for tests and metrics)."""
+        return frozenset(self._channels)
+
+    # -- delivery -----------------------------------------------------------------
+
+    def _message_received(self, redis_channel: bytes, message: bytes) -> None:
+        if isinstance(redis_channel, str):
+            redis_channel = redis_channel.encode()
+        if not redis_channel.startswith(self._pub_prefix_bytes):
+            return
+        channel = redis_channel[len(self._pub_prefix_bytes) :].decode()
+        if channel not in self._channels or self._listener is None:
+            return
+        try:
+            pub = _parse_entry(channel, message)
+        except Exception:
+            self._log.failure("undecodable message on {channel}: {message!r}", channel=channel, message=message[:200])
+            return
+        self._listener.publication_received(pub)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _parse_entry(channel: str, entry: Any) -> Publication:
+    """Build a Publication from a ``"<seq>:<ts>:<epoch>:<body>"`` entry."""
+    if isinstance(entry, str):
+        entry = entry.encode()
+    seq, ts, epoch, body = entry.split(b":", 3)
+    fields = json.loads(body)
+    return Publication(channel, int(seq), epoch.decode(), fields["d"], int(ts), fields.get("f"))
