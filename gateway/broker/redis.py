@@ -66,7 +66,6 @@ from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-import txredisapi
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.task import LoopingCall
@@ -143,42 +142,78 @@ def parse_redis_url(url: str) -> RedisURL:
     return RedisURL(host, port, int(path or 0), prefix, username, password)
 
 
-class _CommandProtocol(txredisapi.RedisProtocol):
-    """A pooled command connection that tells the broker when it comes and goes."""
+def _txredisapi() -> Any:
+    """Import txredisapi on first use: it imports the global reactor at module level,
+    which must not happen before the application (or pytest-twisted) installs one."""
+    import txredisapi
 
-    def connectionMade(self) -> Any:
-        d = super().connectionMade()
-        self.whenConnected().addCallback(lambda _: self.factory.broker._command_connected(self))
-        return d
-
-    def connectionLost(self, why: Failure) -> None:
-        was_ready = bool(self._ready)
-        super().connectionLost(why)
-        if was_ready:
-            self.factory.broker._command_lost(self, why)
+    return txredisapi
 
 
-class _SubscriberProtocol(txredisapi.SubscriberProtocol):
-    """The node's one pub/sub connection: resubscribes on every (re)connect."""
-
-    def connectionMade(self) -> Any:
-        # The base runs AUTH (and SELECT) first; subscribe once it is usable.
-        d = super().connectionMade()
-        self.whenConnected().addCallback(lambda _: self.factory.broker._subscriber_connected(self))
-        return d
-
-    def connectionLost(self, why: Failure) -> None:
-        was_ready = bool(self._ready)
-        super().connectionLost(why)
-        if was_ready:
-            self.factory.broker._subscriber_lost(self, why)
-
-    def messageReceived(self, pattern: Any, channel: bytes, message: bytes) -> None:
-        self.factory.broker._message_received(channel, message)
+_PROTOCOLS: dict[str, type] = {}
 
 
-def _factory(broker: RedisBroker, protocol: type, poolsize: int, url: RedisURL, db: int | None) -> txredisapi.RedisFactory:
-    factory = txredisapi.RedisFactory(
+def _protocols() -> dict[str, type]:
+    """The two txredisapi protocol subclasses, defined on first use (see :func:`_txredisapi`)."""
+    if _PROTOCOLS:
+        return _PROTOCOLS
+    txredisapi = _txredisapi()
+
+    class _CommandProtocol(txredisapi.RedisProtocol):
+        """A pooled command connection that tells the broker when it comes and goes."""
+
+        def connectionMade(self) -> Any:
+            d = super().connectionMade()
+            self.whenConnected().addCallback(lambda _: self.factory.broker._command_connected(self))
+            return d
+
+        def connectionLost(self, why: Failure) -> None:
+            was_ready = bool(self._ready)
+            super().connectionLost(why)
+            if was_ready:
+                self.factory.broker._command_lost(self, why)
+
+    class _SubscriberProtocol(txredisapi.SubscriberProtocol):
+        """The node's one pub/sub connection: resubscribes on every (re)connect."""
+
+        def connectionMade(self) -> Any:
+            # The base runs AUTH (and SELECT) first; subscribe once it is usable.
+            d = super().connectionMade()
+            self.whenConnected().addCallback(lambda _: self.factory.broker._subscriber_connected(self))
+            return d
+
+        def connectionLost(self, why: Failure) -> None:
+            was_ready = bool(self._ready)
+            super().connectionLost(why)
+            if was_ready:
+                self.factory.broker._subscriber_lost(self, why)
+
+        def messageReceived(self, pattern: Any, channel: bytes, message: bytes) -> None:
+            self.factory.broker._message_received(channel, message)
+
+    class _Factory(txredisapi.RedisFactory):
+        """A RedisFactory that never gives up while the broker runs.
+
+        txredisapi stops reconnecting for good when AUTH or SELECT fails, which
+        includes a connection dropped in the middle of that handshake (a Redis
+        restart at the wrong moment).  A gateway node keeps retrying with backoff
+        and stays unready meanwhile; :meth:`RedisBroker.stop` ends the retries.
+        """
+
+        def stopTrying(self) -> Any:
+            return defer.succeed(None)
+
+        def connectionError(self, why: str) -> None:
+            self.broker._log.warn("{url}: {why}; retrying", url=self.broker.name, why=why)
+
+    _PROTOCOLS["factory"] = _Factory
+    _PROTOCOLS["command"] = _CommandProtocol
+    _PROTOCOLS["subscriber"] = _SubscriberProtocol
+    return _PROTOCOLS
+
+
+def _factory(broker: RedisBroker, protocol: type, poolsize: int, url: RedisURL, db: int | None) -> Any:
+    factory = _protocols()["factory"](
         url.display(),
         db,
         poolsize,
@@ -254,8 +289,8 @@ class RedisBroker:
         self._history_script = load_script("history.lua")
 
         self._listener: IBrokerListener | None = None
-        self._pool: txredisapi.RedisFactory | None = None
-        self._subscriber_factory: txredisapi.RedisFactory | None = None
+        self._pool: Any = None
+        self._subscriber_factory: Any = None
         self._commands: list[Any] = []  # live command connections
         self._next = 0
         self._subscriber: Any = None  # the live subscriber connection
@@ -295,8 +330,10 @@ class RedisBroker:
         self._listener = listener
         self._stopping = False
         endpoint = HostnameEndpoint(self._reactor, self.url.host, self.url.port, timeout=self.connect_timeout)
-        self._pool = _factory(self, _CommandProtocol, self.poolsize, self.url, self.url.db)
-        self._subscriber_factory = _factory(self, _SubscriberProtocol, 1, self.url, None)
+        protocols = _protocols()
+        # Database 0 is every connection's default: no SELECT round trip on connect.
+        self._pool = _factory(self, protocols["command"], self.poolsize, self.url, self.url.db or None)
+        self._subscriber_factory = _factory(self, protocols["subscriber"], 1, self.url, None)
         self._pool.startConnecting(endpoint)
         self._subscriber_factory.startConnecting(endpoint)
         if self.health_interval > 0:
@@ -432,7 +469,7 @@ class RedisBroker:
     def _unavailable(self, failure: Failure, what: str) -> Failure:
         if failure.check(Unavailable):
             return failure
-        if failure.check(txredisapi.ResponseError):
+        if failure.check(_txredisapi().ResponseError):
             self._log.error("{what} failed in Redis: {error}", what=what, error=failure.getErrorMessage())
         else:
             self._log.warn("{what} failed: {error}", what=what, error=failure.getErrorMessage() or failure.type.__name__)
