@@ -1,0 +1,110 @@
+"""Per-connection session state: subscription limit, duplicates, remove and clear."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.core.session import MAX_SUBSCRIPTIONS, Session
+from gateway.errors import BadRequest
+
+
+def test_default_limit_is_protocol_limit():
+    """By default a session holds at most 1,000 subscriptions (PROTOCOL.md section 4)."""
+    assert (1000, 1000) == (MAX_SUBSCRIPTIONS, Session().max_subscriptions)
+
+
+def test_new_session_is_anonymous_and_empty():
+    """A new session has no identity, is not authenticated and holds no channel."""
+    s: Session[str] = Session()
+    assert (None, False, {}, [], 0) == (s.identity, s.authenticated, s.claims, s.channels, len(s))
+
+
+def test_add_up_to_the_limit():
+    """A session accepts exactly max_subscriptions channels."""
+    s: Session[str] = Session(max_subscriptions=3)
+    for c in ("a", "b", "c"):
+        s.add(c, "sub-" + c)
+    assert (["a", "b", "c"], 3) == (s.channels, len(s))
+
+
+def test_subscription_over_the_limit_is_bad_request():
+    """Adding a channel beyond max_subscriptions raises BadRequest."""
+    s: Session[str] = Session(max_subscriptions=2)
+    s.add("a", "sa")
+    s.add("b", "sb")
+    with pytest.raises(BadRequest):
+        s.add("c", "sc")
+
+
+def test_rejected_subscription_is_not_kept():
+    """A subscription refused over the limit leaves the session unchanged."""
+    s: Session[str] = Session(max_subscriptions=1)
+    s.add("a", "sa")
+    with pytest.raises(BadRequest):
+        s.add("b", "sb")
+    assert (["a"], None) == (s.channels, s.get("b"))
+
+
+def test_default_limit_is_enforced_at_1001():
+    """With the default limit the 1,001st subscription raises BadRequest."""
+    s: Session[int] = Session()
+    for i in range(1000):
+        s.add(f"c{i}", i)
+    with pytest.raises(BadRequest):
+        s.check_subscribe("c1000")
+
+
+def test_duplicate_subscribe_is_bad_request():
+    """Subscribing twice to the same channel raises BadRequest."""
+    s: Session[str] = Session()
+    s.add("a", "first")
+    with pytest.raises(BadRequest):
+        s.add("a", "second")
+
+
+def test_duplicate_subscribe_keeps_the_first_handle():
+    """A refused duplicate leaves the first subscription handle in place."""
+    s: Session[str] = Session()
+    s.add("a", "first")
+    with pytest.raises(BadRequest):
+        s.add("a", "second")
+    assert "first" == s.get("a")
+
+
+def test_check_subscribe_does_not_add():
+    """check_subscribe only checks; the channel is not held afterwards."""
+    s: Session[str] = Session()
+    s.check_subscribe("a")
+    assert [] == s.channels
+
+
+def test_remove_returns_handle_and_frees_a_slot():
+    """remove returns the handle, and the freed slot can be used again."""
+    s: Session[str] = Session(max_subscriptions=1)
+    s.add("a", "sa")
+    removed = s.remove("a")
+    s.add("b", "sb")
+    assert ("sa", ["b"]) == (removed, s.channels)
+
+
+def test_remove_unknown_channel_returns_none():
+    """Removing a channel that is not held returns None."""
+    assert None == Session().remove("a")  # noqa: E711
+
+
+def test_resubscribe_after_remove_is_allowed():
+    """A channel removed can be subscribed to again."""
+    s: Session[str] = Session()
+    s.add("a", "first")
+    s.remove("a")
+    s.add("a", "second")
+    assert "second" == s.get("a")
+
+
+def test_clear_returns_every_handle_and_empties():
+    """clear returns every handle and leaves no channel held."""
+    s: Session[str] = Session()
+    s.add("a", "sa")
+    s.add("b", "sb")
+    handles = s.clear()
+    assert (["sa", "sb"], [], 0) == (sorted(handles), s.channels, len(s))

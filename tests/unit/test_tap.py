@@ -1,0 +1,122 @@
+"""``twistd gateway`` options (PROTOCOL.md section 10) parsed into a Config, and the
+service built from them (never started here)."""
+
+from __future__ import annotations
+
+import pytest
+from twisted.python import usage
+
+from gateway.config import load_config
+from gateway.tap import Options, makeService
+
+
+def parse(*argv: str) -> Options:
+    options = Options()
+    options.parseOptions(list(argv))
+    return options
+
+
+def test_no_arguments_gives_the_default_config():
+    """No arguments give the same configuration as load_config() (node id aside)."""
+    default = load_config()
+    config = parse().config
+    assert (default.listen, default.history_size, default.heartbeat) == (config.listen, config.history_size, config.heartbeat)
+
+
+def test_listen_is_repeatable():
+    """--listen given twice listens on both endpoints, in order."""
+    assert ("tcp:8080", "unix:/tmp/gw.sock") == parse("--listen", "tcp:8080", "--listen=unix:/tmp/gw.sock").config.listen
+
+
+def test_allowed_origin_is_repeatable():
+    """--allowed-origin given twice allows both origins, in order."""
+    config = parse("--allowed-origin", "https://a.example", "--allowed-origin", "https://b.example").config
+    assert ("https://a.example", "https://b.example") == config.allowed_origin
+
+
+def test_numeric_options_are_converted():
+    """Numeric options given as strings are converted to numbers."""
+    config = parse(
+        "--history-size", "5", "--history-ttl", "1.5", "--heartbeat", "3", "--max-message-size", "4096", "--drain-timeout", "0"
+    ).config
+    assert (5, 1.5, 3.0, 4096, 0.0) == (
+        config.history_size,
+        config.history_ttl,
+        config.heartbeat,
+        config.max_message_size,
+        config.drain_timeout,
+    )
+
+
+def test_string_options_are_kept():
+    """--redis and --node-id are taken as given."""
+    config = parse("--redis", "redis://127.0.0.1:6379/0", "--node-id", "n7").config
+    assert ("redis://127.0.0.1:6379/0", "n7") == (config.redis, config.node_id)
+
+
+def test_config_file_is_merged_under_command_line(tmp_path):
+    """--config FILE sets options, the command line overrides them, the rest keep defaults."""
+    path = tmp_path / "gateway.toml"
+    path.write_text('listen = ["tcp:9000"]\nhistory-size = 50\nheartbeat = 5\n', encoding="utf-8")
+    config = parse("--config", str(path), "--heartbeat", "7").config
+    assert (("tcp:9000",), 50, 7.0, 300.0) == (config.listen, config.history_size, config.heartbeat, config.history_ttl)
+
+
+def test_command_line_listen_replaces_config_file_listen(tmp_path):
+    """--listen on the command line replaces the file's listen array."""
+    path = tmp_path / "gateway.toml"
+    path.write_text('listen = ["tcp:9000", "tcp:9001"]\n', encoding="utf-8")
+    assert ("tcp:1",) == parse("--config", str(path), "--listen", "tcp:1").config.listen
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--history-size", "lots"],
+        ["--history-size", "0"],
+        ["--heartbeat", "-1"],
+        ["--history-ttl", "0"],
+        ["--max-message-size", "12"],
+        ["--drain-timeout", "-1"],
+    ],
+    ids=" ".join,
+)
+def test_bad_value_is_usage_error(argv):
+    """A bad option value raises UsageError naming the option."""
+    with pytest.raises(usage.UsageError) as info:
+        parse(*argv)
+    assert True == (argv[0][2:] in str(info.value))
+
+
+def test_unknown_option_is_usage_error():
+    """An option that does not exist raises UsageError."""
+    with pytest.raises(usage.UsageError):
+        parse("--no-such-option", "1")
+
+
+def test_missing_config_file_is_usage_error(tmp_path):
+    """--config naming a missing file raises UsageError."""
+    with pytest.raises(usage.UsageError):
+        parse("--config", str(tmp_path / "missing.toml"))
+
+
+def test_bad_config_file_value_is_usage_error(tmp_path):
+    """A bad value in the --config file raises UsageError naming the option."""
+    path = tmp_path / "gateway.toml"
+    path.write_text("heartbeat = 0\n", encoding="utf-8")
+    with pytest.raises(usage.UsageError) as info:
+        parse("--config", str(path))
+    assert True == ("heartbeat" in str(info.value))
+
+
+def test_make_service_uses_the_parsed_config():
+    """makeService returns a service whose config is the parsed one, not yet running."""
+    options = parse("--listen", "tcp:0:interface=127.0.0.1", "--history-size", "9")
+    svc = makeService(options)
+    assert (options.config, 0) == (svc.config, svc.running)
+
+
+def test_make_service_does_not_listen():
+    """makeService binds nothing: the service has no ports until it is started."""
+    svc = makeService(parse("--listen", "tcp:0:interface=127.0.0.1"))
+    assert [] == svc.ports
