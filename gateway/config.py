@@ -7,6 +7,7 @@ precedence defaults < TOML file < command line and validates everything in one p
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import tomllib
@@ -114,7 +115,7 @@ def _convert(option: Option, value: Any, source: str) -> Any:
             raise ConfigError(f"{option.name}: expected {option.kind.__name__}, got {v!r} ({source})") from None
         if option.kind is int and isinstance(v, float) and v != converted:
             raise ConfigError(f"{option.name}: expected an integer, got {v!r} ({source})")
-        if option.kind is float and converted != converted:  # NaN
+        if option.kind is float and not math.isfinite(converted):
             raise ConfigError(f"{option.name}: expected a number, got {v!r} ({source})")
         if option.check is not None and not option.check[0](converted):
             raise ConfigError(f"{option.name}: {option.check[1]}, got {v!r} ({source})")

@@ -82,6 +82,14 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        # 1e400 would become inf, which cannot be encoded back to JSON.
+        raise ValueError(f"number {text[:32]} is out of range")
+    return value
+
+
 def _depth_ok(value: Any, limit: int) -> bool:
     stack = [(value, 1)]
     while stack:
@@ -104,7 +112,7 @@ def loads_strict(text: str | bytes, max_depth: int = MAX_DEPTH) -> Any:
         BadRequest: for anything that is not such a JSON document.
     """
     try:
-        value = json.loads(text, parse_constant=_reject_constant)
+        value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except RecursionError:
         raise BadRequest(f"JSON nested deeper than {max_depth} levels") from None
     except (ValueError, TypeError) as e:
@@ -122,7 +130,7 @@ def _request_id(obj: dict[str, Any]) -> RequestId:
         raise CommandError(BadRequest("id must be a string or a number"))
     if isinstance(rid, str) and len(rid) > MAX_ID_LENGTH:
         raise CommandError(BadRequest(f"id longer than {MAX_ID_LENGTH} characters"))
-    if isinstance(rid, int) and abs(rid) > 2**53:
+    if isinstance(rid, int) and abs(rid) > 2**53 - 1:
         raise CommandError(BadRequest("id is not a safe integer"))
     if isinstance(rid, float) and not math.isfinite(rid):
         raise CommandError(BadRequest("id must be finite"))

@@ -63,6 +63,7 @@ BAD_BODIES = [
     ("batch not list", b'{"messages":{}}'),
     ("batch item not object", b'{"messages":[1]}'),
     ("nan", b'{"channel":"c","data":NaN}'),
+    ("number overflowing to infinity", b'{"channel":"c","data":1e400}'),
     ("deep nesting", b'{"channel":"c","data":' + b"[" * 5000 + b"]" * 5000 + b"}"),
     ("empty body", b""),
 ]

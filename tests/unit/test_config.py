@@ -254,3 +254,11 @@ def test_config_is_immutable():
 
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         load_config().heartbeat = 1.0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("name", ["heartbeat", "history-ttl", "drain-timeout"])
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
+def test_non_finite_seconds_are_rejected(name, value):
+    """Infinite or NaN durations are refused with a ConfigError naming the option."""
+    with pytest.raises(ConfigError, match=name):
+        load_config({name: value})
