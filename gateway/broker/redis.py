@@ -153,6 +153,18 @@ def _txredisapi() -> Any:
 _PROTOCOLS: dict[str, type] = {}
 
 
+def _later(conn: Any, notify: Any) -> None:
+    # Without AUTH or SELECT a connection is ready inside makeConnection(), before
+    # the endpoint and txredisapi's ClientService know about it; anything the
+    # broker does then (even stopping) must wait for the reactor to finish that.
+    conn.factory.broker._reactor.callLater(0, _if_connected, conn, notify)
+
+
+def _if_connected(conn: Any, notify: Any) -> None:
+    if conn.connected and not conn.factory.broker._stopping:
+        notify(conn)
+
+
 def _protocols() -> dict[str, type]:
     """The two txredisapi protocol subclasses, defined on first use (see :func:`_txredisapi`)."""
     if _PROTOCOLS:
@@ -164,7 +176,7 @@ def _protocols() -> dict[str, type]:
 
         def connectionMade(self) -> Any:
             d = super().connectionMade()
-            self.whenConnected().addCallback(lambda _: self.factory.broker._command_connected(self))
+            self.whenConnected().addCallback(_later, self.factory.broker._command_connected)
             return d
 
         def connectionLost(self, why: Failure) -> None:
@@ -179,7 +191,7 @@ def _protocols() -> dict[str, type]:
         def connectionMade(self) -> Any:
             # The base runs AUTH (and SELECT) first; subscribe once it is usable.
             d = super().connectionMade()
-            self.whenConnected().addCallback(lambda _: self.factory.broker._subscriber_connected(self))
+            self.whenConnected().addCallback(_later, self.factory.broker._subscriber_connected)
             return d
 
         def connectionLost(self, why: Failure) -> None:
