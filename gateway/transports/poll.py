@@ -128,7 +128,7 @@ class HeldPoll(ChannelSetRequest):
     def _refuse(self, error: GatewayError) -> None:
         respond(self.request, error.http_status, dumps(error_body(error)), self.callback)
 
-    def _stop_timers(self) -> None:
+    def _on_release(self) -> None:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None

@@ -35,9 +35,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 from twisted.internet import defer
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET, Request
+from zope.interface import implementer
 
 from gateway.bus import SubscribeResult, Subscription
 from gateway.core.channels import validate_channel
@@ -200,11 +202,13 @@ class ChannelSetRequest:
         for sub in subscriptions:
             sub.cancel()
         self._live.clear()
-        self._stop_timers()
-        self.gateway.connection_closed(self.transport, self)
+        try:
+            self._on_release()
+        finally:
+            self.gateway.connection_closed(self.transport, self)
 
-    def _stop_timers(self) -> None:
-        """Cancel the subclass's timers (called once, on release)."""
+    def _on_release(self) -> None:
+        """Cancel the subclass's timers and producers (called once, on release)."""
 
     def cursor(self) -> str:
         """The cursor at the current positions."""
@@ -304,18 +308,49 @@ class ChannelSetRequest:
         raise NotImplementedError
 
 
+@implementer(IPushProducer)
+class _SendBuffer:
+    """Counts what a stream writes while the client is not reading.
+
+    Registered as the request's producer, it is paused by twisted.web once the
+    socket's send buffer is full and resumed once it drains; what is written in
+    between piles up in memory, and past a limit the client is a slow consumer.
+    """
+
+    def __init__(self) -> None:
+        self.paused = False
+        self.queued = 0
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self.queued = 0
+
+    def stopProducing(self) -> None:
+        self.paused = False
+
+
 def _sse_block(kind: bytes, payload: bytes) -> bytes:
     return b"event: " + kind + b"\ndata: " + payload + b"\n\n"
 
 
 class SSEStream(ChannelSetRequest):
-    """One ``GET /sse`` response: events framed with their cursor, pings between."""
+    """One ``GET /sse`` response: events framed with their cursor, pings between.
+
+    A client that stops reading while more than ``config.max_send_buffer`` bytes
+    wait for it is disconnected (a slow consumer), as on WebSocket; it resumes from
+    its last id when it can keep up again.
+    """
 
     transport = "sse"
+    _log = Logger()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._heartbeat: Any = None
+        self._buffer: _SendBuffer | None = None
 
     def _open(self, first: list[Event]) -> None:
         request = self.request
@@ -325,19 +360,42 @@ class SSEStream(ChannelSetRequest):
         # An empty write sends the status line and headers now, so the client
         # knows the stream is open even before the first event.
         request.write(b"")
+        self._buffer = _SendBuffer()
+        request.registerProducer(self._buffer, True)
         for event in first:
             self._deliver(event)
-        self._schedule_ping()
+        if not self.released:
+            self._schedule_ping()
 
     def _deliver(self, event: Event) -> None:
+        if self.released:
+            return
         self.advance(event)
         if event.prepared is not None:
             block = event.prepared.form(_SSE_FORM, lambda payload: _sse_block(b"message", payload))
         else:
             block = _sse_block(b"reset", event.payload)
-        self.request.write(b"id: " + self.cursor().encode("ascii") + b"\n" + block)
+        self._write(b"id: " + self.cursor().encode("ascii") + b"\n" + block)
         if event.prepared is not None:
             self.gateway.delivered("sse")
+
+    def _write(self, data: bytes) -> None:
+        buffer = self._buffer
+        if buffer is not None and buffer.paused:
+            buffer.queued += len(data)
+            if buffer.queued > self.gateway.config.max_send_buffer:
+                self._drop_slow_consumer()
+                return
+        self.request.write(data)
+
+    def _drop_slow_consumer(self) -> None:
+        self._log.info("dropping a slow SSE consumer ({count} bytes unsent)", count=self._buffer.queued if self._buffer else 0)
+        transport = getattr(self.request.channel, "transport", None)
+        self.release()
+        # abortConnection, not loseConnection: the latter would wait for the
+        # client to read everything first.  connectionLost then ends the request.
+        if transport is not None:
+            transport.abortConnection()
 
     def _refuse(self, error: GatewayError) -> None:
         self.request.write(send_json(self.request, error.http_status, error_body(error)))
@@ -352,13 +410,20 @@ class SSEStream(ChannelSetRequest):
             return
         # Besides keeping idle proxies from closing the stream, the write is what
         # reveals a peer that vanished without closing the connection.
-        self.request.write(_PING)
-        self._schedule_ping()
+        self._write(_PING)
+        if not self.released:
+            self._schedule_ping()
 
-    def _stop_timers(self) -> None:
+    def _on_release(self) -> None:
         if self._heartbeat is not None and self._heartbeat.active():
             self._heartbeat.cancel()
         self._heartbeat = None
+        if self._buffer is not None:
+            # Free the connection's producer slot: after a finish() the
+            # keep-alive connection may carry another request.
+            self._buffer = None
+            if self.request.channel is not None:
+                self.request.unregisterProducer()
 
     def going_away(self) -> None:
         """End the stream (the node is draining); the client resumes elsewhere."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 
 from gateway.testing import ManualBroker, aio, http, sleep
 
@@ -308,3 +309,31 @@ async def test_options_and_other_methods(gw):
     assert r.json()["error"]["code"] == "bad_request"
     r = await http("OPTIONS", gw.base + "/sse")
     assert r.status_code == 204
+
+
+async def test_slow_consumer_is_disconnected(gw_factory):
+    """A client that stops reading is dropped once more than max_send_buffer bytes wait for it."""
+    gw = gw_factory(max_send_buffer=256 * 1024)
+
+    async def connect_and_stall():
+        loop = asyncio.get_running_loop()
+        sock = socket.socket()
+        # A small receive window, so the server's buffers fill quickly.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await loop.sock_connect(sock, ("127.0.0.1", gw.port))
+        await loop.sock_sendall(sock, b"GET /sse?channel=big HTTP/1.1\r\nHost: x\r\n\r\n")
+        return sock
+
+    sock = await aio(connect_and_stall())
+    try:
+        await wait_until(lambda: gw.bus.subscriber_count("big") == 1, what="the stream to open")
+        chunk = "x" * 100_000
+        for _ in range(200):
+            await publish(gw, "big", chunk)
+            if gw.bus.subscriber_count("big") == 0:
+                break
+        await wait_until(lambda: gw.bus.subscriber_count() == 0, what="the slow consumer to be dropped")
+        assert gw.gateway.connection_count("sse") == 0
+    finally:
+        sock.close()
