@@ -186,7 +186,7 @@ class ChannelSetRequest:
                 return
             sub = bus.subscribe(channel, self, self.since.get(channel))
             self._subscriptions.append(sub)
-            sub.ready.addCallbacks(self._ready, self._subscribe_failed, (channel,))
+            sub.ready.addCallbacks(self._ready, self._subscribe_failed, (channel,), errbackArgs=(channel,))
 
     def _finished(self, result: Any) -> None:
         # Fires with None after finish() and with a Failure when the client went

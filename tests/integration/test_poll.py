@@ -9,7 +9,7 @@ import time
 
 import httpx
 
-from gateway.testing import aio, http
+from gateway.testing import ManualBroker, aio, http
 
 from .conftest import b64, cursor_of, decode, wait_until
 
@@ -280,3 +280,43 @@ async def test_repeated_single_parameters_are_400(gw):
     for params in ([("timeout", "1"), ("timeout", "2")], [("cursor", b64(b"{}")), ("cursor", b64(b"{}"))]):
         r = await http("GET", gw.base + "/poll", params=[("channel", "a"), *params])
         assert r.status_code == 400
+
+
+async def test_bus_not_ready_is_503_and_jsonp_wraps_it(gw_factory):
+    """While the bus cannot serve, a poll is a 503 JSON error; with a callback, a wrapped error with status 200."""
+    broker = ManualBroker()
+    gw = gw_factory(broker=broker)
+    broker.ready = False
+    r = await poll(gw, "a", timeout=0)
+    assert (r.status_code, r.json()["error"]["code"]) == (503, "unavailable")
+    r = await poll(gw, "a", timeout=0, callback="cb")
+    assert r.status_code == 200
+    assert json.loads(r.text[3:-2])["error"]["code"] == "unavailable"
+
+
+async def test_subscribe_failure_is_503(gw_factory):
+    """A history read that fails while the poll subscribes is a 503 JSON error; nothing stays subscribed."""
+    broker = ManualBroker()
+    gw = gw_factory(broker=broker)
+    broker.hold_history = True
+    pending = poll(gw, "a", "b", timeout=10)
+    await wait_until(lambda: len(broker.held) == 2, what="history reads")
+    broker.release_history(error=RuntimeError("redis went away"))
+    r = await pending
+    assert (r.status_code, r.json()["error"]["code"]) == (503, "unavailable")
+    assert gw.bus.subscriber_count() == 0
+    assert gw.gateway.connection_count("poll") == 0
+
+
+async def test_drain_while_subscribing_is_503(gw_factory):
+    """A poll still subscribing when the drain starts is answered 503 at once."""
+    broker = ManualBroker()
+    gw = gw_factory(broker=broker)
+    broker.hold_history = True
+    pending = poll(gw, "a", timeout=10)
+    await wait_until(lambda: gw.gateway.connection_count("poll") == 1, what="the poll to register")
+    await gw.gateway.drain(timeout=2)
+    gw.gateway.draining = False
+    r = await pending
+    assert r.status_code == 503
+    assert gw.bus.subscriber_count() == 0

@@ -337,3 +337,42 @@ async def test_slow_consumer_is_disconnected(gw_factory):
         assert gw.gateway.connection_count("sse") == 0
     finally:
         sock.close()
+
+
+async def test_bus_not_ready_is_503(gw_factory):
+    """While the bus cannot serve, a stream is refused with 503 JSON."""
+    broker = ManualBroker()
+    gw = gw_factory(broker=broker)
+    broker.ready = False
+    r = await http("GET", gw.base + "/sse?channel=a")
+    assert r.status_code == 503
+    assert r.json()["error"]["code"] == "unavailable"
+
+
+async def test_subscribe_failure_is_503_before_the_stream_opens(gw_factory):
+    """When a channel cannot be subscribed (history read fails), the answer is a 503 JSON error and nothing stays subscribed."""
+    broker = ManualBroker()
+    gw = gw_factory(broker=broker)
+    broker.hold_history = True
+    pending = http("GET", gw.base + "/sse?channel=a&channel=b")
+    await wait_until(lambda: len(broker.held) == 2, what="history reads")
+    broker.release_history(error=RuntimeError("redis went away"))
+    r = await pending
+    assert r.status_code == 503
+    assert r.json()["error"]["code"] == "unavailable"
+    assert gw.bus.subscriber_count() == 0
+    assert gw.gateway.connection_count("sse") == 0
+
+
+async def test_drain_while_subscribing_is_503(gw_factory):
+    """A stream still subscribing when the drain starts is answered 503 (it has not opened yet)."""
+    broker = ManualBroker()
+    gw = gw_factory(broker=broker)
+    broker.hold_history = True
+    pending = http("GET", gw.base + "/sse?channel=a")
+    await wait_until(lambda: gw.gateway.connection_count("sse") == 1, what="the stream to register")
+    await gw.gateway.drain(timeout=2)
+    gw.gateway.draining = False
+    r = await pending
+    assert r.status_code == 503
+    assert gw.bus.subscriber_count() == 0
