@@ -24,9 +24,20 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from gateway.core.events import dumps
 from gateway.errors import BadRequest, GatewayError, Internal, Unavailable
-from gateway.transports._http import JSONResource, error_body, is_gone, query_params, send_json, single_param
+from gateway.transports._http import (
+    JSONResource,
+    error_body,
+    is_gone,
+    query_params,
+    single_param,
+)
 from gateway.transports.cors import apply_cors, preflight
-from gateway.transports.sse import ChannelSetRequest, Event, parse_channels, parse_cursor
+from gateway.transports.sse import (
+    ChannelSetRequest,
+    Event,
+    parse_channels,
+    parse_cursor,
+)
 
 if TYPE_CHECKING:
     from gateway.app import Gateway

@@ -47,13 +47,20 @@ from gateway.core.cursor import MAX_CURSOR_LENGTH, decode_cursor, encode_cursor
 from gateway.core.events import PreparedPublication, dumps, reset_event
 from gateway.core.model import Position
 from gateway.errors import BadRequest, GatewayError, Internal, Unavailable
-from gateway.transports._http import JSONResource, error_body, is_gone, query_params, send_json, single_param
+from gateway.transports._http import (
+    JSONResource,
+    error_body,
+    is_gone,
+    query_params,
+    send_json,
+    single_param,
+)
 from gateway.transports.cors import apply_cors, preflight
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
 
-__all__ = ["MAX_CHANNELS", "SSE_HEADERS", "ChannelSetRequest", "Event", "SSEResource", "SSEStream", "parse_channels"]
+__all__ = ["MAX_CHANNELS", "SSE_HEADERS", "ChannelSetRequest", "Event", "SSEResource", "SSEStream", "parse_channels", "parse_cursor"]
 
 MAX_CHANNELS = 64
 

@@ -60,7 +60,7 @@ class SSEClient:
                     return line
                 continue
             name, _, value = line.partition(":")
-            fields[name] = value[1:] if value.startswith(" ") else value
+            fields[name] = value.removeprefix(" ")
         raise EOFError("stream ended")
 
     async def event(self, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:

@@ -173,7 +173,7 @@ async def test_client_going_away_releases_held_poll_at_once(gw):
     """A held poll whose client disconnects releases its subscription and timer at once."""
 
     async def start_and_drop():
-        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        _reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
         writer.write(b"GET /poll?channel=a&channel=b&timeout=30 HTTP/1.1\r\nHost: x\r\n\r\n")
         await writer.drain()
         return writer
