@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.logger import Logger
-from twisted.web import resource
+from twisted.web import http, resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from gateway.core.events import dumps
@@ -132,3 +132,27 @@ def is_gone(request: Request) -> bool:
 
 
 __all__ += ["MAX_QUERY_LENGTH", "query_params", "single_param", "is_gone"]
+
+
+class LineLimitHTTPChannel(http.HTTPChannel):
+    """An ``HTTPChannel`` that answers an over-long request or header line with JSON.
+
+    twisted.web drops the connection without a word when one line of the request
+    head is longer than ``MAX_LENGTH`` (16 KiB); this answers a ``400`` JSON
+    ``bad_request`` first, so a client learns why.  Use it as a Site's protocol::
+
+        site = server.Site(resource)
+        site.protocol = LineLimitHTTPChannel
+
+    (That replaces Twisted's HTTP/1.1-or-HTTP/2 negotiating factory: only do it on
+    listeners that do not offer HTTP/2.)
+    """
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        body = json_body(error_body(BadRequest(f"request line or header line longer than {self.MAX_LENGTH} bytes")))
+        head = b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+        self.transport.write(head % len(body) + body)
+        self.transport.loseConnection()
+
+
+__all__ += ["LineLimitHTTPChannel"]

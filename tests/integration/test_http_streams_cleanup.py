@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 from twisted.internet import reactor
 from twisted.web import server
 
 from gateway.resource import GatewayResource
 from gateway.testing import aio, http, sleep
+from gateway.transports._http import LineLimitHTTPChannel
 from gateway.transports.sse import ChannelSetRequest
 
 from .conftest import SSEClient, wait_until
@@ -107,3 +109,29 @@ async def test_site_timeout_does_not_cut_streams_or_held_polls(gw):
         if stream is not None:
             await aio(stream.close())
         await port.stopListening()
+
+
+async def test_line_limit_channel_answers_overlong_request_lines_with_400_json(gw):
+    """With LineLimitHTTPChannel, a request line over twisted.web's 16 KiB limit gets a 400 JSON answer, not a silent close."""
+    site = server.Site(GatewayResource(gw.gateway))
+    site.protocol = LineLimitHTTPChannel
+    port = reactor.listenTCP(0, site, interface="127.0.0.1")
+
+    async def raw():
+        reader, writer = await asyncio.open_connection("127.0.0.1", port.getHost().port)
+        writer.write(b"GET /sse?channel=a&pad=" + b"x" * 20000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        await writer.drain()
+        try:
+            return await asyncio.wait_for(reader.read(), 5)
+        finally:
+            writer.close()
+
+    try:
+        answer = await aio(raw())
+    finally:
+        await port.stopListening()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ")
+    assert b"content-type: application/json" in head.lower()
+    assert json.loads(body)["error"]["code"] == "bad_request"
+    assert gw.bus.subscriber_count() == 0
