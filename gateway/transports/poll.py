@@ -109,10 +109,9 @@ class HeldPoll(ChannelSetRequest):
         self.timeout = timeout
         self.callback = callback
         self._timer: Any = None
-        self._leaving = False
 
     def _open(self, first: list[Event]) -> None:
-        if first or self._leaving or self.timeout == 0:
+        if first or self.timeout == 0:
             self._answer(first)
             return
         self._timer = self.gateway.reactor.callLater(self.timeout, self._timed_out)
