@@ -14,6 +14,7 @@ from gateway.app import Gateway
 from gateway.config import Config
 from gateway.interfaces import IBroker
 from gateway.resource import GatewayResource
+from gateway.transports._http import LineLimitHTTPChannel
 
 __all__ = ["GatewayService"]
 
@@ -47,6 +48,9 @@ class GatewayService(service.MultiService):
         self.gateway = Gateway(self.config, reactor, broker)
         self.resource = GatewayResource(self.gateway)
         self.site = server.Site(self.resource)
+        # Answer an over-long request line with a 400 JSON error instead of a silent
+        # close (this Site speaks HTTP/1.1 only; WebSocket needs it anyway).
+        self.site.protocol = LineLimitHTTPChannel
         self.ports: list[Any] = []
         self._listened = False
 
