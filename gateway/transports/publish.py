@@ -11,7 +11,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from gateway.core.commands import loads_strict, parse_publication
 from gateway.core.model import Publication
-from gateway.errors import BadRequest, GatewayError, Internal, TooLarge
+from gateway.errors import BadRequest, Forbidden, GatewayError, Internal, TooLarge
 from gateway.transports._http import JSONResource, error_body, finish_json
 from gateway.transports.cors import apply_cors, preflight
 
@@ -65,7 +65,11 @@ class PublishResource(JSONResource):
         return preflight(self.gateway, request, ["POST"])
 
     def render_POST(self, request: Request) -> bytes | int:
-        apply_cors(self.gateway, request)
+        if not apply_cors(self.gateway, request):
+            # A browser page from an origin not listed: refuse the write itself, not
+            # only the reading of the answer (a text/plain form post needs no
+            # preflight, so CORS alone would not stop it).
+            raise Forbidden("origin not allowed to publish")
         limit = self.gateway.config.max_message_size
         length = request.getHeader(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:

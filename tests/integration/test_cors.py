@@ -40,10 +40,11 @@ async def test_listed_origin_is_echoed_with_vary(gw_factory, sse):
 
 
 async def test_unlisted_origin_gets_no_cors_headers(gw_factory, sse):
-    """An unlisted origin is served but gets no CORS headers, so the browser hides the answer."""
+    """An unlisted origin gets no CORS headers, so the browser hides the answer; reads are
+    served, the publish (a write) is refused with 403."""
     gw = gw_factory(allowed_origin=(APP,))
     for endpoint, (status, headers) in (await _requests(gw, sse, EVIL)).items():
-        assert (endpoint, status) == (endpoint, 200)
+        assert (endpoint, status) == (endpoint, 403 if endpoint == "/publish" else 200)
         assert (endpoint, [k for k in headers if k.lower().startswith("access-control-")]) == (endpoint, [])
 
 
@@ -97,3 +98,20 @@ async def test_errors_carry_cors_headers_for_allowed_origins(gw_factory):
         r = await http(method, gw.base + path, headers={"Origin": APP})
         assert (path, r.status_code) == (path, 400)
         assert r.headers["access-control-allow-origin"] == APP
+
+
+async def test_publish_from_unlisted_browser_origin_is_refused(gw_factory):
+    """With --allowed-origin set, a POST /publish from another browser origin is a 403 and publishes nothing."""
+    gw = gw_factory(allowed_origin=("https://app.example",))
+    refused = await http(
+        "POST",
+        gw.base + "/publish",
+        content=b'{"channel":"c","data":1}',
+        headers={"origin": "https://evil.example", "content-type": "text/plain"},
+    )
+    assert (refused.status_code, refused.json()["error"]["code"]) == (403, "forbidden")
+    assert "access-control-allow-origin" not in refused.headers
+    ok = await http("POST", gw.base + "/publish", json={"channel": "c", "data": 1}, headers={"origin": "https://app.example"})
+    assert (ok.status_code, ok.json()["seq"]) == (200, 1)
+    backend = await http("POST", gw.base + "/publish", json={"channel": "c", "data": 2})
+    assert (backend.status_code, backend.json()["seq"]) == (200, 2)
