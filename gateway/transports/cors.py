@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from twisted.web.server import Request
 
 from gateway.errors import Forbidden
-from gateway.transports._http import send_error
+from gateway.transports._http import JSONResource, send_error
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -70,3 +70,23 @@ def preflight(gateway: Gateway, request: Request, methods: Sequence[str]) -> byt
     request.setHeader(b"access-control-max-age", PREFLIGHT_MAX_AGE)
     request.setResponseCode(204)
     return b""
+
+
+class CORSResource(JSONResource):
+    """A gateway endpoint that browsers call cross-origin: JSON errors, CORS preflight.
+
+    Subclasses set :attr:`cors_methods` (what ``OPTIONS`` advertises) and implement
+    their ``render_*`` methods; :attr:`gateway` is the node they serve.
+    """
+
+    cors_methods: Sequence[str] = ("GET",)
+
+    def __init__(self, gateway: Gateway) -> None:
+        super().__init__()
+        self.gateway = gateway
+
+    def render_OPTIONS(self, request: Request) -> bytes:
+        return preflight(self.gateway, request, self.cors_methods)
+
+
+__all__ += ["CORSResource"]

@@ -25,13 +25,12 @@ from twisted.web.server import NOT_DONE_YET, Request
 from gateway.core.events import dumps
 from gateway.errors import BadRequest, GatewayError, Internal, Unavailable
 from gateway.transports._http import (
-    JSONResource,
     error_body,
     is_gone,
     query_params,
     single_param,
 )
-from gateway.transports.cors import apply_cors, preflight
+from gateway.transports.cors import CORSResource, apply_cors
 from gateway.transports.sse import (
     ChannelSetRequest,
     Event,
@@ -40,7 +39,7 @@ from gateway.transports.sse import (
 )
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    pass
 
 __all__ = ["DEFAULT_TIMEOUT", "MAX_TIMEOUT", "CALLBACK_RE", "PollResource", "HeldPoll", "parse_timeout"]
 
@@ -153,17 +152,10 @@ class HeldPoll(ChannelSetRequest):
         self._answer([])
 
 
-class PollResource(JSONResource):
+class PollResource(CORSResource):
     """``GET /poll?channel=a[&cursor=..][&timeout=25][&callback=NAME]``."""
 
     _log = Logger()
-
-    def __init__(self, gateway: Gateway) -> None:
-        super().__init__()
-        self.gateway = gateway
-
-    def render_OPTIONS(self, request: Request) -> bytes:
-        return preflight(self.gateway, request, ["GET"])
 
     def render_GET(self, request: Request) -> bytes | int:
         apply_cors(self.gateway, request)

@@ -12,11 +12,11 @@ from twisted.web.server import NOT_DONE_YET, Request
 from gateway.core.commands import loads_strict, parse_publication
 from gateway.core.model import Publication
 from gateway.errors import BadRequest, Forbidden, GatewayError, Internal, TooLarge
-from gateway.transports._http import JSONResource, error_body, finish_json
-from gateway.transports.cors import apply_cors, preflight
+from gateway.transports._http import error_body, finish_json
+from gateway.transports.cors import CORSResource, apply_cors
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    pass
 
 __all__ = ["PublishResource", "MAX_BATCH"]
 
@@ -52,17 +52,12 @@ def parse_publish_body(body: bytes) -> tuple[bool, list[tuple[str, Any]]]:
     return False, [parse_publication(obj)]
 
 
-class PublishResource(JSONResource):
+class PublishResource(CORSResource):
     """``POST /publish``."""
 
+    cors_methods = ("POST",)
+
     _log = Logger()
-
-    def __init__(self, gateway: Gateway) -> None:
-        super().__init__()
-        self.gateway = gateway
-
-    def render_OPTIONS(self, request: Request) -> bytes:
-        return preflight(self.gateway, request, ["POST"])
 
     def render_POST(self, request: Request) -> bytes | int:
         if not apply_cors(self.gateway, request):

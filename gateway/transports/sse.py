@@ -35,11 +35,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 from twisted.internet import defer
-from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET, Request
-from zope.interface import implementer
 
 from gateway.bus import SubscribeResult, Subscription
 from gateway.core.channels import validate_channel
@@ -47,15 +45,15 @@ from gateway.core.cursor import MAX_CURSOR_LENGTH, decode_cursor, encode_cursor
 from gateway.core.events import PreparedPublication, dumps, reset_event
 from gateway.core.model import Position
 from gateway.errors import BadRequest, GatewayError, Internal, Unavailable
+from gateway.transports._backpressure import SendBuffer
 from gateway.transports._http import (
-    JSONResource,
     error_body,
     is_gone,
     query_params,
     send_json,
     single_param,
 )
-from gateway.transports.cors import apply_cors, preflight
+from gateway.transports.cors import CORSResource, apply_cors
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -315,30 +313,6 @@ class ChannelSetRequest:
         raise NotImplementedError
 
 
-@implementer(IPushProducer)
-class _SendBuffer:
-    """Counts what a stream writes while the client is not reading.
-
-    Registered as the request's producer, it is paused by twisted.web once the
-    socket's send buffer is full and resumed once it drains; what is written in
-    between piles up in memory, and past a limit the client is a slow consumer.
-    """
-
-    def __init__(self) -> None:
-        self.paused = False
-        self.queued = 0
-
-    def pauseProducing(self) -> None:
-        self.paused = True
-
-    def resumeProducing(self) -> None:
-        self.paused = False
-        self.queued = 0
-
-    def stopProducing(self) -> None:
-        self.paused = False
-
-
 def _sse_block(kind: bytes, payload: bytes) -> bytes:
     return b"event: " + kind + b"\ndata: " + payload + b"\n\n"
 
@@ -357,7 +331,7 @@ class SSEStream(ChannelSetRequest):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._heartbeat: Any = None
-        self._buffer: _SendBuffer | None = None
+        self._buffer: SendBuffer | None = None
 
     def _open(self, first: list[Event]) -> None:
         request = self.request
@@ -367,7 +341,7 @@ class SSEStream(ChannelSetRequest):
         # An empty write sends the status line and headers now, so the client
         # knows the stream is open even before the first event.
         request.write(b"")
-        self._buffer = _SendBuffer()
+        self._buffer = SendBuffer()
         request.registerProducer(self._buffer, True)
         for event in first:
             self._deliver(event)
@@ -388,11 +362,9 @@ class SSEStream(ChannelSetRequest):
 
     def _write(self, data: bytes) -> None:
         buffer = self._buffer
-        if buffer is not None and buffer.paused:
-            buffer.queued += len(data)
-            if buffer.queued > self.gateway.config.max_send_buffer:
-                self._drop_slow_consumer()
-                return
+        if buffer is not None and buffer.overflows(len(data), self.gateway.config.max_send_buffer):
+            self._drop_slow_consumer()
+            return
         self.request.write(data)
 
     def _drop_slow_consumer(self) -> None:
@@ -444,15 +416,8 @@ class SSEStream(ChannelSetRequest):
         self.request.finish()
 
 
-class SSEResource(JSONResource):
+class SSEResource(CORSResource):
     """``GET /sse?channel=a&channel=b[&since=<cursor>]``."""
-
-    def __init__(self, gateway: Gateway) -> None:
-        super().__init__()
-        self.gateway = gateway
-
-    def render_OPTIONS(self, request: Request) -> bytes:
-        return preflight(self.gateway, request, ["GET"])
 
     def render_GET(self, request: Request) -> bytes | int:
         gateway = self.gateway

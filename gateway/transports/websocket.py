@@ -15,10 +15,8 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet import defer
-from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from gateway.bus import SubscribeResult, Subscription
 from gateway.core.commands import (
@@ -46,29 +44,11 @@ from gateway.errors import (
     Internal,
     NotFound,
 )
+from gateway.transports._backpressure import SendBuffer
 
 __all__ = ["GatewayWebSocketFactory", "GatewayWebSocketProtocol", "websocket_resource"]
 
 _WS_FORM = "ws"
-
-
-@implementer(IPushProducer)
-class _Backpressure:
-    """Tracks whether the socket's send buffer is full (the transport pauses us)."""
-
-    def __init__(self) -> None:
-        self.paused = False
-        self.queued_while_paused = 0
-
-    def pauseProducing(self) -> None:
-        self.paused = True
-
-    def resumeProducing(self) -> None:
-        self.paused = False
-        self.queued_while_paused = 0
-
-    def stopProducing(self) -> None:
-        self.paused = False
 
 
 class GatewayWebSocketProtocol(WebSocketServerProtocol):
@@ -80,7 +60,7 @@ class GatewayWebSocketProtocol(WebSocketServerProtocol):
     def __init__(self) -> None:
         super().__init__()
         self.session: Session | None = None
-        self._backpressure = _Backpressure()
+        self._backpressure = SendBuffer()
         self._heartbeat_call: Any = None
         self._awaiting_pong: bytes | None = None
         self._pings = 0
@@ -250,12 +230,9 @@ class GatewayWebSocketProtocol(WebSocketServerProtocol):
             self.factory.gateway.delivered("websocket")
 
     def _write_frame(self, size: int, write: Any) -> None:
-        bp = self._backpressure
-        if bp.paused:
-            bp.queued_while_paused += size
-            if bp.queued_while_paused > self.factory.gateway.config.max_send_buffer:
-                self._close(CLOSE_POLICY, "slow consumer: send buffer full")
-                return
+        if self._backpressure.overflows(size, self.factory.gateway.config.max_send_buffer):
+            self._close(CLOSE_POLICY, "slow consumer: send buffer full")
+            return
         write()
 
     def _close(self, code: int, reason: str) -> None:
