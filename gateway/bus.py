@@ -417,6 +417,16 @@ class Bus:
         if self._channels.get(ch.name) is not ch:
             return
         if history.publications is None:
+            top, pos = history.top, ch.position
+            if pos is not None and top.epoch != pos.epoch and top.seq > 0:
+                # The stream restarted (Redis flushed or replaced) and already has
+                # publications in its new epoch, accepted while this node was not
+                # receiving: they are all in history unless it was trimmed.  Reset
+                # to the start of the new epoch and fill from there, instead of
+                # skipping to its top.
+                self._reset_all(ch, Position(top.epoch, 0))
+                self._fill(ch)
+                return
             self._log.warn(
                 "gap on {channel} after seq {seq} cannot be filled from history; resetting its subscribers",
                 channel=ch.name,
