@@ -88,6 +88,9 @@ _PREFIX_RE = re.compile(r"^[A-Za-z0-9_\-:.]{1,64}$")
 # Seconds an idle channel's history list outlives its newest entry (all of it is
 # past the ttl by then; the margin only avoids expiring a list being appended to).
 HISTORY_EXPIRY_MARGIN = 10
+# Most pub/sub messages held back while a reconnected subscriber waits for a
+# command connection (see RedisBroker._finish_reconnect).
+MAX_BUFFERED = 10000
 
 
 def load_script(name: str) -> bytes:
@@ -157,11 +160,15 @@ def _later(conn: Any, notify: Any) -> None:
     # Without AUTH or SELECT a connection is ready inside makeConnection(), before
     # the endpoint and txredisapi's ClientService know about it; anything the
     # broker does then (even stopping) must wait for the reactor to finish that.
-    conn.factory.broker._reactor.callLater(0, _if_connected, conn, notify)
+    broker = conn.factory.broker
+    call = broker._reactor.callLater(0, _if_connected, conn, notify)
+    broker._soon.add(call)
 
 
 def _if_connected(conn: Any, notify: Any) -> None:
-    if conn.connected and not conn.factory.broker._stopping:
+    broker = conn.factory.broker
+    broker._soon = {c for c in broker._soon if c.active()}
+    if conn.connected and not broker._stopping:
         notify(conn)
 
 
@@ -171,7 +178,24 @@ def _protocols() -> dict[str, type]:
         return _PROTOCOLS
     txredisapi = _txredisapi()
 
-    class _CommandProtocol(txredisapi.RedisProtocol):
+    class _Timers:
+        """Runs txredisapi's own timers (reply timeouts, resuming the line parser)
+        on the broker's reactor and cancels them when the connection is gone, so a
+        stopped broker leaves nothing on the reactor."""
+
+        def callLater(self, delay: float, f: Any, *args: Any, **kwargs: Any) -> Any:
+            call = self.factory.broker._reactor.callLater(delay, f, *args, **kwargs)
+            self._timers = [c for c in getattr(self, "_timers", ()) if c.active()]
+            self._timers.append(call)
+            return call
+
+        def cancel_timers(self) -> None:
+            for call in getattr(self, "_timers", ()):
+                if call.active():
+                    call.cancel()
+            self._timers = []
+
+    class _CommandProtocol(_Timers, txredisapi.RedisProtocol):
         """A pooled command connection that tells the broker when it comes and goes."""
 
         def connectionMade(self) -> Any:
@@ -182,10 +206,11 @@ def _protocols() -> dict[str, type]:
         def connectionLost(self, why: Failure) -> None:
             was_ready = bool(self._ready)
             super().connectionLost(why)
+            self.cancel_timers()
             if was_ready:
                 self.factory.broker._command_lost(self, why)
 
-    class _SubscriberProtocol(txredisapi.SubscriberProtocol):
+    class _SubscriberProtocol(_Timers, txredisapi.SubscriberProtocol):
         """The node's one pub/sub connection: resubscribes on every (re)connect."""
 
         def connectionMade(self) -> Any:
@@ -197,6 +222,7 @@ def _protocols() -> dict[str, type]:
         def connectionLost(self, why: Failure) -> None:
             was_ready = bool(self._ready)
             super().connectionLost(why)
+            self.cancel_timers()
             if was_ready:
                 self.factory.broker._subscriber_lost(self, why)
 
@@ -306,7 +332,15 @@ class RedisBroker:
         self._commands: list[Any] = []  # live command connections
         self._next = 0
         self._subscriber: Any = None  # the live subscriber connection
-        self._subscriber_ready = False  # resubscribed after (re)connecting
+        self._subscriber_connections = 0  # how many times it was (re)subscribed
+        # Messages that arrive while a reconnected subscriber is still resubscribing
+        # are handed over after broker_reconnected(), so the bus is already filling
+        # gaps when it sees them.
+        self._buffered: list[tuple[bytes, bytes]] | None = None
+        self._resubscribed_conn: Any = None
+        self._soon: set[Any] = set()  # pending _later() calls, cancelled by stop()
+        # subscribe() calls waiting for the subscriber connection to come (back).
+        self._subscribe_waiters: list[defer.Deferred[None]] = []
         self._channels: set[str] = set()  # channels the bus wants delivered
         self._health: LoopingCall | None = None
         self._started: defer.Deferred[None] | None = None
@@ -375,17 +409,29 @@ class RedisBroker:
         if self._health is not None and self._health.running:
             self._health.stop()
         self._health = None
+        for call in self._soon:
+            if call.active():
+                call.cancel()
+        self._soon = set()
         factories = [f for f in (self._pool, self._subscriber_factory) if f is not None]
         self._pool = self._subscriber_factory = None
         yield defer.gatherResults([f.disconnect() for f in factories], consumeErrors=True)
         self._commands = []
         self._subscriber = None
-        self._subscriber_ready = False
         self._channels.clear()
+        waiters, self._subscribe_waiters = self._subscribe_waiters, []
+        for d in waiters:
+            if not d.called:
+                d.errback(Unavailable("subscribe: the broker stopped"))
 
     def is_ready(self) -> bool:
-        """True while a command connection and the resubscribed subscriber connection are up."""
-        return bool(not self._stopping and self._commands and self._subscriber_ready)
+        """True while a command connection is up: publishes can be made durable.
+
+        The pub/sub connection is not part of it: publishing goes on while it
+        reconnects (subscribers catch up from history once it is back), and
+        :meth:`subscribe` waits for it.  In a real outage both drop together.
+        """
+        return bool(not self._stopping and self._commands)
 
     def _readiness_changed(self) -> None:
         ready = self.is_ready()
@@ -409,10 +455,23 @@ class RedisBroker:
     # -- connection events (from the protocols) -------------------------------
 
     def _command_connected(self, conn: Any) -> None:
-        if self._stopping:
+        # A connection is only usable once Redis answers on it: a stopped or
+        # still-loading server accepts TCP connections all the same.
+        d = self._timed(defer.maybeDeferred(conn.execute_command, "PING"))
+        d.addCallbacks(self._command_usable, self._connection_unusable, (conn,), errbackArgs=(conn,))
+
+    def _connection_unusable(self, failure: Failure, conn: Any) -> None:
+        if not self._stopping:
+            self._log.warn("{url} does not answer on a new connection ({error}); reconnecting", url=self.name, error=failure.getErrorMessage() or failure.type.__name__)
+        if conn.transport is not None:
+            conn.transport.abortConnection()
+
+    def _command_usable(self, _: object, conn: Any) -> None:
+        if self._stopping or not conn.connected:
             return
         self._commands.append(conn)
         self._readiness_changed()
+        self._finish_reconnect()
 
     def _command_lost(self, conn: Any, why: Failure) -> None:
         if conn in self._commands:
@@ -423,34 +482,52 @@ class RedisBroker:
         if self._stopping:
             return
         self._subscriber = conn
+        self._resubscribed_conn = None
+        if self._subscriber_connections:
+            self._buffered = []
         channels = sorted(self._channels)
         ds = [self._timed(conn.subscribe(self.pubsub_channel(c))) for c in channels]
+        ds.append(self._timed(defer.maybeDeferred(conn.execute_command, "PING")))
         d = defer.gatherResults(ds, consumeErrors=True)
         d.addCallbacks(self._resubscribed, self._resubscribe_failed, (conn, len(channels)), errbackArgs=(conn,))
 
     def _resubscribed(self, _: object, conn: Any, count: int) -> None:
         if self._subscriber is not conn or self._stopping:
             return
-        reconnected = self._down_since is not None or count > 0
-        self._subscriber_ready = True
-        if count:
-            self._log.info("resubscribed to {count} channel(s)", count=count)
-        self._readiness_changed()
-        if reconnected and self._listener is not None:
+        reconnected = self._subscriber_connections > 0
+        self._subscriber_connections += 1
+        self._resubscribed_conn = conn
+        if reconnected:
+            self._log.info("pub/sub connection back; resubscribed to {count} channel(s)", count=count)
+        self._finish_reconnect()
+        waiters, self._subscribe_waiters = self._subscribe_waiters, []
+        for waiter in waiters:
+            if not waiter.called:
+                waiter.callback(None)
+
+    def _finish_reconnect(self) -> None:
+        """Tell the listener once the pub/sub connection is resubscribed *and* a command
+        connection is up (its gap fill reads history), then hand over what arrived meanwhile."""
+        if self._buffered is None or self._resubscribed_conn is None or not self.is_ready():
+            return
+        buffered, self._buffered = self._buffered, None
+        if self._listener is not None:
             # Whatever was published while the subscriber was away is in history.
             self._listener.broker_reconnected()
+        for redis_channel, message in buffered:
+            self._message_received(redis_channel, message)
 
     def _resubscribe_failed(self, failure: Failure, conn: Any) -> None:
         failure.trap(defer.FirstError)
-        self._log.warn("resubscribing failed ({error}); reconnecting", error=failure.value.subFailure.getErrorMessage())
-        if conn.transport is not None:
-            conn.transport.abortConnection()
+        self._connection_unusable(failure.value.subFailure, conn)
 
     def _subscriber_lost(self, conn: Any, why: Failure) -> None:
         if self._subscriber is conn:
             self._subscriber = None
-            self._subscriber_ready = False
-        self._readiness_changed()
+            self._resubscribed_conn = None
+            self._buffered = None
+            if not self._stopping:
+                self._log.warn("pub/sub connection to {url} lost ({why}); reconnecting", url=self.name, why=why.getErrorMessage())
 
     def _health_check(self) -> None:
         for conn in list(self._commands) + ([self._subscriber] if self._subscriber is not None else []):
@@ -526,11 +603,25 @@ class RedisBroker:
         return d.addCallback(answer)
 
     def subscribe(self, channel: str) -> defer.Deferred[None]:
+        """Subscribe at node level.
+
+        Fails at once with Unavailable while Redis is unreachable.  While only the
+        pub/sub connection is (re)connecting (Redis answers commands), this waits
+        for it, up to the command timeout.
+        """
+        if self._stopping or self._listener is None:
+            return defer.fail(Unavailable("subscribe: the broker is not running"))
         conn = self._subscriber
-        if conn is None or self._stopping:
+        if conn is None and not self.is_ready():
             return defer.fail(Unavailable("subscribe: Redis is not reachable"))
         self._channels.add(channel)
-        d = self._timed(defer.maybeDeferred(conn.subscribe, self.pubsub_channel(channel)))
+        if conn is not None:
+            d = self._timed(defer.maybeDeferred(conn.subscribe, self.pubsub_channel(channel)))
+        else:
+            # The connection, when it comes, subscribes to every wanted channel.
+            waiter: defer.Deferred[None] = defer.Deferred()
+            self._subscribe_waiters.append(waiter)
+            d = self._timed(waiter)
 
         def failed(failure: Failure) -> Failure:
             self._channels.discard(channel)
@@ -557,6 +648,11 @@ class RedisBroker:
     # -- delivery -----------------------------------------------------------------
 
     def _message_received(self, redis_channel: bytes, message: bytes) -> None:
+        if self._buffered is not None:
+            # Past the cap the rest is dropped: the gap fill reads it from history.
+            if len(self._buffered) < MAX_BUFFERED:
+                self._buffered.append((redis_channel, message))
+            return
         if isinstance(redis_channel, str):
             redis_channel = redis_channel.encode()
         if not redis_channel.startswith(self._pub_prefix_bytes):

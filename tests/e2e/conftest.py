@@ -43,3 +43,4 @@ async def nodes(redis_server: RedisServer) -> Any:
     for running in started:
         if running.service.running:
             await running.stop()
+

@@ -105,3 +105,116 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0, what: st
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await sleep(0.01)
+
+
+# -- asyncio-side clients (run them with gateway.testing.aio) ---------------------
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
+    """asyncio twin of :func:`wait_for`."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout * TIMEOUT_FACTOR
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+class Subscriber:
+    """A WebSocket client subscribed to one channel that records every event it gets.
+
+    ``events`` holds the ``subscribed`` reply first, then ``message``/``reset`` events.
+    """
+
+    def __init__(self, url: str, channel: str) -> None:
+        self.url = url
+        self.channel = channel
+        self.events: list[dict] = []
+        self.conn = None
+        self._task = None
+        self.close_code: int | None = None
+        self.since: dict | None = None
+
+    async def start(self, since: dict | None = None) -> dict:
+        """Connect, subscribe (from ``since`` when given) and start recording; returns the reply."""
+        import asyncio
+        import json
+
+        import websockets
+
+        self.conn = await websockets.connect(self.url, open_timeout=5)
+        command: dict = {"type": "subscribe", "channel": self.channel, "id": "sub"}
+        self.since = since
+        if since is not None:
+            command["since"] = since
+        await self.conn.send(json.dumps(command))
+        reply = json.loads(await asyncio.wait_for(self.conn.recv(), 5))
+        assert reply["type"] == "subscribed", reply
+        self.events.append(reply)
+        self._task = asyncio.ensure_future(self._read())
+        return reply
+
+    async def _read(self) -> None:
+        import json
+
+        import websockets
+
+        try:
+            async for raw in self.conn:
+                self.events.append(json.loads(raw))
+        except websockets.ConnectionClosed:
+            pass
+        self.close_code = self.conn.close_code
+
+    @property
+    def messages(self) -> list[dict]:
+        return [e for e in self.events if e["type"] == "message"]
+
+    @property
+    def position(self) -> dict:
+        """The last position seen (from the subscribe reply, a reset or a message)."""
+        last = [e for e in self.events if e["type"] in ("subscribed", "reset", "message")][-1]
+        return {"epoch": last["epoch"], "seq": last["seq"]}
+
+    def check_order(self) -> list[dict]:
+        """Assert the events continue each other (each message is the next seq of its epoch,
+        a reset moves the position) and return the messages."""
+        position = None
+        for e in self.events:
+            if e["type"] == "subscribed":
+                # Recovered: the missed messages follow, from the position it asked for.
+                start = self.since if e.get("recovered") else e
+                position = (start["epoch"], start["seq"])
+            elif e["type"] == "reset":
+                position = (e["epoch"], e["seq"])
+            elif e["type"] == "message":
+                assert position is not None
+                assert (e["epoch"], e["seq"]) == (position[0], position[1] + 1), f"{e} does not follow {position}"
+                position = (e["epoch"], e["seq"])
+            else:
+                raise AssertionError(f"unexpected event {e}")
+        return self.messages
+
+    async def close(self) -> None:
+        if self.conn is not None:
+            await self.conn.close()
+        if self._task is not None:
+            await self._task
+
+
+async def ws_publish_many(url: str, channel: str, datas: list) -> list[dict]:
+    """Send every publish on one WebSocket without waiting, then return the replies in order."""
+    import asyncio
+    import json
+
+    import websockets
+
+    async with websockets.connect(url, open_timeout=5) as conn:
+        for i, data in enumerate(datas):
+            await conn.send(json.dumps({"type": "publish", "channel": channel, "data": data, "id": i}))
+        replies: dict = {}
+        while len(replies) < len(datas):
+            event = json.loads(await asyncio.wait_for(conn.recv(), 10))
+            replies[event["id"]] = event
+    return [replies[i] for i in range(len(datas))]
