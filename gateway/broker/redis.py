@@ -78,7 +78,7 @@ from gateway.config import Config, ConfigError
 from gateway.core.events import dumps
 from gateway.core.model import HistoryResult, Position, Publication
 from gateway.core.stream import recover
-from gateway.errors import Unavailable
+from gateway.errors import BadRequest, Unavailable
 from gateway.interfaces import IBroker, IBrokerListener
 
 __all__ = ["RedisBroker", "RedisURL", "parse_redis_url", "load_script"]
@@ -567,7 +567,10 @@ class RedisBroker:
     # -- IBroker -------------------------------------------------------------------
 
     def publish(self, channel: str, data: Any, sender: str | None = None) -> defer.Deferred[Publication]:
-        body = dumps({"c": channel, "d": data, "f": sender})
+        try:
+            body = dumps({"c": channel, "d": data, "f": sender})
+        except (TypeError, ValueError) as e:
+            return defer.fail(BadRequest(f"data is not JSON: {e}"))
         args = [
             self.pubsub_channel(channel),
             body,

@@ -14,7 +14,7 @@ from gateway.broker import broker_from_config
 from gateway.broker.redis import RedisBroker, parse_redis_url
 from gateway.config import Config, ConfigError
 from gateway.core.model import Position
-from gateway.errors import Unavailable
+from gateway.errors import BadRequest, Unavailable
 from gateway.testing import sleep
 from tests.contracts.conftest import RecordingListener
 from tests.e2e.support import wait_for
@@ -294,3 +294,14 @@ async def test_undecodable_messages_are_dropped(redis_server, brokers):
     await wait_for(lambda: len(listener.publications) == 1, what="good delivery")
 
     assert [pub] == listener.publications
+
+
+async def test_data_that_is_not_json_is_a_bad_request(brokers):
+    """Python callers passing data JSON cannot carry get BadRequest, and nothing is published."""
+    broker, _ = await brokers()
+
+    error = await failure_of(broker.publish("c", {1, 2}))
+    pub = await broker.publish("c", "fine")
+
+    assert isinstance(error, BadRequest)
+    assert 1 == pub.seq
