@@ -81,7 +81,7 @@ from gateway.core.stream import recover
 from gateway.errors import BadRequest, Unavailable
 from gateway.interfaces import IBroker, IBrokerListener
 
-__all__ = ["RedisBroker", "RedisURL", "parse_redis_url", "load_script"]
+__all__ = ["RedisBroker", "RedisURL", "load_script", "parse_redis_url"]
 
 DEFAULT_PREFIX = "gateway"
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_\-:.]{1,64}$")
@@ -176,12 +176,14 @@ def _protocols() -> dict[str, type]:
     """The two txredisapi protocol subclasses, defined on first use (see :func:`_txredisapi`)."""
     if _PROTOCOLS:
         return _PROTOCOLS
-    txredisapi = _txredisapi()
+    txredisapi: Any = _txredisapi()
 
     class _Timers:
         """Runs txredisapi's own timers (reply timeouts, resuming the line parser)
         on the broker's reactor and cancels them when the connection is gone, so a
         stopped broker leaves nothing on the reactor."""
+
+        factory: Any
 
         def callLater(self, delay: float, f: Any, *args: Any, **kwargs: Any) -> Any:
             call = self.factory.broker._reactor.callLater(delay, f, *args, **kwargs)
@@ -320,8 +322,8 @@ class RedisBroker:
         self._hist_fmt = prefix + ":{{{}}}:hist"
         self._pub_prefix = f"{prefix}:{self.url.db}:pub:"
         self._pub_prefix_bytes = self._pub_prefix.encode()
-        self._history_ms = str(int(math.ceil(history_ttl * 1000)))
-        self._history_expiry = str(int(math.ceil(history_ttl)) + HISTORY_EXPIRY_MARGIN)
+        self._history_ms = str(math.ceil(history_ttl * 1000))
+        self._history_expiry = str(math.ceil(history_ttl) + HISTORY_EXPIRY_MARGIN)
         self._meta_expiry = str(int(max(STREAM_IDLE_SECONDS, math.ceil(2 * history_ttl))))
         self._publish_script = load_script("publish.lua")
         self._history_script = load_script("history.lua")
@@ -665,7 +667,8 @@ class RedisBroker:
             return
         try:
             pub = _parse_entry(channel, message)
-        except Exception:
+        except (ValueError, KeyError, TypeError, AttributeError):
+            # json.JSONDecodeError and UnicodeDecodeError are ValueErrors.
             self._log.failure("undecodable message on {channel}: {message!r}", channel=channel, message=message[:200])
             return
         self._listener.publication_received(pub)

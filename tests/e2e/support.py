@@ -16,7 +16,7 @@ import pytest
 
 from gateway.testing import sleep
 
-__all__ = ["RedisServer", "free_port", "wait_for", "TIMEOUT_FACTOR"]
+__all__ = ["TIMEOUT_FACTOR", "RedisServer", "Subscriber", "free_port", "until", "wait_for", "ws_publish_many"]
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 TIMEOUT_FACTOR = float(os.environ.get("GATEWAY_TESTS_TIMEOUT_FACTOR", "1"))

@@ -83,7 +83,8 @@ def test_two_twistd_nodes_share_redis(redis_server):
             assert 503 == refused.status_code
             assert "unavailable" == refused.json()["error"]["code"]
             ws.send(json.dumps({"type": "publish", "channel": "x", "data": "lost too", "id": 2}))
-            assert ("error", "unavailable") == (lambda e: (e["type"], e["code"]))(recv_json(ws))
+            error = recv_json(ws)
+            assert ("error", "unavailable") == (error["type"], error["code"])
 
             redis_server.start()
             for base, proc in zip(bases, procs):
