@@ -267,3 +267,30 @@ async def test_client_of_a_stopped_node_resumes_on_another(nodes):
     seqs = [m["seq"] for m in first.messages] + [m["seq"] for m in resumed.messages]
     assert list(range(1, len(published) + 1)) == seqs
     assert [m["data"] for m in first.messages + resumed.messages] == list(range(len(published)))
+
+
+async def test_one_redis_subscription_per_channel_per_node(nodes, redis_server):
+    """However many local subscribers a channel has, a node holds one Redis subscription for it,
+    all on one pub/sub connection, and drops it when the last local subscriber leaves."""
+    a, b = await nodes(2)
+
+    def numsub(channel):
+        reply = redis_server.cli("PUBSUB", "NUMSUB", a.bus.broker.pubsub_channel(channel)).split()
+        return int(reply[1])
+
+    def pubsub_connections():
+        return [line for line in redis_server.cli("CLIENT", "LIST").splitlines() if "flags=P" in line]
+
+    async def scenario():
+        subs = [Subscriber(n.ws_url, "shared") for n in (a, b) for _ in range(3)] + [Subscriber(a.ws_url, "solo")]
+        for s in subs:
+            await s.start()
+        during = (numsub("shared"), numsub("solo"), len(pubsub_connections()))
+        for s in subs:
+            await s.close()
+        await until(lambda: numsub("shared") == 0 and numsub("solo") == 0, what="unsubscribed")
+        return during
+
+    shared, solo, connections = await aio(scenario())
+
+    assert (2, 1, 2) == (shared, solo, connections)
