@@ -20,15 +20,21 @@ Seqs are never renumbered silently.
 *Delivery.*  One subscriber connection per node, with one Redis ``SUBSCRIBE`` per
 channel that has local subscribers (the bus asks on the first local subscriber
 and releases on the last).  txredisapi reconnects that connection but does not
-restore its subscriptions, so :class:`_SubscriberProtocol` resubscribes every
-wanted channel when it connects and then calls the listener's
-``broker_reconnected``, which makes the bus fill whatever was published meanwhile
-from history (``lua/history.lua``, one round trip).
+restore its subscriptions, so the subscriber protocol resubscribes every wanted
+channel when it connects.  Once that is done *and* a command connection works,
+the listener's ``broker_reconnected`` makes the bus fill whatever was published
+meanwhile from history (``lua/history.lua``, one round trip); messages that
+arrived during the resubscribe are handed over after that call.  ``subscribe``
+fails at once while Redis is unreachable, and waits (up to the command timeout)
+while only the pub/sub connection is coming back.
 
 *Failing fast.*  txredisapi queues commands issued while Redis is down until it
 comes back, which would turn a publish into a hang (or worse, a late publish).
-This module never hands a command to a pool with no live connection: it fails at
-once with :class:`~gateway.errors.Unavailable`.  Every command also has a
+This module picks a live command connection itself and, with none, fails at
+once with :class:`~gateway.errors.Unavailable`; :meth:`RedisBroker.is_ready`
+is exactly "a command connection is live".  A new connection counts only once
+Redis has answered a PING on it (a stopped or loading server still accepts TCP
+connections).  Every command also has a
 deadline (``command_timeout``): txredisapi's ``replyTimeout`` aborts a connection
 whose server stopped answering, and a health check PINGs both connections every
 ``health_interval`` seconds so a hung or half-open server is noticed even when
