@@ -58,7 +58,7 @@ def _positive(v: Any) -> bool:
 
 OPTIONS: tuple[Option, ...] = (
     Option("listen", str, (DEFAULT_LISTEN,), f"Twisted endpoint to listen on (repeatable; default {DEFAULT_LISTEN}).", True, "ENDPOINT"),
-    Option("redis", str, None, "Share channels through Redis: redis://HOST:PORT/DB (default: in-process bus).", metavar="URL"),
+    Option("redis", str, None, "Share channels through Redis: redis://[[USER]:PASSWORD@]HOST[:PORT][/DB][?prefix=P] (default: in-process bus).", metavar="URL"),
     Option("jwt-secret", str, None, "HS256 secret for JWT authentication.", metavar="SECRET"),
     Option("jwt-public-key", str, None, "PEM public key file for RS256/ES256 JWT authentication.", metavar="FILE"),
     Option("api-key", str, (), "API key for backends: publish and subscribe everywhere (repeatable).", True, "KEY"),
@@ -170,6 +170,10 @@ def load_config(cli: Mapping[str, Any] | None = None, config_file: str | None = 
         raise ConfigError("listen: at least one endpoint is needed")
     if values.get("jwt_secret") and values.get("jwt_public_key"):
         raise ConfigError("give --jwt-secret or --jwt-public-key, not both")
+    if values.get("redis") is not None:
+        from gateway.broker.redisurl import parse_redis_url
+
+        parse_redis_url(values["redis"])
     if values.get("node_id") is None:
         values.pop("node_id", None)
     return Config(**values)

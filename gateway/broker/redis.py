@@ -67,10 +67,8 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from importlib import resources
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
 
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint
@@ -80,7 +78,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.broker.memory import STREAM_IDLE_SECONDS, new_epoch
-from gateway.config import Config, ConfigError
+from gateway.broker.redisurl import RedisURL, parse_redis_url
+from gateway.config import Config
 from gateway.core.events import dumps
 from gateway.core.model import HistoryResult, Position, Publication
 from gateway.core.stream import recover
@@ -89,8 +88,6 @@ from gateway.interfaces import IBroker, IBrokerListener
 
 __all__ = ["RedisBroker", "RedisURL", "load_script", "parse_redis_url"]
 
-DEFAULT_PREFIX = "gateway"
-_PREFIX_RE = re.compile(r"^[A-Za-z0-9_\-:.]{1,64}$")
 # Seconds an idle channel's history list outlives its newest entry (all of it is
 # past the ttl by then; the margin only avoids expiring a list being appended to).
 HISTORY_EXPIRY_MARGIN = 10
@@ -102,53 +99,6 @@ MAX_BUFFERED = 10000
 def load_script(name: str) -> bytes:
     """The Lua script ``name`` shipped in ``gateway/broker/lua/``."""
     return resources.files("gateway.broker").joinpath("lua", name).read_bytes()
-
-
-class RedisURL:
-    """A parsed ``redis://[[user]:password@]host[:port][/db][?prefix=P]`` URL."""
-
-    def __init__(self, host: str, port: int, db: int, prefix: str, username: str | None, password: str | None) -> None:
-        self.host = host
-        self.port = port
-        self.db = db
-        self.prefix = prefix
-        self.username = username
-        self.password = password
-
-    def display(self) -> str:
-        """The URL without credentials, for logs and ``/healthz``."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        suffix = "" if self.prefix == DEFAULT_PREFIX else f"?prefix={self.prefix}"
-        return f"redis://{host}:{self.port}/{self.db}{suffix}"
-
-
-def parse_redis_url(url: str) -> RedisURL:
-    """Parse the ``--redis`` value.
-
-    Raises:
-        ConfigError: naming what is wrong.
-    """
-    try:
-        parts = urlsplit(url)
-        port = parts.port or 6379
-    except ValueError as e:
-        raise ConfigError(f"redis: invalid URL {url!r}: {e}") from None
-    if parts.scheme != "redis":
-        raise ConfigError(f"redis: expected redis://HOST:PORT/DB, got {url!r}")
-    host = parts.hostname or "localhost"
-    path = parts.path.strip("/")
-    if path and not path.isdigit():
-        raise ConfigError(f"redis: the database must be a number, got {path!r}")
-    query = parse_qs(parts.query, keep_blank_values=True)
-    unknown = sorted(set(query) - {"prefix"})
-    if unknown:
-        raise ConfigError(f"redis: unknown URL parameter(s): {', '.join(unknown)}")
-    prefix = query.get("prefix", [DEFAULT_PREFIX])[-1]
-    if not _PREFIX_RE.match(prefix):
-        raise ConfigError(f"redis: prefix must match {_PREFIX_RE.pattern}, got {prefix!r}")
-    password = unquote(parts.password) if parts.password else None
-    username = unquote(parts.username) if parts.username else None
-    return RedisURL(host, port, int(path or 0), prefix, username, password)
 
 
 def _txredisapi() -> Any:

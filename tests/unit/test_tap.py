@@ -120,3 +120,13 @@ def test_make_service_does_not_listen():
     """makeService binds nothing: the service has no ports until it is started."""
     svc = makeService(parse("--listen", "tcp:0:interface=127.0.0.1"))
     assert [] == svc.ports
+
+
+@pytest.mark.parametrize(
+    "url,message",
+    [("http://localhost", "expected redis://"), ("redis://h/abc", "database must be a number"), ("redis://h/0?x=1", "unknown URL parameter")],
+)
+def test_bad_redis_url_is_a_usage_error_at_option_parsing(url, message):
+    """A malformed --redis is refused while parsing options, with a message naming the problem."""
+    with pytest.raises(usage.UsageError, match=message):
+        Options().parseOptions(["--redis", url])
