@@ -29,6 +29,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from array import array
 from typing import Any
@@ -36,8 +37,8 @@ from typing import Any
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from loadclient import WSConnection, now_us  # noqa: E402
-from procs import (  # noqa: E402
+from loadclient import WSConnection, now_us
+from procs import (
     LOOPBACK,
     Children,
     commandstats,
@@ -66,12 +67,16 @@ def log(msg: str) -> None:
 # -- starting the system under test ----------------------------------------------------
 
 
-def wait_http(proc: subprocess.Popen[Any], port: int, path: str, timeout: float, logfile: str) -> None:
+def wait_http(
+    proc: subprocess.Popen[Any], port: int, path: str, timeout: float, logfile: str
+) -> None:
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise BenchError(f"gateway on port {port} exited with {proc.returncode}:\n{tail2(logfile)}")
+            raise BenchError(
+                f"gateway on port {port} exited with {proc.returncode}:\n{tail2(logfile)}"
+            )
         try:
             status, body = http_get(port, path, timeout=2)
             if status == 200:
@@ -80,7 +85,9 @@ def wait_http(proc: subprocess.Popen[Any], port: int, path: str, timeout: float,
         except OSError as e:
             last = str(e)
         time.sleep(0.1)
-    raise BenchError(f"gateway on port {port}: {path} not 200 within {timeout}s ({last}):\n{tail(logfile)}")
+    raise BenchError(
+        f"gateway on port {port}: {path} not 200 within {timeout}s ({last}):\n{tail(logfile)}"
+    )
 
 
 def tail2(logfile: str) -> str:
@@ -101,7 +108,9 @@ def gateway_env(src: str | None) -> dict[str, str] | None:
     if not src:
         return None
     env = dict(os.environ)
-    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONPATH"] = src + (
+        os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""
+    )
     return env
 
 
@@ -109,10 +118,19 @@ def snapshot_source(ref: str, tmp: str) -> tuple[str, str]:
     """Export ``ref``'s gateway, plugins and twisted/plugins to a temp dir (read-only use
     of the repository: ``git archive``); returns (dir, commit)."""
     repo = os.path.dirname(HERE)
-    commit = subprocess.run(["git", "-C", repo, "rev-parse", ref], check=True, capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "-C", repo, "rev-parse", ref],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     dest = os.path.join(tmp, f"src-{commit[:10]}")
     os.mkdir(dest)
-    archive = subprocess.run(["git", "-C", repo, "archive", commit, "gateway", "plugins", "twisted"], check=True, capture_output=True).stdout
+    archive = subprocess.run(
+        ["git", "-C", repo, "archive", commit, "gateway", "plugins", "twisted"],
+        check=True,
+        capture_output=True,
+    ).stdout
     subprocess.run(["tar", "-x", "-C", dest], input=archive, check=True)
     return dest, commit
 
@@ -124,17 +142,33 @@ def source_info(src: str | None, commit: str | None) -> dict[str, Any]:
     if src:
         return {"tree": src}
     try:
-        head = subprocess.run(["git", "-C", repo, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10).stdout.strip()
+        head = subprocess.run(
+            ["git", "-C", repo, "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", repo, "status", "--porcelain", "--", "gateway", "plugins", "twisted"],
-            capture_output=True, text=True, timeout=10,
+            capture_output=True, text=True, timeout=10, check=False,
         ).stdout.split("\n")  # fmt: skip
-        return {"tree": "working tree (installed editable)", "head": head, "uncommitted": [d[3:] for d in dirty if d.strip()]}
+        return {
+            "tree": "working tree (installed editable)",
+            "head": head,
+            "uncommitted": [d[3:] for d in dirty if d.strip()],
+        }
     except (OSError, subprocess.SubprocessError):
         return {"tree": "installed package"}
 
 
-def start_gateway(children: Children, tmp: str, name: str, redis_url: str | None, env: dict[str, str] | None = None) -> dict[str, Any]:
+def start_gateway(
+    children: Children,
+    tmp: str,
+    name: str,
+    redis_url: str | None,
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
     port = free_port()
     logfile = os.path.join(tmp, f"gateway-{name}.log")
     argv = [
@@ -144,12 +178,24 @@ def start_gateway(children: Children, tmp: str, name: str, redis_url: str | None
     if redis_url:
         argv += ["--redis", redis_url]
     proc = children.popen(
-        f"gateway-{name}", argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(logfile + ".stderr", "wb"), env=env
+        f"gateway-{name}",
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr_path=logfile + ".stderr",
+        env=env,
     )
     wait_http(proc, port, "/readyz" if redis_url else "/healthz", 30.0, logfile)
     if redis_url:
         wait_http(proc, port, "/readyz", 30.0, logfile)
-    return {"name": f"gateway-{name}", "port": port, "proc": proc, "pid": proc.pid, "log": logfile, "argv": argv}
+    return {
+        "name": f"gateway-{name}",
+        "port": port,
+        "proc": proc,
+        "pid": proc.pid,
+        "log": logfile,
+        "argv": argv,
+    }
 
 
 def start_redis(children: Children, tmp: str) -> dict[str, Any]:
@@ -162,11 +208,19 @@ def start_redis(children: Children, tmp: str) -> dict[str, Any]:
         "/usr/bin/redis-server", "--port", str(port), "--bind", LOOPBACK, "--save", "", "--appendonly", "no",
         "--dir", rdir, "--daemonize", "no", "--logfile", os.path.join(rdir, "redis.log"),
     ]  # fmt: skip
-    proc = children.popen("redis-server", argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = children.popen(
+        "redis-server",
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 10
     while True:
         if proc.poll() is not None:
-            raise BenchError(f"redis-server exited with {proc.returncode}: {tail(os.path.join(rdir, 'redis.log'))}")
+            raise BenchError(
+                f"redis-server exited with {proc.returncode}: {tail(os.path.join(rdir, 'redis.log'))}"
+            )
         try:
             if redis_command(port, "PING", timeout=1) == "PONG":
                 break
@@ -175,7 +229,13 @@ def start_redis(children: Children, tmp: str) -> dict[str, Any]:
         if time.monotonic() > deadline:
             raise BenchError("redis-server did not answer PING within 10 s")
         time.sleep(0.05)
-    return {"name": "redis-server", "port": port, "proc": proc, "pid": proc.pid, "argv": argv}
+    return {
+        "name": "redis-server",
+        "port": port,
+        "proc": proc,
+        "pid": proc.pid,
+        "argv": argv,
+    }
 
 
 def metric_deliveries(port: int) -> dict[str, float]:
@@ -219,12 +279,21 @@ class Publisher(WSConnection):
         if not self.opened.done():
             self.opened.set_exception(BenchError(f"publisher connection lost: {exc}"))
         if self.all_acked is not None and not self.all_acked.done():
-            self.all_acked.set_exception(BenchError(f"publisher connection lost: {exc} (close code {self.close_code})"))
+            self.all_acked.set_exception(
+                BenchError(
+                    f"publisher connection lost: {exc} (close code {self.close_code})"
+                )
+            )
 
     def publish(self, channel: str, i: int, pad: str) -> None:
         t = now_us()
         self.sent[i] = t
-        msg = {"type": "publish", "id": i, "channel": channel, "data": {"i": i, "t": t, "pad": pad}}
+        msg = {
+            "type": "publish",
+            "id": i,
+            "channel": channel,
+            "data": {"i": i, "t": t, "pad": pad},
+        }
         self.send_text(json.dumps(msg, separators=(",", ":")).encode())
 
     def on_text(self, payload: bytes, now: int) -> None:
@@ -247,13 +316,40 @@ class Publisher(WSConnection):
 
 
 class Worker:
-    def __init__(self, proc: subprocess.Popen[Any], name: str, count: int, samples: str) -> None:
+    """One load-generator process and the JSON lines it prints.
+
+    A daemon thread reads its stdout into an asyncio queue (a daemon, so that a
+    blocked read can never hold up the interpreter's exit)."""
+
+    def __init__(
+        self, proc: subprocess.Popen[Any], name: str, count: int, samples: str
+    ) -> None:
         self.proc = proc
         self.name = name
         self.count = count
         self.samples = samples
         self.ready: dict[str, Any] = {}
         self.report: dict[str, Any] = {}
+        self.lines: asyncio.Queue[bytes] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        threading.Thread(
+            target=self._pump, args=(loop,), name=f"{name}-stdout", daemon=True
+        ).start()
+
+    def _pump(self, loop: asyncio.AbstractEventLoop) -> None:
+        stdout = self.proc.stdout
+        assert stdout is not None
+        while True:
+            try:
+                line = stdout.readline()
+            except (OSError, ValueError):
+                line = b""
+            try:
+                loop.call_soon_threadsafe(self.lines.put_nowait, line)
+            except RuntimeError:  # the loop is closed: the benchmark is over
+                return
+            if not line:
+                return
 
     async def read(self, event: str, timeout: float) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
@@ -262,19 +358,38 @@ class Worker:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise BenchError(f"{self.name}: no '{event}' within {timeout:.0f}s")
-            line = await asyncio.wait_for(loop.run_in_executor(None, self.proc.stdout.readline), remaining)
+            try:
+                line = await asyncio.wait_for(self.lines.get(), remaining)
+            except TimeoutError:
+                raise BenchError(
+                    f"{self.name}: no '{event}' within {timeout:.0f}s"
+                ) from None
             if not line:
-                raise BenchError(f"{self.name} exited ({self.proc.poll()}) before '{event}'")
+                raise BenchError(
+                    f"{self.name} exited ({self.proc.poll()}) before '{event}'"
+                )
             obj = json.loads(line)
             if obj.get("event") == event:
                 return obj
 
     def send(self, line: str) -> None:
-        self.proc.stdin.write((line + "\n").encode())
-        self.proc.stdin.flush()
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write((line + "\n").encode())
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            raise BenchError(f"{self.name} exited ({self.proc.poll()})") from None
 
 
-def spawn_workers(children: Children, args: argparse.Namespace, tmp: str, port: int, channel: str, warmup_count: int, max_time: float) -> list[Worker]:
+def spawn_workers(
+    children: Children,
+    args: argparse.Namespace,
+    tmp: str,
+    port: int,
+    channel: str,
+    warmup_count: int,
+    max_time: float,
+) -> list[Worker]:
     n = args.subscribers
     k = max(1, min(args.clients, n))
     workers = []
@@ -287,8 +402,13 @@ def spawn_workers(children: Children, args: argparse.Namespace, tmp: str, port: 
             "--warmup-count", str(warmup_count), "--samples", samples, "--max-time", str(max_time),
             "--connect-concurrency", str(args.connect_concurrency), "--poll-timeout", str(args.poll_timeout),
         ]  # fmt: skip
-        stderr = open(os.path.join(tmp, f"client-{w}.stderr"), "wb")
-        proc = children.popen(f"client-{w}", argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr)
+        proc = children.popen(
+            f"client-{w}",
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr_path=os.path.join(tmp, f"client-{w}.stderr"),
+        )
         workers.append(Worker(proc, f"client-{w}", count, samples))
     return workers
 
@@ -296,27 +416,56 @@ def spawn_workers(children: Children, args: argparse.Namespace, tmp: str, port: 
 # -- profiling (optional, py-spy must be installed separately) -------------------------
 
 
-def start_profilers(children: Children, args: argparse.Namespace, nodes: list[dict[str, Any]], tmp: str) -> list[tuple[str, Any]]:
+def start_profilers(
+    children: Children, args: argparse.Namespace, nodes: list[dict[str, Any]], tmp: str
+) -> list[tuple[str, Any]]:
     py_spy = shutil.which("py-spy")
     if not py_spy:
-        raise BenchError("--py-spy needs py-spy on PATH (pip install py-spy; it is not a project dependency)")
+        raise BenchError(
+            "--py-spy needs py-spy on PATH (pip install py-spy; it is not a project dependency)"
+        )
     out = []
     for node in dict((n["name"], n) for n in nodes).values():
         path = f"{args.py_spy}-{node['name']}.txt"
-        argv = [py_spy, "record", "--nonblocking", "--format", "raw", "--rate", "200", "--duration", str(max(1, int(args.duration))), "--pid", str(node["pid"]), "--output", path]
-        proc = children.popen(f"py-spy-{node['name']}", argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, f"py-spy-{node['name']}.log"), "wb"))
+        argv = [
+            py_spy,
+            "record",
+            "--nonblocking",
+            "--format",
+            "raw",
+            "--rate",
+            "200",
+            "--duration",
+            str(max(1, int(args.duration))),
+            "--pid",
+            str(node["pid"]),
+            "--output",
+            path,
+        ]
+        proc = children.popen(
+            f"py-spy-{node['name']}",
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr_path=os.path.join(tmp, f"py-spy-{node['name']}.log"),
+            die_with_parent=False,  # threads exist by now; py-spy stops after --duration
+        )
         out.append((path, proc))
     return out
 
 
-def finish_profilers(profilers: list[tuple[str, Any]], args: argparse.Namespace) -> None:
+def finish_profilers(
+    profilers: list[tuple[str, Any]], args: argparse.Namespace
+) -> None:
     for path, proc in profilers:
         try:
             proc.wait(args.duration + 30)
         except subprocess.TimeoutExpired:
             proc.kill()
         if os.path.exists(path):
-            log(f"py-spy profile (collapsed stacks) in {path}; top functions:\n{top_functions(path)}")
+            log(
+                f"py-spy profile (collapsed stacks) in {path}; top functions:\n{top_functions(path)}"
+            )
 
 
 def top_functions(path: str, n: int = 25) -> str:
@@ -339,7 +488,9 @@ def top_functions(path: str, n: int = 25) -> str:
         return "(no samples)"
     lines = [f"{'self%':>6} {'incl%':>6}  function (file:line)   [{total} samples]"]
     for frame, c in sorted(own.items(), key=lambda kv: -kv[1])[:n]:
-        lines.append(f"{100 * c / total:6.1f} {100 * incl[frame] / total:6.1f}  {frame}")
+        lines.append(
+            f"{100 * c / total:6.1f} {100 * incl[frame] / total:6.1f}  {frame}"
+        )
     return "\n".join(lines)
 
 
@@ -365,7 +516,9 @@ def percentile(sorted_values: Any, q: float) -> float:
     return float(sorted_values[idx])
 
 
-async def run_bench(args: argparse.Namespace, children: Children, tmp: str) -> dict[str, Any]:
+async def run_bench(
+    args: argparse.Namespace, children: Children, tmp: str
+) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     redis = None
     redis_url = None
@@ -376,7 +529,9 @@ async def run_bench(args: argparse.Namespace, children: Children, tmp: str) -> d
     env = gateway_env(src)
     source = source_info(src, commit)
     if source.get("uncommitted"):
-        log(f"note: measuring the working tree with uncommitted changes in {source['uncommitted']}")
+        log(
+            f"note: measuring the working tree with uncommitted changes in {source['uncommitted']}"
+        )
     if args.redis:
         redis = start_redis(children, tmp)
         redis_url = f"redis://{LOOPBACK}:{redis['port']}/0"
@@ -384,7 +539,9 @@ async def run_bench(args: argparse.Namespace, children: Children, tmp: str) -> d
         node_a = start_gateway(children, tmp, "a", redis_url, env)
         node_b = start_gateway(children, tmp, "b", redis_url, env)
         pub_node, sub_node = node_a, node_b
-        log(f"gateway nodes: A (publisher) pid {node_a['pid']} port {node_a['port']}; B (subscribers) pid {node_b['pid']} port {node_b['port']}")
+        log(
+            f"gateway nodes: A (publisher) pid {node_a['pid']} port {node_a['port']}; B (subscribers) pid {node_b['pid']} port {node_b['port']}"
+        )
     else:
         node_a = start_gateway(children, tmp, "a", None, env)
         pub_node = sub_node = node_a
@@ -398,21 +555,27 @@ async def run_bench(args: argparse.Namespace, children: Children, tmp: str) -> d
     max_time = connect_budget + total / args.rate + args.drain + 60.0
 
     t_connect = time.monotonic()
-    workers = spawn_workers(children, args, tmp, sub_node["port"], channel, warmup_count, max_time)
+    workers = spawn_workers(
+        children, args, tmp, sub_node["port"], channel, warmup_count, max_time
+    )
     readies = await asyncio.gather(*(w.read("ready", connect_budget) for w in workers))
     for w, r in zip(workers, readies):
         w.ready = r
     subscribed = sum(r["ok"] for r in readies)
     failed = sum(r["failed"] for r in readies)
     connect_s = time.monotonic() - t_connect
-    log(f"{subscribed} subscribers ready over {len(workers)} client processes in {connect_s:.1f}s ({failed} failed)")
+    log(
+        f"{subscribed} subscribers ready over {len(workers)} client processes in {connect_s:.1f}s ({failed} failed)"
+    )
     if failed:
         errs = sorted({e for r in readies for e in r["errors"]})
         log(f"subscribe failures: {errs[:5]}")
     if subscribed == 0:
         raise BenchError("no subscriber could subscribe")
 
-    _, publisher = await loop.create_connection(lambda: Publisher(pub_node["port"]), LOOPBACK, pub_node["port"])
+    _, publisher = await loop.create_connection(
+        lambda: Publisher(pub_node["port"]), LOOPBACK, pub_node["port"]
+    )
     await asyncio.wait_for(publisher.opened, 10)
 
     procs = {node_a["name"]: node_a["pid"]}
@@ -423,19 +586,32 @@ async def run_bench(args: argparse.Namespace, children: Children, tmp: str) -> d
     for w in workers:
         procs[w.name] = w.proc.pid
 
-    metrics0 = {n["name"]: metric_deliveries(n["port"]) for n in {id(pub_node): pub_node, id(sub_node): sub_node}.values()}
+    metrics0 = {
+        n["name"]: metric_deliveries(n["port"])
+        for n in {id(pub_node): pub_node, id(sub_node): sub_node}.values()
+    }
     idle: dict[str, Any] = {}
     if redis:
         # The nodes' own background traffic (health pings...), to compare with.
         s0 = snapshot(procs, redis["port"])
         await asyncio.sleep(args.idle)
         s1 = snapshot(procs, redis["port"])
-        idle_calls = {k: v - s0["cmd"].get(k, 0) for k, v in s1["cmd"].items() if k != "info" and v - s0["cmd"].get(k, 0)}
+        idle_calls = {
+            k: v - s0["cmd"].get(k, 0)
+            for k, v in s1["cmd"].items()
+            if k != "info" and v - s0["cmd"].get(k, 0)
+        }
         dt = s1["mono"] - s0["mono"]
-        idle = {"seconds": round(dt, 2), "redis_calls_per_s": round(sum(idle_calls.values()) / dt, 1), "by_command": idle_calls}
+        idle = {
+            "seconds": round(dt, 2),
+            "redis_calls_per_s": round(sum(idle_calls.values()) / dt, 1),
+            "by_command": idle_calls,
+        }
 
     pad = "x" * args.payload_bytes
-    log(f"publishing {total} messages at {args.rate:g}/s ({warmup_count} warm-up, then {measured} measured) on node {pub_node['name']}")
+    log(
+        f"publishing {total} messages at {args.rate:g}/s ({warmup_count} warm-up, then {measured} measured) on node {pub_node['name']}"
+    )
     publisher.all_acked = loop.create_future()
     publisher.expected = total
     start = loop.time() + 0.05
@@ -454,19 +630,25 @@ async def run_bench(args: argparse.Namespace, children: Children, tmp: str) -> d
             snap0 = snapshot(procs, redis["port"] if redis else None)
             t_first_send_us = now_us()
             if args.py_spy:
-                profilers = start_profilers(children, args, [pub_node, sub_node] if redis else [sub_node], tmp)
+                profilers = start_profilers(
+                    children, args, [pub_node, sub_node] if redis else [sub_node], tmp
+                )
         if publisher.transport.is_closing():
-            raise BenchError(f"publisher connection closed (close code {publisher.close_code})")
+            raise BenchError(
+                f"publisher connection closed (close code {publisher.close_code})"
+            )
         publisher.publish(channel, i, pad)
     if args.py_spy:
         await loop.run_in_executor(None, finish_profilers, profilers, args)
     for w in workers:
         w.send(f"finish {total - 1} {args.drain}")
-    completes = await asyncio.gather(*(w.read("complete", args.drain + 30) for w in workers))
+    completes = await asyncio.gather(
+        *(w.read("complete", args.drain + 30) for w in workers)
+    )
     snap1 = snapshot(procs, redis["port"] if redis else None)
     try:
         await asyncio.wait_for(asyncio.shield(publisher.all_acked), 5)
-    except (asyncio.TimeoutError, BenchError) as e:
+    except (TimeoutError, BenchError) as e:
         log(f"not every publish was acknowledged: {e or 'timeout'}")
     for w in workers:
         w.send("report")
@@ -474,7 +656,10 @@ async def run_bench(args: argparse.Namespace, children: Children, tmp: str) -> d
     for w, r in zip(workers, reports):
         w.report = r
     publisher.transport.close()
-    metrics1 = {n["name"]: metric_deliveries(n["port"]) for n in {id(pub_node): pub_node, id(sub_node): sub_node}.values()}
+    metrics1 = {
+        n["name"]: metric_deliveries(n["port"])
+        for n in {id(pub_node): pub_node, id(sub_node): sub_node}.values()
+    }
 
     # -- figures ------------------------------------------------------------------
     lat, lat_cb = array("q"), array("q")
@@ -490,7 +675,9 @@ async def run_bench(args: argparse.Namespace, children: Children, tmp: str) -> d
     live_subs = sum(r["subscribers"] for r in reports)
     expected = measured * live_subs
     last_recv = max(r["last_recv_us"] for r in reports)
-    window_s = max(1e-6, (last_recv - t_first_send_us) / 1e6) if n_samples else float("nan")
+    window_s = (
+        max(1e-6, (last_recv - t_first_send_us) / 1e6) if n_samples else float("nan")
+    )
     cpu_wall = snap1["mono"] - snap0["mono"]
 
     def cpu_delta(name: str) -> float:
@@ -521,7 +708,10 @@ async def run_bench(args: argparse.Namespace, children: Children, tmp: str) -> d
     servers = {}
     for node in {id(pub_node): pub_node, id(sub_node): sub_node}.values():
         c = cpu_delta(node["name"])
-        servers[node["name"]] = {"cpu_s": round(c, 3), "cpu_pct_of_core": round(100 * c / cpu_wall, 1)}
+        servers[node["name"]] = {
+            "cpu_s": round(c, 3),
+            "cpu_pct_of_core": round(100 * c / cpu_wall, 1),
+        }
     sub_cpu = cpu_delta(sub_node["name"])
 
     result: dict[str, Any] = {
@@ -564,18 +754,26 @@ async def run_bench(args: argparse.Namespace, children: Children, tmp: str) -> d
             "max": ms(lat_cb_sorted[-1]) if n_samples else None,
         },
         "server": servers,
-        "server_cpu_us_per_delivery": round(sub_cpu * 1e6 / n_samples, 2) if n_samples else None,
+        "server_cpu_us_per_delivery": round(sub_cpu * 1e6 / n_samples, 2)
+        if n_samples
+        else None,
         "clients": clients,
-        "publisher_process_cpu_pct_of_core": round(100 * (snap1["self"] - snap0["self"]) / cpu_wall, 1),
+        "publisher_process_cpu_pct_of_core": round(
+            100 * (snap1["self"] - snap0["self"]) / cpu_wall, 1
+        ),
         "cpu_window_s": round(cpu_wall, 3),
         "machine": {
             "cores": ncpu,
-            "busy_pct_of_all_cores": round(100 * machine_busy / mdelta["total"], 1) if mdelta["total"] > 0 else None,
+            "busy_pct_of_all_cores": round(100 * machine_busy / mdelta["total"], 1)
+            if mdelta["total"] > 0
+            else None,
             "user_s": round(mdelta["user"], 2),
             "system_s": round(mdelta["system"], 2),
             "irq_softirq_s": round(mdelta["irq"], 2),
             "ours_cpu_s": round(ours, 3),
-            "others_cpu_s": round(max(0.0, mdelta["user"] + mdelta["system"] - ours), 3),
+            "others_cpu_s": round(
+                max(0.0, mdelta["user"] + mdelta["system"] - ours), 3
+            ),
         },
         "checks": {
             "complete": all(c["complete"] for c in completes),
@@ -587,16 +785,23 @@ async def run_bench(args: argparse.Namespace, children: Children, tmp: str) -> d
             "close_codes": {k: v for r in reports for k, v in r["close_codes"].items()},
             "client_errors": sorted({e for r in reports for e in r["errors"]})[:5],
             "server_metrics_deliveries": {
-                name: {k: v - metrics0[name].get(k, 0) for k, v in m.items()} for name, m in metrics1.items()
+                name: {k: v - metrics0[name].get(k, 0) for k, v in m.items()}
+                for name, m in metrics1.items()
             },
-            "client_received_total_incl_warmup": sum(r["received_total"] for r in reports),
+            "client_received_total_incl_warmup": sum(
+                r["received_total"] for r in reports
+            ),
         },
     }
     if args.transport == "poll":
         result["polls"] = sum(r["polls"] for r in reports)
     if redis:
         cmd0, cmd1 = snap0["cmd"], snap1["cmd"]
-        calls = {k: v - cmd0.get(k, 0) for k, v in cmd1.items() if k != "info" and v - cmd0.get(k, 0)}
+        calls = {
+            k: v - cmd0.get(k, 0)
+            for k, v in cmd1.items()
+            if k != "info" and v - cmd0.get(k, 0)
+        }
         rc = cpu_delta("redis-server")
         idle_in_window = idle.get("redis_calls_per_s", 0) * cpu_wall
         scripts = calls.get("evalsha", 0) + calls.get("eval", 0)
@@ -604,27 +809,46 @@ async def run_bench(args: argparse.Namespace, children: Children, tmp: str) -> d
             # commandstats counts the commands a Lua script runs as well as the
             # EVALSHA that ran it, and the nodes' background PINGs.
             "commands_per_publication": round(sum(calls.values()) / measured, 2),
-            "commands_per_publication_excl_idle": round((sum(calls.values()) - idle_in_window) / measured, 2),
+            "commands_per_publication_excl_idle": round(
+                (sum(calls.values()) - idle_in_window) / measured, 2
+            ),
             "scripts_per_publication": round(scripts / measured, 2),
             "by_command": calls,
             "idle_before": idle,
-            "idle_calls_in_window_estimate": round(idle.get("redis_calls_per_s", 0) * cpu_wall, 1),
+            "idle_calls_in_window_estimate": round(
+                idle.get("redis_calls_per_s", 0) * cpu_wall, 1
+            ),
             "redis_cpu_pct_of_core": round(100 * rc / cpu_wall, 1),
             "redis_cpu_us_per_publication": round(rc * 1e6 / measured, 1),
-            "publisher_node_cpu_us_per_publication": round(cpu_delta(pub_node["name"]) * 1e6 / measured, 1),
+            "publisher_node_cpu_us_per_publication": round(
+                cpu_delta(pub_node["name"]) * 1e6 / measured, 1
+            ),
         }
     warnings = []
-    for c in clients:
-        if c["cpu_pct_of_core"] > 100 * CLIENT_CPU_WARN:
-            warnings.append(f"{c['name']} used {c['cpu_pct_of_core']}% of a core: the load generator may be a bottleneck; use more --clients")
-    if result["machine"]["busy_pct_of_all_cores"] and result["machine"]["busy_pct_of_all_cores"] > 90:
-        warnings.append(f"the machine was {result['machine']['busy_pct_of_all_cores']}% busy: server and clients competed for CPU")
+    for client in clients:
+        if client["cpu_pct_of_core"] > 100 * CLIENT_CPU_WARN:
+            warnings.append(
+                f"{client['name']} used {client['cpu_pct_of_core']}% of a core: the load generator may be a bottleneck; use more --clients"
+            )
+    if (
+        result["machine"]["busy_pct_of_all_cores"]
+        and result["machine"]["busy_pct_of_all_cores"] > 90
+    ):
+        warnings.append(
+            f"the machine was {result['machine']['busy_pct_of_all_cores']}% busy: server and clients competed for CPU"
+        )
     if result["machine"]["others_cpu_s"] > 0.1 * cpu_wall:
-        warnings.append(f"other processes used {result['machine']['others_cpu_s']} CPU-s during the window: figures are disturbed")
+        warnings.append(
+            f"other processes used {result['machine']['others_cpu_s']} CPU-s during the window: figures are disturbed"
+        )
     if max_late > 0.05:
-        warnings.append(f"the publisher fell behind its schedule by up to {max_late * 1000:.0f} ms")
+        warnings.append(
+            f"the publisher fell behind its schedule by up to {max_late * 1000:.0f} ms"
+        )
     if expected != n_samples:
-        warnings.append(f"{expected - n_samples} of {expected} deliveries did not arrive within the drain time")
+        warnings.append(
+            f"{expected - n_samples} of {expected} deliveries did not arrive within the drain time"
+        )
     if failed:
         warnings.append(f"{failed} subscribers failed to subscribe")
     result["warnings"] = warnings
@@ -647,13 +871,17 @@ def summary(r: dict[str, Any]) -> str:
     ]
     for name, s in r["server"].items():
         lines.append(f"  server {name}: {s['cpu_pct_of_core']}% of a core")
-    lines.append(f"  server CPU per delivery (subscriber node): {r['server_cpu_us_per_delivery']} us")
+    lines.append(
+        f"  server CPU per delivery (subscriber node): {r['server_cpu_us_per_delivery']} us"
+    )
     for c in r["clients"]:
         lines.append(
             f"  load generator {c['name']} ({c['subscribers']} subs): {c['cpu_pct_of_core']}% of a core, "
             f"event-loop lag p99 {c['loop_lag_ms']['p99_ms']} ms max {c['loop_lag_ms']['max_ms']} ms"
         )
-    lines.append(f"  publisher/orchestrator: {r['publisher_process_cpu_pct_of_core']}% of a core")
+    lines.append(
+        f"  publisher/orchestrator: {r['publisher_process_cpu_pct_of_core']}% of a core"
+    )
     m = r["machine"]
     lines.append(
         f"  machine: {m['busy_pct_of_all_cores']}% busy over {m['cores']} cores in {r['cpu_window_s']} s: "
@@ -681,31 +909,114 @@ def summary(r: dict[str, Any]) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Gateway fan-out benchmark (see bench/README.md).")
-    p.add_argument("--transport", choices=["ws", "sse", "poll"], default="ws", help="subscriber transport (default ws)")
-    p.add_argument("--redis", action="store_true", help="cross-node: own redis-server, publisher on node A, subscribers on node B")
-    p.add_argument("--subscribers", type=int, default=None, help="subscribers on the channel (default 1000)")
-    p.add_argument("--clients", type=int, default=4, help="load-generator processes (default 4)")
-    p.add_argument("--rate", type=float, default=20.0, help="publications per second (default 20)")
-    p.add_argument("--duration", type=float, default=10.0, help="measured seconds of publishing (default 10)")
-    p.add_argument("--warmup", type=float, default=1.0, help="seconds of publishing before measuring (default 1)")
-    p.add_argument("--drain", type=float, default=10.0, help="seconds to wait for the last deliveries (default 10)")
-    p.add_argument("--idle", type=float, default=2.0, help="--redis: idle seconds to measure background Redis traffic (default 2)")
-    p.add_argument("--payload-bytes", type=int, default=64, help="padding in each publication's data (default 64)")
-    p.add_argument("--poll-timeout", type=float, default=25.0, help="poll: hold time asked for (default 25)")
-    p.add_argument("--connect-concurrency", type=int, default=16, help="connections each client process opens at once (default 16)")
-    p.add_argument("--gateway-src", default=None, help="run the gateway from this source tree (PYTHONPATH) instead of the installed one")
-    p.add_argument("--snapshot", metavar="GIT_REF", default=None, help="run the gateway from a git archive of GIT_REF (e.g. HEAD), not the working tree")
-    p.add_argument("--py-spy", metavar="PREFIX", default=None, help="profile the subscriber node (and publisher node) with py-spy during the measured window; writes PREFIX-<node>.txt (figures of a profiled run are disturbed)")
-    p.add_argument("--json", action="store_true", help="print one JSON line on stdout (the summary goes to stderr)")
-    p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir with gateway/redis logs")
+    p = argparse.ArgumentParser(
+        description="Gateway fan-out benchmark (see bench/README.md)."
+    )
+    p.add_argument(
+        "--transport",
+        choices=["ws", "sse", "poll"],
+        default="ws",
+        help="subscriber transport (default ws)",
+    )
+    p.add_argument(
+        "--redis",
+        action="store_true",
+        help="cross-node: own redis-server, publisher on node A, subscribers on node B",
+    )
+    p.add_argument(
+        "--subscribers",
+        type=int,
+        default=None,
+        help="subscribers on the channel (default 1000)",
+    )
+    p.add_argument(
+        "--clients", type=int, default=4, help="load-generator processes (default 4)"
+    )
+    p.add_argument(
+        "--rate", type=float, default=20.0, help="publications per second (default 20)"
+    )
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=10.0,
+        help="measured seconds of publishing (default 10)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=float,
+        default=1.0,
+        help="seconds of publishing before measuring (default 1)",
+    )
+    p.add_argument(
+        "--drain",
+        type=float,
+        default=10.0,
+        help="seconds to wait for the last deliveries (default 10)",
+    )
+    p.add_argument(
+        "--idle",
+        type=float,
+        default=2.0,
+        help="--redis: idle seconds to measure background Redis traffic (default 2)",
+    )
+    p.add_argument(
+        "--payload-bytes",
+        type=int,
+        default=64,
+        help="padding in each publication's data (default 64)",
+    )
+    p.add_argument(
+        "--poll-timeout",
+        type=float,
+        default=25.0,
+        help="poll: hold time asked for (default 25)",
+    )
+    p.add_argument(
+        "--connect-concurrency",
+        type=int,
+        default=16,
+        help="connections each client process opens at once (default 16)",
+    )
+    p.add_argument(
+        "--gateway-src",
+        default=None,
+        help="run the gateway from this source tree (PYTHONPATH) instead of the installed one",
+    )
+    p.add_argument(
+        "--snapshot",
+        metavar="GIT_REF",
+        default=None,
+        help="run the gateway from a git archive of GIT_REF (e.g. HEAD), not the working tree",
+    )
+    p.add_argument(
+        "--py-spy",
+        metavar="PREFIX",
+        default=None,
+        help="profile the subscriber node (and publisher node) with py-spy during the measured window; writes PREFIX-<node>.txt (figures of a profiled run are disturbed)",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON line on stdout (the summary goes to stderr)",
+    )
+    p.add_argument(
+        "--keep-tmp",
+        action="store_true",
+        help="keep the temp dir with gateway/redis logs",
+    )
     args = p.parse_args(argv)
     if args.subscribers is None:
         args.subscribers = DEFAULT_SUBSCRIBERS[args.transport]
     if args.subscribers < 1 or args.clients < 1 or args.rate <= 0 or args.duration <= 0:
         p.error("--subscribers, --clients, --rate and --duration must be positive")
-    if args.subscribers > 20000 or args.clients > 16 or args.rate * (args.duration + args.warmup) > 1_000_000:
-        p.error("refusing an unbounded run: at most 20000 subscribers, 16 clients, 1e6 publications")
+    if (
+        args.subscribers > 20000
+        or args.clients > 16
+        or args.rate * (args.duration + args.warmup) > 1_000_000
+    ):
+        p.error(
+            "refusing an unbounded run: at most 20000 subscribers, 16 clients, 1e6 publications"
+        )
     return args
 
 
@@ -738,7 +1049,11 @@ def main(argv: list[str] | None = None) -> int:
         if killed:
             log(f"had to SIGKILL: {', '.join(killed)}")
         for name, proc in children.procs:
-            if name.startswith("gateway") and proc.returncode not in (0, None, -signal.SIGTERM):
+            if name.startswith("gateway") and proc.returncode not in (
+                0,
+                None,
+                -signal.SIGTERM,
+            ):
                 log(f"{name} exited with {proc.returncode}")
         if args.keep_tmp or rc == 1:
             log(f"logs kept in {tmp}")

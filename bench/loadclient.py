@@ -32,7 +32,16 @@ from urllib.parse import quote
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from wsframe import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, FrameParser, check_handshake, encode_frame, handshake_request  # noqa: E402
+from wsframe import (
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    FrameParser,
+    check_handshake,
+    encode_frame,
+    handshake_request,
+)
 
 _now_us = time.time_ns
 
@@ -75,7 +84,9 @@ class Worker:
         self._last_event: tuple[int, Any, Any] | None = None
         self.parses = 0
 
-    def parse_message(self, payload: bytes) -> tuple[tuple[int, Any, Any] | None, dict[str, Any] | None]:
+    def parse_message(
+        self, payload: bytes
+    ) -> tuple[tuple[int, Any, Any] | None, dict[str, Any] | None]:
         """``((seq, i, t), None)`` for a ``message`` event, ``(None, obj)`` otherwise."""
         if payload == self._last_payload:
             return self._last_event, None
@@ -124,8 +135,7 @@ class Subscriber:
             return
         w = self.worker
         w.received += 1
-        if i > self.max_i:
-            self.max_i = i
+        self.max_i = max(self.max_i, i)
         if i >= w.warmup_count:
             wake = WAKE_US[0]
             w.latencies.append((wake if 0 < wake <= now else now) - t)
@@ -207,7 +217,9 @@ class WSConnection(asyncio.Protocol):
             elif opcode == OP_PING:
                 self.transport.write(encode_frame(OP_PONG, payload))
             elif opcode == OP_CLOSE:
-                self.close_code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+                self.close_code = (
+                    int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+                )
                 if not self.transport.is_closing():
                     self.transport.write(encode_frame(OP_CLOSE, payload[:2]))
                     self.transport.close()
@@ -236,7 +248,9 @@ class WSSubscriber(WSConnection):
         self.sub.transport = transport
 
     def on_open(self) -> None:
-        self.send_text(json.dumps({"type": "subscribe", "id": 1, "channel": self.channel}).encode())
+        self.send_text(
+            json.dumps({"type": "subscribe", "id": 1, "channel": self.channel}).encode()
+        )
 
     def on_text(self, payload: bytes, now: int) -> None:
         event, obj = self.sub.worker.parse_message(payload)
@@ -274,7 +288,9 @@ class Dechunker:
 
     def __init__(self) -> None:
         self._buf = bytearray()
-        self._need = -1  # -1: reading a size line; else bytes of chunk data + CRLF to go
+        self._need = (
+            -1
+        )  # -1: reading a size line; else bytes of chunk data + CRLF to go
         self.finished = False
 
     def feed(self, data: bytes) -> bytes:
@@ -331,7 +347,9 @@ class SSESubscriber(asyncio.Protocol):
             status, headers = parse_head(bytes(self._head[:end]))
             data = bytes(self._head[end + 4 :])
             self._head = None
-            if status != 200 or not headers.get(b"content-type", b"").startswith(b"text/event-stream"):
+            if status != 200 or not headers.get(b"content-type", b"").startswith(
+                b"text/event-stream"
+            ):
                 self.sub.fail(f"SSE answered {status} {data[:200]!r}")
                 self.sub.transport.close()
                 return
@@ -381,6 +399,11 @@ class SSESubscriber(asyncio.Protocol):
 # -- long-polling -------------------------------------------------------------------
 
 
+# One cache per worker process, shared by every PollSubscriber in it:
+# (the last poll body, its parsed JSON).
+_LAST_POLL_BODY: list[Any] = [None, None]
+
+
 class PollSubscriber(asyncio.Protocol):
     """Polls one after the other on one keep-alive connection.
 
@@ -389,7 +412,15 @@ class PollSubscriber(asyncio.Protocol):
     that cursor, so nothing published afterwards is missed.
     """
 
-    def __init__(self, sub: Subscriber, host: str, port: int, channel: str, timeout: float, loop: Any) -> None:
+    def __init__(
+        self,
+        sub: Subscriber,
+        host: str,
+        port: int,
+        channel: str,
+        timeout: float,
+        loop: Any,
+    ) -> None:
         self.sub = sub
         self.host, self.port = host, port
         self.path = f"/poll?channel={quote(channel, safe='')}"
@@ -401,8 +432,6 @@ class PollSubscriber(asyncio.Protocol):
         self._head: tuple[int, dict[bytes, bytes]] | None = None
         self._body_len = 0
         self.polls = 0
-        self._last_body: bytes | None = None
-        self._last_parsed: Any = None
 
     def connection_made(self, transport: Any) -> None:
         self.sub.transport = transport
@@ -412,7 +441,11 @@ class PollSubscriber(asyncio.Protocol):
         path = self.path + f"&timeout={timeout:g}"
         if self.cursor is not None:
             path += "&cursor=" + self.cursor
-        self.sub.transport.write(f"GET {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n\r\n".encode("ascii"))
+        self.sub.transport.write(
+            f"GET {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n\r\n".encode(
+                "ascii"
+            )
+        )
         self.polls += 1
 
     def data_received(self, data: bytes) -> None:
@@ -440,25 +473,29 @@ class PollSubscriber(asyncio.Protocol):
             self._head = None
             self._answer(status, headers, body, now)
 
-    def _answer(self, status: int, headers: dict[bytes, bytes], body: bytes, now: int) -> None:
+    def _answer(
+        self, status: int, headers: dict[bytes, bytes], body: bytes, now: int
+    ) -> None:
         if status != 200:
             self.sub.fail(f"poll answered {status} {body[:200]!r}")
             self.sub.transport.close()
             return
         worker = self.sub.worker
         # Pollers at the same position get the same body: parse it once.
-        if body == self._last_body_shared[0]:
-            parsed = self._last_body_shared[1]
+        if body == _LAST_POLL_BODY[0]:
+            parsed = _LAST_POLL_BODY[1]
         else:
             parsed = json.loads(body)
             worker.parses += 1
-            self._last_body_shared[0], self._last_body_shared[1] = body, parsed
+            _LAST_POLL_BODY[0], _LAST_POLL_BODY[1] = body, parsed
         self.cursor = parsed["cursor"]
         for obj in parsed["messages"]:
             if obj.get("type") == "message":
                 data = obj.get("data")
                 if isinstance(data, dict):
-                    self.sub.publication((obj["seq"], data.get("i"), data.get("t")), now)
+                    self.sub.publication(
+                        (obj["seq"], data.get("i"), data.get("t")), now
+                    )
                 else:
                     self.sub.publication((obj["seq"], None, None), now)
             else:
@@ -471,9 +508,6 @@ class PollSubscriber(asyncio.Protocol):
             self.sub.transport.close()
             return
         self._send(self.timeout)
-
-    # One cache per worker process, shared by every PollSubscriber in it.
-    _last_body_shared: list[Any] = [None, None]
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.sub.lost(exc)
@@ -512,7 +546,10 @@ class LoopLag:
         if not self.samples:
             return {"p99_ms": 0.0, "max_ms": 0.0}
         s = sorted(self.samples)
-        return {"p99_ms": round(s[min(len(s) - 1, int(len(s) * 0.99))] * 1000, 2), "max_ms": round(s[-1] * 1000, 2)}
+        return {
+            "p99_ms": round(s[min(len(s) - 1, int(len(s) * 0.99))] * 1000, 2),
+            "max_ms": round(s[-1] * 1000, 2),
+        }
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -520,7 +557,9 @@ async def run(args: argparse.Namespace) -> int:
     install_wake_clock(loop)
     loop.call_later(args.max_time, lambda: os._exit(3))
     reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), sys.stdin
+    )
 
     worker = Worker(args.warmup_count)
     subs = [Subscriber(worker, n) for n in range(args.count)]
@@ -531,7 +570,9 @@ async def run(args: argparse.Namespace) -> int:
             return lambda: WSSubscriber(sub, args.host, args.port, args.channel)
         if args.transport == "sse":
             return lambda: SSESubscriber(sub, args.host, args.port, args.channel)
-        return lambda: PollSubscriber(sub, args.host, args.port, args.channel, args.poll_timeout, loop)
+        return lambda: PollSubscriber(
+            sub, args.host, args.port, args.channel, args.poll_timeout, loop
+        )
 
     protocols: list[Any] = []
 
@@ -542,14 +583,28 @@ async def run(args: argparse.Namespace) -> int:
             await asyncio.wait_for(asyncio.shield(sub.ready), args.connect_timeout)
 
     results = await asyncio.gather(*(open_one(s) for s in subs), return_exceptions=True)
-    errors = sorted({f"{type(r).__name__}: {r}" for r in results if isinstance(r, BaseException)})
-    ok = sum(1 for s in subs if s.ready.done() and not s.ready.cancelled() and s.ready.exception() is None)
+    errors = sorted(
+        {f"{type(r).__name__}: {r}" for r in results if isinstance(r, BaseException)}
+    )
+    ok = sum(
+        1
+        for s in subs
+        if s.ready.done() and not s.ready.cancelled() and s.ready.exception() is None
+    )
     for s in subs:
         if s.ready.done() and not s.ready.cancelled():
             s.ready.exception()  # retrieved: no "never retrieved" warnings
     lag = LoopLag(loop)
     lag.start()
-    emit({"event": "ready", "ok": ok, "failed": args.count - ok, "errors": errors[:5], "pid": os.getpid()})
+    emit(
+        {
+            "event": "ready",
+            "ok": ok,
+            "failed": args.count - ok,
+            "errors": errors[:5],
+            "pid": os.getpid(),
+        }
+    )
     cpu_ready = os.times()
 
     line = await reader.readline()
@@ -559,7 +614,11 @@ async def run(args: argparse.Namespace) -> int:
     assert cmd == b"finish", line
     last_i_n = int(last_i)
     deadline = loop.time() + float(seconds)
-    live = [s for s in subs if s.ready.done() and not s.ready.cancelled() and s.ready.exception() is None]
+    live = [
+        s
+        for s in subs
+        if s.ready.done() and not s.ready.cancelled() and s.ready.exception() is None
+    ]
     while loop.time() < deadline:
         if all(s.max_i >= last_i_n or s.closed for s in live):
             break
@@ -605,7 +664,10 @@ async def run(args: argparse.Namespace) -> int:
             "errors": sub_errors[:5],
             "json_parses": worker.parses,
             "polls": sum(p.polls for p in protocols if isinstance(p, PollSubscriber)),
-            "self_cpu_s": round((cpu_done.user + cpu_done.system) - (cpu_ready.user + cpu_ready.system), 3),
+            "self_cpu_s": round(
+                (cpu_done.user + cpu_done.system) - (cpu_ready.user + cpu_ready.system),
+                3,
+            ),
             "loop_lag": lag.summary(),
         }
     )

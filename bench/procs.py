@@ -79,29 +79,55 @@ def twistd_path() -> str:
 
 
 _PR_SET_PDEATHSIG = 1
+try:
+    # Resolved here, in the parent: the child (between fork and exec) only calls it.
+    _prctl: Any = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # pragma: no cover - not Linux
+    _prctl = None
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
     # If the benchmark itself is killed (even with SIGKILL), the kernel sends
     # SIGTERM to this child: nothing is left running.
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except Exception:
-        pass
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class Children:
     """Every process the benchmark starts; :meth:`stop_all` ends them in reverse order.
 
     Each child gets its own session (a Ctrl-C in the terminal reaches only the
-    benchmark, which then stops them in order) and dies with the benchmark.
+    benchmark, which then stops them in order) and, with ``die_with_parent``
+    (the default), dies with the benchmark.  Children started once the
+    benchmark has threads should pass ``die_with_parent=False`` (a
+    ``preexec_fn`` is unsafe in a threaded parent) and be bounded otherwise.
     """
 
     def __init__(self) -> None:
         self.procs: list[tuple[str, subprocess.Popen[Any]]] = []
 
-    def popen(self, name: str, argv: list[str], **kwargs: Any) -> subprocess.Popen[Any]:
-        proc = subprocess.Popen(argv, start_new_session=True, preexec_fn=_die_with_parent, **kwargs)
+    def popen(
+        self,
+        name: str,
+        argv: list[str],
+        stderr_path: str | None = None,
+        die_with_parent: bool = True,
+        **kwargs: Any,
+    ) -> subprocess.Popen[Any]:
+        """Start ``argv``; its stderr goes to ``stderr_path`` when given."""
+        preexec = _die_with_parent if die_with_parent else None
+        if stderr_path is not None:
+            with open(stderr_path, "wb") as stderr:
+                kwargs["stderr"] = stderr
+                return self.popen(name, argv, None, die_with_parent, **kwargs)
+        # The only callers that start children once threads exist pass
+        # die_with_parent=False (no preexec_fn).
+        proc = subprocess.Popen(
+            argv,
+            start_new_session=True,
+            preexec_fn=preexec,  # noqa: PLW1509
+            **kwargs,
+        )
         self.procs.append((name, proc))
         return proc
 
@@ -146,7 +172,9 @@ class Children:
 def http_get(port: int, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
     """A blocking HTTP/1.0 GET on 127.0.0.1 (health checks, /metrics)."""
     with socket.create_connection((LOOPBACK, port), timeout=timeout) as s:
-        s.sendall(f"GET {path} HTTP/1.0\r\nHost: {LOOPBACK}:{port}\r\n\r\n".encode("ascii"))
+        s.sendall(
+            f"GET {path} HTTP/1.0\r\nHost: {LOOPBACK}:{port}\r\n\r\n".encode("ascii")
+        )
         chunks = []
         while True:
             data = s.recv(65536)

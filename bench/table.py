@@ -30,16 +30,43 @@ CONFIGS: dict[str, list[str]] = {
     "poll-100": ["--transport", "poll", "--subscribers", "100", "--rate", "20"],
     "poll-200": ["--transport", "poll", "--subscribers", "200", "--rate", "20"],
     "poll-1000": ["--transport", "poll", "--subscribers", "1000", "--rate", "20"],
-    "redis-ws-1000": ["--redis", "--transport", "ws", "--subscribers", "1000", "--rate", "20"],
-    "redis-ws-10-r200": ["--redis", "--transport", "ws", "--subscribers", "10", "--rate", "200"],
+    "redis-ws-1000": [
+        "--redis",
+        "--transport",
+        "ws",
+        "--subscribers",
+        "1000",
+        "--rate",
+        "20",
+    ],
+    "redis-ws-10-r200": [
+        "--redis",
+        "--transport",
+        "ws",
+        "--subscribers",
+        "10",
+        "--rate",
+        "200",
+    ],
 }
 
 
 def run(name: str, extra: list[str], out: str) -> dict | None:
-    argv = [sys.executable, os.path.join(HERE, "fanout.py"), *CONFIGS[name], *extra, "--json"]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    argv = [
+        sys.executable,
+        os.path.join(HERE, "fanout.py"),
+        *CONFIGS[name],
+        *extra,
+        "--json",
+    ]
+    proc = subprocess.run(
+        argv, capture_output=True, text=True, timeout=600, check=False
+    )
     if proc.returncode != 0:
-        print(f"{name}: failed ({proc.returncode}):\n{proc.stderr[-2000:]}", file=sys.stderr)
+        print(
+            f"{name}: failed ({proc.returncode}):\n{proc.stderr[-2000:]}",
+            file=sys.stderr,
+        )
         return None
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["config"] = name
@@ -77,13 +104,22 @@ def row(name: str, runs: list[dict]) -> str:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--only", action="append", choices=sorted(CONFIGS), help="run only these configurations")
+    p.add_argument(
+        "--only",
+        action="append",
+        choices=sorted(CONFIGS),
+        help="run only these configurations",
+    )
     p.add_argument("extra", nargs="*", help="extra fanout.py arguments (after --)")
     args = p.parse_args()
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    out = os.path.join(HERE, "results", time.strftime("table-%Y%m%dT%H%M%SZ.jsonl", time.gmtime()))
+    out = os.path.join(
+        HERE, "results", time.strftime("table-%Y%m%dT%H%M%SZ.jsonl", time.gmtime())
+    )
     names = args.only or list(CONFIGS)
     results: dict[str, list[dict]] = {n: [] for n in names}
     for i in range(args.repeat):

@@ -13,7 +13,14 @@ import hashlib
 import os
 import struct
 
-__all__ = ["ACCEPT_GUID", "FrameParser", "HandshakeError", "handshake_request", "check_handshake", "encode_frame"]
+__all__ = [
+    "ACCEPT_GUID",
+    "FrameParser",
+    "HandshakeError",
+    "check_handshake",
+    "encode_frame",
+    "handshake_request",
+]
 
 ACCEPT_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -64,7 +71,9 @@ def _mask(payload: bytes, key: bytes) -> bytes:
     if n == 0:
         return payload
     repeated = (key * (n // 4 + 1))[:n]
-    return (int.from_bytes(payload, "little") ^ int.from_bytes(repeated, "little")).to_bytes(n, "little")
+    return (
+        int.from_bytes(payload, "little") ^ int.from_bytes(repeated, "little")
+    ).to_bytes(n, "little")
 
 
 def encode_frame(opcode: int, payload: bytes) -> bytes:
@@ -88,7 +97,7 @@ class FrameParser:
     (reassembled) message, or PING/PONG/CLOSE for control frames.
     """
 
-    __slots__ = ("_buf", "_frag_op", "_frag")
+    __slots__ = ("_buf", "_frag", "_frag_op")
 
     def __init__(self) -> None:
         self._buf = bytearray()
