@@ -134,12 +134,33 @@ def _protocols() -> dict[str, type]:
         return _PROTOCOLS
     txredisapi: Any = _txredisapi()
 
-    class _Timers:
-        """Runs txredisapi's own timers (reply timeouts, resuming the line parser)
-        on the broker's reactor and cancels them when the connection is gone, so a
-        stopped broker leaves nothing on the reactor."""
+    class _BrokerConnection:
+        """What both connection kinds share: they tell the broker when they become
+        usable and when they are lost, and they run txredisapi's own timers (reply
+        timeouts, resuming the line parser) on the broker's reactor, cancelled when
+        the connection is gone, so a stopped broker leaves nothing on the reactor."""
 
         factory: Any
+        _ready: Any
+
+        def _became_usable(self, conn: Any) -> None:
+            raise NotImplementedError
+
+        def _was_lost(self, why: Failure) -> None:
+            raise NotImplementedError
+
+        def connectionMade(self) -> Any:
+            # The base runs AUTH (and SELECT) first; tell the broker once it is usable.
+            d = super().connectionMade()  # type: ignore[misc]
+            self.whenConnected().addCallback(_later, self._became_usable)  # type: ignore[attr-defined]
+            return d
+
+        def connectionLost(self, why: Failure) -> None:
+            was_ready = bool(self._ready)
+            super().connectionLost(why)  # type: ignore[misc]
+            self.cancel_timers()
+            if was_ready:
+                self._was_lost(why)
 
         def callLater(self, delay: float, f: Any, *args: Any, **kwargs: Any) -> Any:
             call = self.factory.broker._reactor.callLater(delay, f, *args, **kwargs)
@@ -153,36 +174,23 @@ def _protocols() -> dict[str, type]:
                     call.cancel()
             self._timers = []
 
-    class _CommandProtocol(_Timers, txredisapi.RedisProtocol):
-        """A pooled command connection that tells the broker when it comes and goes."""
+    class _CommandProtocol(_BrokerConnection, txredisapi.RedisProtocol):
+        """A pooled command connection."""
 
-        def connectionMade(self) -> Any:
-            d = super().connectionMade()
-            self.whenConnected().addCallback(_later, self.factory.broker._command_connected)
-            return d
+        def _became_usable(self, conn: Any) -> None:
+            self.factory.broker._command_connected(conn)
 
-        def connectionLost(self, why: Failure) -> None:
-            was_ready = bool(self._ready)
-            super().connectionLost(why)
-            self.cancel_timers()
-            if was_ready:
-                self.factory.broker._command_lost(self, why)
+        def _was_lost(self, why: Failure) -> None:
+            self.factory.broker._command_lost(self, why)
 
-    class _SubscriberProtocol(_Timers, txredisapi.SubscriberProtocol):
-        """The node's one pub/sub connection: resubscribes on every (re)connect."""
+    class _SubscriberProtocol(_BrokerConnection, txredisapi.SubscriberProtocol):
+        """The node's one pub/sub connection: the broker resubscribes on every (re)connect."""
 
-        def connectionMade(self) -> Any:
-            # The base runs AUTH (and SELECT) first; subscribe once it is usable.
-            d = super().connectionMade()
-            self.whenConnected().addCallback(_later, self.factory.broker._subscriber_connected)
-            return d
+        def _became_usable(self, conn: Any) -> None:
+            self.factory.broker._subscriber_connected(conn)
 
-        def connectionLost(self, why: Failure) -> None:
-            was_ready = bool(self._ready)
-            super().connectionLost(why)
-            self.cancel_timers()
-            if was_ready:
-                self.factory.broker._subscriber_lost(self, why)
+        def _was_lost(self, why: Failure) -> None:
+            self.factory.broker._subscriber_lost(self, why)
 
         def messageReceived(self, pattern: Any, channel: bytes, message: bytes) -> None:
             self.factory.broker._message_received(channel, message)
