@@ -96,3 +96,41 @@ def test_twistd_rejects_bad_options_with_a_clear_message():
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode != 0
     assert "history-size" in out
+
+
+def test_twistd_lists_the_plugin_and_its_options():
+    """`twistd --help` lists gateway; `twistd -n gateway --help` prints the options of PROTOCOL.md section 10."""
+    twistd_bin = os.path.join(os.path.dirname(sys.executable), "twistd")
+    listing = subprocess.run([twistd_bin, "--help"], capture_output=True, text=True, timeout=60).stdout
+    assert any(line.split()[:1] == ["gateway"] for line in listing.splitlines())
+    usage_text = subprocess.run([twistd_bin, "-n", "gateway", "--help"], capture_output=True, text=True, timeout=60).stdout
+    for option in (
+        "--listen",
+        "--redis",
+        "--config",
+        "--jwt-secret",
+        "--jwt-public-key",
+        "--api-key",
+        "--allowed-origin",
+        "--history-size",
+        "--history-ttl",
+        "--heartbeat",
+        "--max-message-size",
+        "--node-id",
+        "--drain-timeout",
+    ):
+        assert option + "=" in usage_text, option
+
+
+def test_twistd_listens_on_every_listen_endpoint():
+    """--listen may be repeated: the node serves on each endpoint, one log line per address."""
+    ports = [free_port(), free_port()]
+    proc = twistd(*[arg for p in ports for arg in ("--listen", f"tcp:{p}:interface=127.0.0.1")])
+    try:
+        for port in ports:
+            wait_ready(f"http://127.0.0.1:{port}", proc)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=15)
+    for port in ports:
+        assert f"port={port})" in out
