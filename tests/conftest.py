@@ -43,13 +43,26 @@ def _gateway_calls(reactor):
     return calls
 
 
-@pytest.fixture(autouse=True)
-def clean_reactor():
-    """Fail a test that leaves gateway timers running on the reactor."""
+def _selectables(reactor):
+    return set(reactor.getReaders()) | set(reactor.getWriters())
+
+
+@pytest_twisted.async_yield_fixture(autouse=True)
+async def clean_reactor():
+    """Fail a test that leaves gateway timers, listening ports or connections on the reactor."""
     from twisted.internet import reactor
 
+    before = _selectables(reactor)
     yield
     leftover = _gateway_calls(reactor)
     for call in leftover:
         call.cancel()
     assert not leftover, f"test left gateway timers behind: {leftover}"
+    # Connections closed by the test's clients are noticed by the server within a
+    # reactor turn or two; give them a moment before calling them leaked.
+    for _ in range(100):
+        extra = _selectables(reactor) - before
+        if not extra:
+            break
+        await sleep(0.02)
+    assert not extra, f"test left listening ports or connections behind: {extra}"
