@@ -50,7 +50,7 @@ class GatewayService(service.MultiService):
         self.site = server.Site(self.resource)
         # Answer an over-long request line with a 400 JSON error instead of a silent
         # close (this Site speaks HTTP/1.1 only; WebSocket needs it anyway).
-        self.site.protocol = LineLimitHTTPChannel
+        self.site.protocol = LineLimitHTTPChannel  # type: ignore[method-assign,assignment]
         self.ports: list[Any] = []
         self._listened = False
 

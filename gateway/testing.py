@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Coroutine
+from collections.abc import Awaitable
 from typing import Any
 
 from twisted.internet import defer
@@ -23,7 +23,7 @@ __all__ = ["aio", "sleep", "http", "WSClient", "RunningGateway", "start_gateway"
 DEFAULT_TIMEOUT = 5.0
 
 
-def aio(coro: Coroutine[Any, Any, Any] | asyncio.Future[Any]) -> defer.Deferred[Any]:
+def aio(coro: Awaitable[Any]) -> defer.Deferred[Any]:
     """Run an asyncio awaitable and return a Deferred (needs the asyncio reactor)."""
     return defer.Deferred.fromFuture(asyncio.ensure_future(coro))
 

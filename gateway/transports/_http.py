@@ -102,7 +102,8 @@ def query_params(request: Request, max_length: int = MAX_QUERY_LENGTH) -> dict[s
     if len(query) > max_length:
         raise BadRequest(f"query string longer than {max_length} bytes")
     params: dict[str, list[str]] = {}
-    for raw_name, raw_values in (request.args or {}).items():
+    args: dict[bytes, list[bytes]] = request.args or {}
+    for raw_name, raw_values in args.items():
         try:
             name = raw_name.decode("utf-8")
             params[name] = [v.decode("utf-8") for v in raw_values]
@@ -151,8 +152,10 @@ class LineLimitHTTPChannel(http.HTTPChannel):
     def lineLengthExceeded(self, line: bytes) -> None:
         body = json_body(error_body(BadRequest(f"request line or header line longer than {self.MAX_LENGTH} bytes")))
         head = b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
-        self.transport.write(head % len(body) + body)
-        self.transport.loseConnection()
+        transport = self.transport
+        assert transport is not None
+        transport.write(head % len(body) + body)
+        transport.loseConnection()
 
 
 __all__ += ["LineLimitHTTPChannel"]

@@ -81,7 +81,7 @@ class PublishResource(CORSResource):
 
     @defer.inlineCallbacks
     def _publish_all(self, items: list[tuple[str, Any]]) -> Any:
-        results = []
+        results: list[dict[str, Any]] = []
         for channel, data in items:
             try:
                 pub = yield self.gateway.publish(channel, data)

@@ -81,7 +81,7 @@ class GatewayWebSocketProtocol(WebSocketServerProtocol):
         self.session = Session(max_subscriptions=gateway.config.max_subscriptions)
         gateway.connection_opened("websocket", self)
         self._heartbeat_call = gateway.reactor.callLater(gateway.config.heartbeat, self._heartbeat)
-        transport = self.transport
+        transport: Any = self.transport
         if transport is not None:
             # twisted.web's HTTPChannel is still registered as the producer of the
             # socket after the upgrade; take its place to learn when the client
@@ -235,7 +235,7 @@ class GatewayWebSocketProtocol(WebSocketServerProtocol):
             # What sendPreparedMessage() ends up doing for an uncompressed connection,
             # minus Autobahn's per-send debug formatting (measured at 8-14% of a
             # delivery's CPU in bench/fanout.py).
-            self.transport.write(frame.payloadHybi)
+            self.transport.write(frame.payloadHybi)  # type: ignore[union-attr]
         else:
             self.sendPreparedMessage(frame)
         gateway.stats.deliveries["websocket"] += 1
@@ -274,7 +274,7 @@ class _WebSocketSubscriber:
 class GatewayWebSocketFactory(WebSocketServerFactory):
     """Autobahn factory bound to one :class:`~gateway.resource.Gateway`."""
 
-    protocol = GatewayWebSocketProtocol
+    protocol = GatewayWebSocketProtocol  # type: ignore[assignment]
 
     def __init__(self, gateway: Any) -> None:
         super().__init__()
