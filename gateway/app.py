@@ -24,6 +24,12 @@ from gateway.metrics import Stats
 __all__ = ["Gateway"]
 
 
+def _cancel_then_pass(result: Any, call: Any) -> Any:
+    if call.active():
+        call.cancel()
+    return result
+
+
 @implementer(IPublishHook)
 class _CountPublications:
     def __init__(self, stats: Stats) -> None:
@@ -94,7 +100,7 @@ class Gateway:
         self._drained.append(d)
         wait = self.config.drain_timeout if timeout is None else timeout
         timer = self.reactor.callLater(wait, self._drain_timed_out, d)
-        d.addBoth(lambda r: (timer.cancel() if timer.active() else None, r)[1])
+        d.addBoth(_cancel_then_pass, timer)
         return d
 
     def _drain_timed_out(self, d: defer.Deferred[None]) -> None:

@@ -99,10 +99,6 @@ class Subscription:
         self._pending: list[PreparedPublication] | None = []
         self.ready: defer.Deferred[SubscribeResult] = defer.Deferred()
 
-    @property
-    def live(self) -> bool:
-        return self._pending is None and self.active
-
     def cancel(self) -> None:
         """End this subscription (idempotent)."""
         if not self.active:
@@ -213,7 +209,6 @@ class Bus:
         self.broker = broker
         self._clock = clock
         self._channels: dict[str, _Channel] = {}
-        self.publications_fanned_out = 0
         # IPublishHook providers, run around every publish in order.
         self.hooks: list[Any] = []
 
@@ -471,4 +466,3 @@ class Bus:
                 sub._offer(prepared)
             except Exception:
                 self._log.failure("delivering to a subscriber of {channel} failed", channel=ch.name)
-        self.publications_fanned_out += 1

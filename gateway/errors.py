@@ -36,7 +36,6 @@ __all__ = [
     "RateLimited",
     "Internal",
     "Unavailable",
-    "error_for_code",
 ]
 
 # WebSocket close codes of PROTOCOL.md section 4.
@@ -106,13 +105,3 @@ class Unavailable(GatewayError):
     code = "unavailable"
     http_status = 503
 
-
-_BY_CODE: dict[str, type[GatewayError]] = {
-    cls.code: cls
-    for cls in (BadRequest, Unauthorized, Forbidden, NotFound, TooLarge, RateLimited, Internal, Unavailable)
-}
-
-
-def error_for_code(code: str, message: str = "") -> GatewayError:
-    """Build the error class registered for ``code`` (``internal`` when unknown)."""
-    return _BY_CODE.get(code, Internal)(message)

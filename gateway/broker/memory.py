@@ -108,10 +108,6 @@ class InMemoryBroker:
 
     # -- housekeeping -----------------------------------------------------
 
-    @property
-    def channel_count(self) -> int:
-        return len(self._streams)
-
     def _sweep(self) -> None:
         self.sweep()
         assert self._clock is not None

@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import attrs
+
 from gateway.config import ConfigError
 
 __all__ = ["DEFAULT_PREFIX", "RedisURL", "parse_redis_url"]
@@ -17,16 +19,16 @@ DEFAULT_PREFIX = "gateway"
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_\-:.]{1,64}$")
 
 
+@attrs.frozen
 class RedisURL:
     """A parsed ``redis://[[user]:password@]host[:port][/db][?prefix=P]`` URL."""
 
-    def __init__(self, host: str, port: int, db: int, prefix: str, username: str | None, password: str | None) -> None:
-        self.host = host
-        self.port = port
-        self.db = db
-        self.prefix = prefix
-        self.username = username
-        self.password = password
+    host: str
+    port: int
+    db: int
+    prefix: str
+    username: str | None
+    password: str | None = attrs.field(repr=False)
 
     def display(self) -> str:
         """The URL without credentials, for logs and ``/healthz``."""

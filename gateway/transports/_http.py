@@ -6,7 +6,7 @@ from typing import Any
 
 from twisted.logger import Logger
 from twisted.web import http, resource
-from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.server import Request
 
 from gateway.core.events import dumps
 from gateway.errors import BadRequest, GatewayError, Internal, NotFound
@@ -40,7 +40,7 @@ def send_error(request: Request, error: GatewayError) -> bytes:
 
 def finish_json(request: Request, status: int, obj: Any) -> None:
     """Write a JSON response to a request rendered with NOT_DONE_YET (if still connected)."""
-    if request.finished or getattr(request, "_disconnected", False):
+    if is_gone(request):
         return
     request.write(send_json(request, status, obj))
     request.finish()
@@ -80,7 +80,7 @@ class NotFoundResource(JSONResource):
         return send_error(request, NotFound("no such endpoint"))
 
 
-__all__ += ["finish_json", "NOT_DONE_YET"]
+__all__ += ["finish_json"]
 
 
 # -- query strings (GET /sse, GET /poll) ---------------------------------------

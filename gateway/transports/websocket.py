@@ -220,16 +220,15 @@ class GatewayWebSocketProtocol(WebSocketServerProtocol):
         """Send one JSON event, if the connection is still open."""
         if self.state == WebSocketProtocol.STATE_OPEN:
             data = dumps(event)
-            self._write_frame(len(data), lambda: self.sendMessage(data))
+            if self._has_room(len(data)):
+                self.sendMessage(data)
 
     def send_publication(self, prepared: PreparedPublication) -> None:
         """Send a prepared ``message`` frame (shared by every subscriber)."""
         if self.state != WebSocketProtocol.STATE_OPEN:
             return
         frame = prepared.form(_WS_FORM, self.factory.prepareMessage)
-        gateway = self.factory.gateway
-        if self._backpressure.overflows(len(frame.payloadHybi), gateway.config.max_send_buffer):
-            self._close(CLOSE_POLICY, "slow consumer: send buffer full")
+        if not self._has_room(len(frame.payloadHybi)):
             return
         if self._perMessageCompress is None and not self.send_queue:
             # What sendPreparedMessage() ends up doing for an uncompressed connection,
@@ -238,13 +237,14 @@ class GatewayWebSocketProtocol(WebSocketServerProtocol):
             self.transport.write(frame.payloadHybi)  # type: ignore[union-attr]
         else:
             self.sendPreparedMessage(frame)
-        gateway.stats.deliveries["websocket"] += 1
+        self.factory.gateway.stats.deliveries["websocket"] += 1
 
-    def _write_frame(self, size: int, write: Any) -> None:
+    def _has_room(self, size: int) -> bool:
+        """Account for ``size`` more bytes; close a slow consumer (1008) past the cap."""
         if self._backpressure.overflows(size, self.factory.gateway.config.max_send_buffer):
             self._close(CLOSE_POLICY, "slow consumer: send buffer full")
-            return
-        write()
+            return False
+        return True
 
     def _close(self, code: int, reason: str) -> None:
         # sendClose() refuses 1001/1003/1008 (it only allows 1000 and 3000-4999).
