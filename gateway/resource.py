@@ -20,7 +20,7 @@ from gateway.transports.publish import PublishResource
 from gateway.transports.sse import SSEResource
 from gateway.transports.websocket import websocket_resource
 
-__all__ = ["GatewayResource", "HealthResource", "ReadyResource"]
+__all__ = ["ENDPOINTS", "GatewayResource", "HealthResource", "IndexResource", "ReadyResource"]
 
 
 class HealthResource(JSONResource):
@@ -50,8 +50,22 @@ class ReadyResource(JSONResource):
         return send_json(request, 200, {"status": "ready", "node": gw.config.node_id})
 
 
+ENDPOINTS = ["/ws", "/sse", "/poll", "/publish", "/healthz", "/readyz", "/metrics"]
+
+
+class IndexResource(JSONResource):
+    """``GET /``: what this service is and its endpoints."""
+
+    def render_GET(self, request: Request) -> bytes:
+        return send_json(request, 200, {"service": "gateway", "endpoints": ENDPOINTS})
+
+
 class GatewayResource(resource.Resource):
     """The gateway's resource tree: ``ws``, ``sse``, ``poll``, ``publish``, ``healthz``, ``readyz``, ``metrics``.
+
+    Every method on every path gets a JSON answer (docs/protocol.md section 7): an
+    endpoint's own, a ``405`` with ``Allow`` for a method it does not serve, or a
+    ``404``.
 
     Args:
         gateway: the node these endpoints serve.
@@ -68,14 +82,13 @@ class GatewayResource(resource.Resource):
         self.putChild(b"healthz", HealthResource(gateway))
         self.putChild(b"readyz", ReadyResource(gateway))
         self.putChild(b"metrics", MetricsResource(self.registry))
+        self._index = IndexResource()
+        self.putChild(b"", self._index)
         self._not_found = NotFoundResource()
 
     def getChild(self, path: bytes, request: Any) -> resource.Resource:
         return self._not_found
 
-    def render(self, request: Request) -> bytes:
-        return send_json(
-            request,
-            200,
-            {"service": "gateway", "endpoints": ["/ws", "/sse", "/poll", "/publish", "/healthz", "/readyz", "/metrics"]},
-        )
+    def render(self, request: Request) -> bytes | int:
+        # Mounted without a trailing slash (``/realtime``): the index.
+        return self._index.render(request)

@@ -8,13 +8,12 @@ from twisted.application import service
 from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import server
 
 from gateway.app import Gateway
 from gateway.config import Config
 from gateway.interfaces import IBroker
 from gateway.resource import GatewayResource
-from gateway.transports._http import LineLimitHTTPChannel
+from gateway.transports._http import make_site
 
 __all__ = ["GatewayService"]
 
@@ -47,10 +46,7 @@ class GatewayService(service.MultiService):
         self.config = config or Config()
         self.gateway = Gateway(self.config, reactor, broker)
         self.resource = GatewayResource(self.gateway)
-        self.site = server.Site(self.resource)
-        # Answer an over-long request line with a 400 JSON error instead of a silent
-        # close (this Site speaks HTTP/1.1 only; WebSocket needs it anyway).
-        self.site.protocol = LineLimitHTTPChannel  # type: ignore[method-assign,assignment]
+        self.site = make_site(self.resource, self.config, reactor)
         self.ports: list[Any] = []
         self._listened = False
 

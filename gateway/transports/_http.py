@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from io import BytesIO
 from typing import Any
 
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
-from twisted.web import http, resource
+from twisted.protocols.policies import ProtocolWrapper
+from twisted.python.failure import Failure
+from twisted.web import http, resource, server
+from twisted.web.http_headers import Headers
 from twisted.web.server import Request
 
 from gateway.core.events import dumps
-from gateway.errors import BadRequest, GatewayError, Internal, NotFound
+from gateway.errors import BadRequest, GatewayError, Internal, NotFound, TooLarge
 
 __all__ = ["JSONResource", "NotFoundResource", "json_body", "error_body", "send_json", "send_error"]
 
@@ -50,34 +55,61 @@ class JSONResource(resource.Resource):
     """A leaf resource whose every outcome, errors included, is JSON.
 
     Subclasses implement ``render_GET``/``render_POST``/... and may raise
-    :class:`GatewayError`; unknown methods get a JSON 405.
+    :class:`GatewayError`.  A method the resource does not serve gets a JSON
+    ``405`` with ``Allow`` (docs/protocol.md section 7), never Twisted's HTML
+    page.  ``HEAD`` is answered like ``GET`` without the body when
+    :attr:`serves_head` is true (documents), and is a ``405`` otherwise (streams
+    and held polls: a ``HEAD`` must not open one).
     """
 
     isLeaf = True
+    serves_head = True
+
+    def allowed_methods(self) -> list[str]:
+        """The methods this resource serves, as listed in ``Allow``."""
+        methods = {m[len("render_") :] for m in dir(type(self)) if m.startswith("render_")}
+        methods.discard("HEAD")
+        if "GET" in methods and self.serves_head:
+            methods.add("HEAD")
+        return sorted(methods)
 
     def render(self, request: Request) -> bytes | int:
         method = request.method.decode("ascii", "replace")
-        handler = getattr(self, "render_" + method, None)
+        head = method == "HEAD"
+        if head and self.serves_head:
+            handler = getattr(self, "render_GET", None)
+        elif head:
+            handler = None
+        else:
+            handler = getattr(self, "render_" + method, None)
         if handler is None:
-            allowed = sorted(m[len("render_") :] for m in dir(self) if m.startswith("render_") and m != "render_HEAD")
-            request.setHeader(b"allow", ", ".join(allowed).encode("ascii"))
-            body = json_body(error_body(BadRequest(f"method {method} not allowed; use {', '.join(allowed)}")))
-            request.setResponseCode(405)
-            request.setHeader(b"content-type", b"application/json")
-            return body
+            return self._not_allowed(request, method)
         try:
             result: bytes | int = handler(request)
-            return result
         except GatewayError as e:
-            return send_error(request, e)
+            result = send_error(request, e)
         except Exception:
             _log.failure("error rendering {path}", path=request.path)
-            return send_error(request, Internal("internal error"))
+            result = send_error(request, Internal("internal error"))
+        if head and isinstance(result, bytes):
+            # twisted.web drops a HEAD body itself, but logs a warning for each one.
+            request.setHeader(b"content-length", b"%d" % len(result))
+            return b""
+        return result
+
+    def _not_allowed(self, request: Request, method: str) -> bytes:
+        allowed = self.allowed_methods()
+        request.setHeader(b"allow", ", ".join(allowed).encode("ascii"))
+        body = send_json(request, 405, error_body(BadRequest(f"method {method} not allowed; use {', '.join(allowed)}")))
+        return b"" if request.method == b"HEAD" else body
 
 
 class NotFoundResource(JSONResource):
+    """Every method: a JSON ``404``."""
+
     def render(self, request: Request) -> bytes | int:
-        return send_error(request, NotFound("no such endpoint"))
+        body = send_error(request, NotFound("no such endpoint"))
+        return b"" if request.method == b"HEAD" else body
 
 
 __all__ += ["finish_json"]
@@ -135,27 +167,298 @@ def is_gone(request: Request) -> bool:
 __all__ += ["MAX_QUERY_LENGTH", "query_params", "single_param", "is_gone"]
 
 
-class LineLimitHTTPChannel(http.HTTPChannel):
-    """An ``HTTPChannel`` that answers an over-long request or header line with JSON.
+# -- our own Site: channel, request and the defences that need them -------------
 
-    twisted.web drops the connection without a word when one line of the request
-    head is longer than ``MAX_LENGTH`` (16 KiB); this answers a ``400`` JSON
-    ``bad_request`` first, so a client learns why.  Use it as a Site's protocol::
+SERVER_NAME = b"gateway"
+"""The ``Server`` header of every response our Site sends (no version: docs/protocol.md section 7)."""
 
-        site = server.Site(resource)
-        site.protocol = LineLimitHTTPChannel
+DEFAULT_REQUEST_TIMEOUT = 30.0
+"""Seconds from a request's first byte until its head and body must be in."""
 
-    (That replaces Twisted's HTTP/1.1-or-HTTP/2 negotiating factory: only do it on
-    listeners that do not offer HTTP/2.)
+LINGER_TIMEOUT = 5.0
+"""Seconds a refused connection is kept half-open, reading and discarding, so the
+client can read the refusal before the socket closes (a close with unread input
+sends a TCP reset, which can destroy the answer on the client's side)."""
+
+_REASONS = {400: b"Bad Request", 408: b"Request Timeout", 413: b"Payload Too Large"}
+
+
+def raw_error_response(status: int, error: GatewayError) -> bytes:
+    """A complete ``Connection: close`` HTTP/1.1 response with a JSON error body.
+
+    For answers the channel writes itself, outside any ``Request``.
+    """
+    body = json_body(error_body(error))
+    head = (
+        b"HTTP/1.1 %d %s\r\nServer: %s\r\nContent-Type: application/json\r\n"
+        b"Cache-Control: no-store\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+    )
+    return head % (status, _REASONS.get(status, b"Error"), SERVER_NAME, len(body)) + body
+
+
+class GatewayHTTPChannel(http.HTTPChannel):
+    """The HTTP/1.1 channel of the gateway's own Site.
+
+    On top of twisted.web's ``HTTPChannel`` it:
+
+    * answers what twisted.web would refuse silently or with a bare status line
+      (an over-long request or header line, a malformed request line, header or
+      chunk) with a ``400`` JSON ``bad_request``;
+    * bounds the time to receive a request: from the first byte of a request until
+      its head and body are complete, at most :attr:`request_timeout` seconds
+      (the Site's ``request_timeout``; default 30).  twisted.web's own idle
+      timeout restarts on every byte, so a client feeding one byte at a time could
+      hold a connection forever.  The deadline only runs while a request is
+      arriving: not while it is being answered (SSE streams, held polls), not
+      after an upgrade to WebSocket, and not on an idle keep-alive connection
+      (the Site's idle timeout covers that).  When it passes, the client gets a
+      ``408`` with a JSON ``bad_request`` body and the connection closes;
+    * sends ``Server: gateway`` on every response (twisted.web's says
+      ``TwistedWeb/<version>``);
+    * writes refusals with :meth:`refuse`: the answer, then a half-close that
+      discards further input for up to :data:`LINGER_TIMEOUT` seconds.
+
+    Use it through :func:`make_site`; it also works as the ``protocol`` of a plain
+    ``server.Site`` (then with the default deadline, and without the early body
+    refusal of :class:`GatewayRequest`).  It speaks HTTP/1.1 only, not HTTP/2.
     """
 
-    def lineLengthExceeded(self, line: bytes) -> None:
-        body = json_body(error_body(BadRequest(f"request line or header line longer than {self.MAX_LENGTH} bytes")))
-        head = b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+    request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT
+    linger_timeout: float = LINGER_TIMEOUT
+
+    _deadline: Any = None
+    _linger: Any = None
+    _answering = False
+    _refused = False
+
+    def connectionMade(self) -> None:
+        site = getattr(self, "site", None)
+        timeout = getattr(site, "request_timeout", self.request_timeout)
+        self.request_timeout = timeout
+        super().connectionMade()
+
+    # -- request deadline ---------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._refused:
+            return
+        if data and self._deadline is None and not self._answering and self.request_timeout:
+            self._deadline = self.callLater(self.request_timeout, self._request_timed_out)
+        super().dataReceived(data)
+
+    def allContentReceived(self) -> None:
+        self._cancel_deadline()
+        if self._refused:
+            return
+        # Set before the request runs: it may finish (and call requestDone) at once.
+        self._answering = True
+        super().allContentReceived()
+
+    def requestDone(self, request: Any) -> None:
+        self._answering = False
+        # Pipelined bytes buffered meanwhile come back through dataReceived, which
+        # starts the next request's deadline.
+        super().requestDone(request)
+
+    def _request_timed_out(self) -> None:
+        self._deadline = None
+        peer = self.transport.getPeer() if self.transport is not None else None
+        _log.info("closing {peer}: request not received within {seconds}s", peer=peer, seconds=self.request_timeout)
+        self.refuse(408, BadRequest(f"request not received within {self.request_timeout:g} s"))
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            if self._deadline.active():
+                self._deadline.cancel()
+            self._deadline = None
+
+    # -- refusals -------------------------------------------------------------
+
+    def refuse(self, status: int, error: GatewayError) -> None:
+        """Answer ``status`` with ``error`` as JSON and close, whatever state the
+        request is in (only call it while no response has started).
+
+        Further input is read and discarded until the client closes or
+        :attr:`linger_timeout` passes, so the answer is not lost to a TCP reset.
+        """
+        if self._refused:
+            return
+        self._refused = True
+        self._cancel_deadline()
         transport = self.transport
-        assert transport is not None
-        transport.write(head % len(body) + body)
-        transport.loseConnection()
+        if transport is None:
+            return
+        transport.write(raw_error_response(status, error))
+        half_close = getattr(transport, "loseWriteConnection", None)
+        if half_close is None or isinstance(transport, ProtocolWrapper):
+            # No half-close under TLS (it would bypass the TLS layer).
+            self.loseConnection()
+            return
+        half_close()
+        self._linger = self.callLater(self.linger_timeout, self._linger_over)
+
+    def _linger_over(self) -> None:
+        self._linger = None
+        transport: Any = self.transport
+        if transport is not None:
+            transport.abortConnection()
+
+    def lineReceived(self, line: bytes) -> None:
+        if not self._refused:
+            super().lineReceived(line)
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if not self._refused:
+            super().rawDataReceived(data)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self.refuse(400, BadRequest(f"request line or header line longer than {self.MAX_LENGTH} bytes"))
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # twisted.web's answer to a malformed request line, header or chunk is a
+        # bare "400 Bad Request" status line; pinned by
+        # tests/integration/test_http_hardening.py::test_malformed_request_gets_400_json.
+        self.refuse(400, BadRequest("malformed HTTP request"))
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._cancel_deadline()
+        if self._linger is not None and self._linger.active():
+            self._linger.cancel()
+        self._linger = None
+        super().connectionLost(reason)
+
+    # -- Server header ------------------------------------------------------
+
+    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
+        if isinstance(headers, Headers):
+            headers.setRawHeaders(b"server", [SERVER_NAME])
+        super().writeHeaders(version, code, reason, headers)
 
 
-__all__ += ["LineLimitHTTPChannel"]
+LineLimitHTTPChannel = GatewayHTTPChannel
+"""The former name of :class:`GatewayHTTPChannel`."""
+
+
+class GatewayRequest(server.Request):
+    """The request class of the gateway's own Site: bodies bounded, in memory.
+
+    twisted.web reads a whole request body before any resource sees it, into a
+    temporary file when it is over 100 KB.  This request holds the body in memory
+    and never takes more than the Site's ``max_body_size`` bytes of it:
+
+    * a ``Content-Length`` over the limit is refused with ``413`` as soon as the
+      head is in, before any of the body is read (no ``100 Continue`` is sent);
+    * a chunked body is cut off with ``413`` the moment it passes the limit.
+
+    A refusal closes the connection (the rest of the body is discarded).
+    """
+
+    _body_refused = False
+
+    def _body_limit(self) -> int | None:
+        site = getattr(self.channel, "site", None)
+        limit = getattr(site, "max_body_size", None)
+        return limit if isinstance(limit, int) else None
+
+    def gotLength(self, length: int | None) -> None:
+        self.content = BytesIO()  # type: ignore[assignment]
+        limit = self._body_limit()
+        if limit is not None and length is not None and length > limit:
+            self._refuse_body(limit)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._body_refused:
+            return
+        content = self.content
+        assert content is not None
+        limit = self._body_limit()
+        if limit is not None and content.tell() + len(data) > limit:
+            self._refuse_body(limit)
+            return
+        content.write(data)
+
+    def _refuse_body(self, limit: int) -> None:
+        self._body_refused = True
+        self.content = BytesIO()  # type: ignore[assignment]
+        # twisted.web sends "100 Continue" right after gotLength when asked to;
+        # the refusal must be the only answer.
+        self.requestHeaders.removeHeader(b"expect")
+        refuse = getattr(self.channel, "refuse", None)
+        if refuse is not None:
+            refuse(413, TooLarge(f"body larger than {limit} bytes"))
+        elif self.channel is not None:
+            self.channel.loseConnection()
+
+    def processingFailed(self, reason: Any) -> None:
+        # A resource raised past its own error handling: a JSON 500, not
+        # twisted.web's HTML page.
+        _log.failure("error rendering {uri}", reason, uri=self.uri)
+        if self.finished or self.startedWriting:
+            if not self.finished:
+                self.finish()
+            return
+        body = send_error(self, Internal("internal error"))
+        self.write(body)
+        self.finish()
+
+
+class GatewaySite(server.Site):
+    """A ``server.Site`` with :class:`GatewayHTTPChannel` and :class:`GatewayRequest`.
+
+    Args:
+        resource: the root resource.
+        max_body_size: the largest request body taken, in bytes (``413`` beyond).
+        request_timeout: seconds from a request's first byte until its head and
+            body must be in (``408`` beyond); None or 0 for no deadline.
+        reactor: the reactor for timeouts (default: the global one).
+        **kwargs: passed to ``server.Site`` (``timeout``: idle timeout, ``logPath``, ...).
+    """
+
+    protocol = GatewayHTTPChannel  # type: ignore[assignment]
+    requestFactory = GatewayRequest
+
+    def __init__(
+        self,
+        resource: Any,
+        max_body_size: int | None = None,
+        request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
+        reactor: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(resource, requestFactory=GatewayRequest, reactor=reactor, **kwargs)
+        self.max_body_size = max_body_size
+        self.request_timeout = request_timeout
+
+
+def make_site(resource: Any, config: Any, reactor: Any = None, request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT) -> GatewaySite:
+    """The Site a :class:`~gateway.service.GatewayService` serves ``resource`` with.
+
+    Request bodies are bounded by ``config.max_message_size`` before they are read,
+    requests must arrive within ``request_timeout`` seconds, every answer says
+    ``Server: gateway``.
+
+    Mounting :class:`~gateway.resource.GatewayResource` in your own ``server.Site``
+    keeps every endpoint's behaviour (JSON errors, ``405`` with ``Allow``,
+    ``HEAD``, the ``426`` of ``GET /ws`` and its version and origin checks, the
+    ``413`` for a declared ``Content-Length`` over the limit), but the defences that
+    live in the channel are your Site's: twisted.web reads a body whole (to a
+    temporary file above 100 KB) before ``POST /publish`` can refuse it, nothing
+    bounds a slow request, and ``Server`` is whatever your Site sends.  Use
+    ``GatewaySite`` (or set your Site's ``protocol`` to :class:`GatewayHTTPChannel`
+    and its ``requestFactory`` to :class:`GatewayRequest`, with ``max_body_size``
+    and ``request_timeout`` attributes) to have them too.
+    """
+    return GatewaySite(resource, max_body_size=config.max_message_size, request_timeout=request_timeout, reactor=reactor)
+
+
+__all__ += [
+    "DEFAULT_REQUEST_TIMEOUT",
+    "LINGER_TIMEOUT",
+    "SERVER_NAME",
+    "GatewayHTTPChannel",
+    "GatewayRequest",
+    "GatewaySite",
+    "LineLimitHTTPChannel",
+    "make_site",
+    "raw_error_response",
+]

@@ -80,6 +80,9 @@ class CORSResource(JSONResource):
     """
 
     cors_methods: Sequence[str] = ("GET",)
+    # These endpoints are streams, held polls and a POST: a HEAD would hold a
+    # stream or a poll open for headers alone, so it is a 405.
+    serves_head = False
 
     def __init__(self, gateway: Gateway) -> None:
         super().__init__()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny
@@ -68,11 +67,18 @@ class GatewayWebSocketProtocol(WebSocketServerProtocol):
     # -- Autobahn callbacks ---------------------------------------------------
 
     def onConnect(self, request: Any) -> None:
+        # WebSocketEndpoint (ws_resource.py) has already checked all of this and
+        # answered with JSON; these checks hold for a factory used without it.
         gateway = self.factory.gateway
+        if request.version != 13:
+            raise ConnectionDeny(426, "only Sec-WebSocket-Version: 13 is supported")
         if gateway.draining:
             raise ConnectionDeny(503, "node is draining")
-        origin = request.headers.get("origin")
-        if origin is not None and not gateway.origin_allowed(origin):
+        # Every header an origin can come in (Autobahn reads Sec-WebSocket-Origin
+        # for hybi versions below 13), not only the one Autobahn used.
+        origins = {request.origin or None, request.headers.get("origin"), request.headers.get("sec-websocket-origin")}
+        origins.discard(None)
+        if any(not gateway.origin_allowed(origin) for origin in origins):
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
         return None
 
@@ -277,7 +283,10 @@ class GatewayWebSocketFactory(WebSocketServerFactory):
     protocol = GatewayWebSocketProtocol  # type: ignore[assignment]
 
     def __init__(self, gateway: Any) -> None:
-        super().__init__()
+        from gateway.transports._http import SERVER_NAME
+
+        # No version in the Server header of the 101 answer.
+        super().__init__(server=SERVER_NAME.decode("ascii"))
         self.gateway = gateway
         config = gateway.config
         self.setProtocolOptions(
@@ -287,9 +296,16 @@ class GatewayWebSocketFactory(WebSocketServerFactory):
             openHandshakeTimeout=30,
             closeHandshakeTimeout=2,
             allowNullOrigin=True,
+            # RFC 6455 only, and never the status page (with its ?redirect=).
+            versions=[13],
+            webStatus=False,
         )
 
 
-def websocket_resource(gateway: Any) -> WebSocketResource:
-    """The ``/ws`` resource for ``gateway``."""
-    return WebSocketResource(GatewayWebSocketFactory(gateway))
+def websocket_resource(gateway: Any) -> Any:
+    """The ``/ws`` resource for ``gateway``: handshake checks (JSON answers, no
+    status page) in front of Autobahn's ``WebSocketResource``
+    (:class:`~gateway.transports.ws_resource.WebSocketEndpoint`)."""
+    from gateway.transports.ws_resource import WebSocketEndpoint
+
+    return WebSocketEndpoint(gateway, GatewayWebSocketFactory(gateway))
