@@ -133,7 +133,9 @@ class WebSocketEndpoint(resource.Resource):
             request.setHeader(b"upgrade", b"websocket")
             request.setHeader(b"connection", b"Upgrade")
             request.setHeader(b"sec-websocket-version", SUPPORTED_VERSION)
-            return send_json(request, 426, error_body(BadRequest(e.message)))
+            body = send_json(request, 426, error_body(BadRequest(e.message)))
+            request.setResponseCode(426, b"Upgrade Required")
+            return body
         except GatewayError as e:
             return send_error(request, e)
         result: bytes | int = self.websocket.render(request)
