@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import Any, Self
 
 from gateway.testing import DEFAULT_TIMEOUT
 
@@ -105,13 +105,13 @@ class LoggedErrors:
         if "log_failure" in event or (level is not None and level >= LogLevel.error):
             self.events.append(event)
 
-    def __enter__(self) -> LoggedErrors:
+    def __enter__(self) -> Self:
         from twisted.logger import globalLogPublisher
 
         globalLogPublisher.addObserver(self)
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         from twisted.logger import globalLogPublisher
 
         globalLogPublisher.removeObserver(self)

@@ -331,16 +331,7 @@ async def test_slow_body_is_cut_at_the_deadline(gw, serve):
     body = b'{"channel":"c","data":"' + b"x" * 100 + b'"}'
     head = request_bytes("POST", "/publish", {"Content-Length": str(len(body))})
 
-    async def go() -> tuple[RawResponse, float]:
-        reader, writer = await open_raw(port)
-        try:
-            writer.write(head)
-            await writer.drain()
-        finally:
-            writer.close()
-        return await _feed_slowly(port, head + body, every=0.05)
-
-    r, elapsed = await aio(go())
+    r, elapsed = await aio(_feed_slowly(port, head + body, every=0.05))
     assert_json_error(r, 408, "bad_request")
     assert elapsed < 0.5 + DEFAULT_TIMEOUT
 
