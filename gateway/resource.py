@@ -65,7 +65,9 @@ class GatewayResource(resource.Resource):
 
     Every method on every path gets a JSON answer (docs/protocol.md section 7): an
     endpoint's own, a ``405`` with ``Allow`` for a method it does not serve, or a
-    ``404``.
+    ``404``.  These hold in any Site; the defences of the gateway's own Site (request
+    deadline, bodies refused before they are read, ``Server: gateway``) are
+    described in :func:`gateway.transports._http.make_site`.
 
     Args:
         gateway: the node these endpoints serve.

@@ -131,7 +131,10 @@ class WebSocketEndpoint(resource.Resource):
             self.check(request)
         except UpgradeRequired as e:
             request.setHeader(b"upgrade", b"websocket")
-            request.setHeader(b"connection", b"Upgrade")
+            # An Upgrade header goes with Connection: upgrade (RFC 9110 section 7.8),
+            # kept beside a "close" twisted.web may have set.
+            connection = request.responseHeaders.getRawHeaders(b"connection", [])
+            request.setHeader(b"connection", b", ".join([*connection, b"Upgrade"]))
             request.setHeader(b"sec-websocket-version", SUPPORTED_VERSION)
             body = send_json(request, 426, error_body(BadRequest(e.message)))
             request.setResponseCode(426, b"Upgrade Required")

@@ -82,6 +82,7 @@ async def test_get_ws_without_upgrade_is_426_json_without_redirect(gw, query):
         r = await aio(exchange(gw.port, request_bytes("GET", "/ws" + query)))
     assert_json_error(r, 426, "bad_request")
     assert r.header("upgrade") == "websocket"
+    assert {t.strip().lower() for t in (r.header("connection") or "").split(",")} == {"upgrade", "close"}
     assert r.header("location") is None
     assert b"Autobahn" not in r.body and b"<html" not in r.body.lower()
     assert not errors.events, "\n".join(errors.texts())
