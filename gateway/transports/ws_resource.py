@@ -18,6 +18,10 @@ hands Autobahn only a well-formed RFC 6455 handshake:
   ``403``;
 * a draining node: ``503``.
 
+Extension offers (``Sec-WebSocket-Extensions``) are dropped before the handshake
+reaches Autobahn, since the gateway negotiates none (see
+:attr:`WebSocketEndpoint.negotiates_extensions`).
+
 Every error body is ``{"error":{"code":..,"message":..}}``.  This is a resource, so
 it holds in any Site the gateway is mounted in.
 """
@@ -115,6 +119,10 @@ class WebSocketEndpoint(resource.Resource):
     """
 
     isLeaf = True
+    # The factory sets no perMessageCompressionAccept: every extension offer is
+    # declined, so offers are dropped before Autobahn parses them.  Set to True
+    # (and validate offers) when an extension is enabled.
+    negotiates_extensions = False
 
     def __init__(self, gateway: Gateway, factory: Any) -> None:
         super().__init__()
@@ -141,6 +149,11 @@ class WebSocketEndpoint(resource.Resource):
             return body
         except GatewayError as e:
             return send_error(request, e)
+        if not self.negotiates_extensions:
+            # Autobahn parses permessage-deflate offers even when it will accept
+            # none, and answers a malformed one with a bare 400; an offer we would
+            # decline anyway is simply not passed on.
+            request.requestHeaders.removeHeader(b"sec-websocket-extensions")
         result: bytes | int = self.websocket.render(request)
         return result
 

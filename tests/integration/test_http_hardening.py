@@ -177,6 +177,18 @@ async def test_malformed_handshake_is_400_json(gw, name, headers):
     assert_json_error(r, 400, "bad_request")
 
 
+@pytest.mark.parametrize(
+    "offer",
+    ["permessage-deflate; client_max_window_bits=abc", "permessage-deflate; server_max_window_bits", "permessage-deflate; permessage-deflate"],
+)
+async def test_malformed_extension_offer_is_declined_not_a_bare_400(gw, offer):
+    """An extension offer Autobahn cannot parse (once a bare 400 without Server header) is declined: 101, no extension."""
+    r = await aio(exchange(gw.port, request_bytes("GET", "/ws", ws_headers(**{"Sec-WebSocket-Extensions": offer})), head_only=True))
+    assert r.status == 101, r
+    assert r.header("sec-websocket-extensions") is None
+    assert r.header("server") == "gateway"
+
+
 async def test_draining_node_refuses_upgrades_with_503_json(gw):
     """While draining, an upgrade is a 503 JSON `unavailable`."""
     gw.gateway.draining = True
