@@ -80,7 +80,7 @@ from zope.interface import implementer
 from gateway.broker.memory import STREAM_IDLE_SECONDS, new_epoch
 from gateway.broker.redisurl import RedisURL, parse_redis_url
 from gateway.config import Config
-from gateway.core.events import dumps
+from gateway.core.events import encode_json
 from gateway.core.model import HistoryResult, Position, Publication
 from gateway.core.stream import recover
 from gateway.errors import BadRequest, Unavailable
@@ -534,9 +534,10 @@ class RedisBroker:
 
     def publish(self, channel: str, data: Any, sender: str | None = None) -> defer.Deferred[Publication]:
         try:
-            body = dumps({"c": channel, "d": data, "f": sender})
-        except (TypeError, ValueError) as e:
-            return defer.fail(BadRequest(f"data is not JSON: {e}"))
+            # Refuse what could not be delivered before it takes a seq.
+            body = encode_json({"c": channel, "d": data, "f": sender})
+        except BadRequest:
+            return defer.fail()
         args = [
             self.pubsub_channel(channel),
             body,

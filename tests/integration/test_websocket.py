@@ -101,7 +101,7 @@ async def test_id_is_echoed_as_given(gw):
 BAD_COMMANDS = [
     ("not json", "{oops", None),
     ("json array", "[1,2]", None),
-    ("nan", '{"type":"publish","channel":"c","data":NaN,"id":1}', None),
+    ("nan", '{"type":"publish","channel":"c","data":NaN,"id":1}', 1),
     ("unknown type", '{"type":"dance","id":7}', 7),
     ("missing type", '{"id":8}', 8),
     ("type not string", '{"type":5,"id":9}', 9),
@@ -116,7 +116,13 @@ BAD_COMMANDS = [
     ("token not string", '{"type":"auth","token":5,"id":18}', 18),
     ("enormous id", json.dumps({"type": "subscribe", "channel": "c", "id": "i" * 100000}), None),
     ("object id", '{"type":"subscribe","channel":"c","id":{"a":1}}', None),
-    ("deep nesting", '{"type":"publish","channel":"c","id":1,"data":' + "[" * 100000 + "]" * 100000 + "}", None),
+    # Refused as a whole, yet the top-level id is still read and echoed.
+    ("deep nesting", '{"type":"publish","channel":"c","id":1,"data":' + "[" * 100000 + "]" * 100000 + "}", 1),
+    ("deep nesting, id last", '{"type":"publish","channel":"c","data":' + '[{"a":"]}"},' * 70 + "0" + "]" * 70 + ',"id":"late"}', "late"),
+    ("number too large", '{"type":"publish","channel":"c","data":' + "9" * 5000 + ',"id":19}', 19),
+    ("lone surrogate in data", '{"type":"publish","channel":"c","data":{"t":"\\ud800"},"id":20}', 20),
+    ("lone surrogate in id", '{"type":"publish","channel":"c","data":1,"id":"\\udc00"}', None),
+    ("lone surrogate in a key", '{"type":"subscribe","channel":"c","\\ud800":1,"id":21}', 21),
 ]
 
 
@@ -133,6 +139,28 @@ async def test_bad_command_gets_bad_request_and_connection_stays_open(gw_factory
     assert isinstance(error["message"], str) and error["message"]
     assert (await subscribe(ws, "still-ok", id="ok"))["type"] == "subscribed"
     await ws.close()
+
+
+async def test_lone_surrogate_publish_takes_no_seq_and_leaves_the_channel_usable(gw):
+    """`"\\ud800"` is valid JSON text but not UTF-8: the publish is a bad_request with its id,
+    live subscribers see nothing (no spurious reset), the next publication is seq 1, and a
+    resume from before it answers at once with exactly that publication."""
+    sub = await WSClient.connect(gw.ws_url)
+    first = await subscribe(sub, "poison")
+    pub = await WSClient.connect(gw.ws_url)
+    await pub.send('{"type":"publish","channel":"poison","data":"\\ud800","id":"bad"}')
+    error = await pub.recv()
+    assert (error["type"], error["code"], error["id"]) == ("error", "bad_request", "bad")
+    ack = await pub.request({"type": "publish", "channel": "poison", "data": "ok", "id": "good"})
+    assert (ack["type"], ack["seq"], ack["epoch"]) == ("ack", 1, first["epoch"])
+    got = await sub.recv()
+    assert (got["type"], got["seq"], got["data"]) == ("message", 1, "ok")
+    late = await WSClient.connect(gw.ws_url)
+    reply = await subscribe(late, "poison", id="r", since={"epoch": first["epoch"], "seq": 0})
+    assert (reply["recovered"], reply["seq"]) == (True, 1)
+    assert (await late.recv())["data"] == "ok"
+    for ws in (sub, pub, late):
+        await ws.close()
 
 
 async def test_duplicate_subscribe_is_bad_request(gw):
