@@ -14,6 +14,7 @@ from gateway.app import Gateway
 from gateway.config import Config
 from gateway.interfaces import IBroker
 from gateway.resource import GatewayResource
+from gateway.transports._drain import OpenConnections
 from gateway.transports._http import LineLimitHTTPChannel
 
 __all__ = ["GatewayService"]
@@ -51,6 +52,9 @@ class GatewayService(service.MultiService):
         # Answer an over-long request line with a 400 JSON error instead of a silent
         # close (this Site speaks HTTP/1.1 only; WebSocket needs it anyway).
         self.site.protocol = LineLimitHTTPChannel  # type: ignore[method-assign,assignment]
+        # The Site's open HTTP connections, closed once their last answer is written
+        # at the end of a drain (see gateway.transports._drain).
+        self.site.connections = OpenConnections()  # type: ignore[attr-defined]
         self.ports: list[Any] = []
         self._listened = False
 
@@ -108,6 +112,10 @@ class GatewayService(service.MultiService):
         """Stop listening, drain every client (WebSocket 1001, SSE ended, polls answered), stop the bus."""
         # Readiness goes 503 and new clients are refused from this moment on.
         self.gateway.draining = True
+        started = self.reactor.seconds()
+        connections: OpenConnections = self.site.connections  # type: ignore[attr-defined]
+        # Every HTTP connection closes after its current answer from now on.
+        connections.stop_keepalive()
         yield service.MultiService.stopService(self)
         ports, self.ports = self.ports, []
         self._listened = False
@@ -115,4 +123,9 @@ class GatewayService(service.MultiService):
         if self.gateway.connection_count():
             self._log.info("gateway draining {count} connection(s)", count=self.gateway.connection_count())
         yield self.gateway.drain()
+        # The answers are written, perhaps not sent: wait until every connection has
+        # flushed and closed (within what is left of the drain timeout), or the
+        # process could exit with them still in the socket buffers.
+        left = max(0.0, self.config.drain_timeout - (self.reactor.seconds() - started))
+        yield connections.close_and_wait(self.reactor, left)
         yield self.gateway.stop()

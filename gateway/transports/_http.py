@@ -149,6 +149,26 @@ class LineLimitHTTPChannel(http.HTTPChannel):
     listeners that do not offer HTTP/2.)
     """
 
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        connections = getattr(self.site, "connections", None)
+        if connections is not None:
+            connections.opened(self)
+
+    def connectionLost(self, reason: Any) -> None:
+        super().connectionLost(reason)
+        connections = getattr(self.site, "connections", None)
+        if connections is not None:
+            connections.closed(self)
+
+    def checkPersistence(self, request: Any, version: bytes) -> bool:
+        connections = getattr(self.site, "connections", None)
+        if connections is not None and connections.draining:
+            # Draining: this answer is the connection's last.
+            request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+            return False
+        return bool(super().checkPersistence(request, version))
+
     def lineLengthExceeded(self, line: bytes) -> None:
         body = json_body(error_body(BadRequest(f"request line or header line longer than {self.MAX_LENGTH} bytes")))
         head = b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
