@@ -272,6 +272,51 @@ async def test_slow_consumer_is_closed_with_1008(gw_factory):
     assert code == 1008
 
 
+async def test_slow_consumer_close_frame_is_sent_ahead_of_queued_publications(gw_factory):
+    """A client that stops reading altogether: once its backlog passes the cap, what was not
+    yet written is dropped and the 1008 close frame goes out next, so when the client reads
+    again it finds the close code and reason after little data (not behind the whole cap)."""
+    import struct
+
+    cap = 2 * 1024 * 1024
+    gw = gw_factory(max_send_buffer=cap)
+    raw = await aio(RawWS.connect(gw.port, rcvbuf=4096))
+    raw.send_frame(0x1, json.dumps({"type": "subscribe", "channel": "stall", "id": 1}).encode())
+    await aio(raw.writer.drain())
+    opcode, reply = await aio(asyncio.wait_for(raw.read_frame(), 5))
+    assert json.loads(reply)["type"] == "subscribed"
+    raw.writer.transport.pause_reading()  # the client stops reading
+    (proto,) = gw.gateway._connections["websocket"]
+    # Pin the server socket's kernel send buffer (Linux autotunes it up to 4 MiB, which
+    # the gateway cannot take back): what comes before the close frame is then the gateway's.
+    import socket
+
+    proto.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+    chunk = "x" * 16000
+    published = 0
+    while proto.state == proto.STATE_OPEN and published < 1000:
+        await gw.bus.publish("stall", chunk)
+        published += 1
+        await sleep(0)
+    assert proto.state == proto.STATE_CLOSING, "the server never closed the stalled client"
+
+    async def read_again():
+        raw.writer.transport.resume_reading()
+        data_bytes = 0
+        while True:
+            opcode, payload = await raw.read_frame()
+            if opcode == 8:
+                return data_bytes, struct.unpack("!H", payload[:2])[0], payload[2:].decode()
+            data_bytes += len(payload)
+
+    before_close, code, reason = await aio(asyncio.wait_for(read_again(), 5))
+    raw.close()
+    assert (code, reason) == (1008, "slow consumer: send buffer full")
+    assert published * len(chunk) > cap
+    # About one Twisted buffer (64 KiB) and the kernels' (~128 KiB here), not the 2 MiB cap.
+    assert before_close < 512 * 1024, f"{before_close} bytes came before the close frame"
+
+
 async def test_origin_not_allowed_is_refused_with_403(gw_factory):
     """With --allowed-origin set, an upgrade from another Origin is refused with HTTP 403; no Origin is fine."""
     gw = gw_factory(allowed_origin=("https://app.example",))
