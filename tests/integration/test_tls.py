@@ -26,7 +26,7 @@ def self_signed(directory):
     """Write key.pem and cert.pem for localhost / 127.0.0.1; return their paths."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -95,7 +95,7 @@ async def test_wss_subscribe_and_https_publish(tls_node):
 
 async def test_https_sse_and_poll(tls_node):
     """SSE and long-polling work over https://, and health answers there too."""
-    base, ws_url, context = tls_node
+    base, _, context = tls_node
 
     async def scenario():
         async with httpx.AsyncClient(verify=context, timeout=DEFAULT_TIMEOUT) as client:
@@ -121,7 +121,7 @@ async def test_https_sse_and_poll(tls_node):
 async def test_tls_listener_refuses_clients_that_do_not_trust_the_certificate(tls_node):
     """The listener really is TLS with that certificate: a client with the default trust
     store refuses it (and the node survives the failed handshake)."""
-    base, ws_url, context = tls_node
+    base, _, context = tls_node
 
     async def untrusting():
         async with httpx.AsyncClient(timeout=DEFAULT_TIMEOUT) as client:

@@ -39,7 +39,7 @@ def protocol() -> str:
 
 def section(number: int) -> str:
     """The text of section ``number`` of docs/protocol.md (up to the next ``## `` heading)."""
-    match = re.search(rf"^## {number}\. .*?(?=^## )", protocol() + "\n## end", re.S | re.M)
+    match = re.search(rf"^## {number}\. .*?(?=^## )", protocol() + "\n## end", re.DOTALL | re.MULTILINE)
     assert match, f"docs/protocol.md has no section {number}"
     return match.group(0)
 
@@ -59,7 +59,7 @@ def close_codes() -> dict[str, int]:
 
 def test_sections_keep_the_protocol_numbering():
     """Sections 1-11 exist, in order, with the protocol's titles."""
-    headings = re.findall(r"^## (\d+)\. (.*)$", protocol(), re.M)
+    headings = re.findall(r"^## (\d+)\. (.*)$", protocol(), re.MULTILINE)
     assert [int(n) for n, _ in headings] == list(SECTIONS)
     for (number, title), expected in zip(headings, SECTIONS.values()):
         assert title.startswith(expected), (number, title)
@@ -71,7 +71,7 @@ def test_every_error_code_is_documented_with_its_http_status():
     assert len({cls.code for cls in classes}) >= 8  # the walk found the whole table
     table = section(7)
     for cls in classes:
-        row = re.search(rf"^\| `{cls.code}` \| (\d{{3}}) \|", table, re.M)
+        row = re.search(rf"^\| `{cls.code}` \| (\d{{3}}) \|", table, re.MULTILINE)
         assert row, f"error code {cls.code} is not in the table of docs/protocol.md section 7"
         assert int(row.group(1)) == cls.http_status, cls.code
 
@@ -89,7 +89,7 @@ def test_every_close_code_is_documented():
     assert len(codes) >= 5
     text = section(4)
     for name, code in codes.items():
-        assert re.search(rf"^\| {code} \| \S", text, re.M), f"{name} = {code} is not in docs/protocol.md section 4"
+        assert re.search(rf"^\| {code} \| \S", text, re.MULTILINE), f"{name} = {code} is not in docs/protocol.md section 4"
 
 
 def test_every_option_is_documented():
@@ -104,7 +104,7 @@ def test_every_option_is_in_the_section_10_table():
     """Section 10's own table lists every option (those not implemented yet marked so)."""
     text = section(10)
     for o in OPTIONS:
-        assert re.search(rf"^\| [^|]*`--{o.name}[ `]", text, re.M), o.name
+        assert re.search(rf"^\| [^|]*`--{o.name}[ `]", text, re.MULTILINE), o.name
 
 
 def _gateway():
@@ -122,7 +122,7 @@ def test_every_endpoint_is_documented():
     assert b"ws" in children
     text = section(2)
     for path in children:
-        assert re.search(rf"^\| `[A-Z]+ /{path.decode()}`", text, re.M), path
+        assert re.search(rf"^\| `[A-Z]+ /{path.decode()}`", text, re.MULTILINE), path
 
 
 def test_every_metric_is_documented():
