@@ -26,7 +26,15 @@ from gateway.core.model import Publication
 from gateway.errors import Forbidden
 from gateway.interfaces import IPublishHook, IPublishHookFactory
 
-__all__ = ["LogHook", "AllowChannelsHook", "LogHookFactory", "AllowChannelsHookFactory", "discover_hook_factories", "load_hooks"]
+__all__ = [
+    "AllowChannelsHook",
+    "AllowChannelsHookFactory",
+    "LogHook",
+    "LogHookFactory",
+    "discover_hook_factories",
+    "load_hooks",
+    "plugin_package",
+]
 
 PLUGIN_PREFIX = "gateway_"
 PLUGIN_PACKAGE = "gateway_plugins"

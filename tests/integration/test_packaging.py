@@ -59,7 +59,7 @@ def probe(tmp_path: pathlib.Path, *path: str) -> dict:
     (third_party / "gateway_plugins" / "gateway_third_party.py").write_text(THIRD_PARTY_HOOK)
     env = {"PYTHONPATH": ":".join([*path, str(third_party), SITE_PACKAGES]), "PATH": "/usr/bin:/bin"}
     out = subprocess.run(
-        [sys.executable, "-S", "-c", PROBE], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-S", "-c", PROBE], check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
@@ -77,6 +77,7 @@ def wheel(tmp_path_factory) -> tuple[pathlib.Path, str]:
     )
     out = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "-w", str(tmp / "dist"), str(src)],
+        check=False,
         capture_output=True,
         text=True,
         timeout=300,
