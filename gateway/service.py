@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from twisted.application import service
@@ -39,9 +40,13 @@ def _problem(e: BaseException) -> str:
     if isinstance(e, error.CannotListenError) and isinstance(e.socketError, OSError) and e.socketError.strerror:
         return str(e.socketError.strerror)
     if isinstance(e, OSError) and e.strerror:
-        return f"{e.strerror}: {e.filename}" if e.filename else str(e.strerror)
-    text = " ".join(str(e).split())
-    return text or type(e).__name__
+        # filename2 is the path that mattered for two-path calls (the lock symlink of unix:).
+        name = e.filename2 or e.filename
+        return f"{e.strerror}: {os.fsdecode(name)}" if name else str(e.strerror)
+    text = " ".join(str(e).split()) or type(e).__name__
+    if type(e).__module__.startswith("OpenSSL"):
+        return f"cannot load the TLS key or certificate: {text}"
+    return text
 
 
 def parse_endpoint(reactor: Any, description: str) -> Any:

@@ -87,6 +87,19 @@ def test_missing_tls_certificate_file_is_one_line(tmp_path):
     )
 
 
+def test_tls_key_file_that_is_not_a_key_is_one_line(tmp_path):
+    """An ssl: endpoint whose key file holds no PEM key: one line naming --listen and TLS."""
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a key\n")
+    assert_one_line_error(run_twistd("--listen", f"ssl:0:privateKey={junk}"), "--listen ssl:0:", "TLS key or certificate")
+
+
+def test_unix_socket_in_a_missing_directory_is_one_line(tmp_path):
+    """A unix: endpoint that cannot be created fails while listening: one line naming it and the path."""
+    path = tmp_path / "missing" / "gw.sock"
+    assert_one_line_error(run_twistd("--listen", f"unix:{path}"), f"--listen unix:{path}:", "No such file or directory", str(path))
+
+
 def test_port_in_use_is_one_line_and_the_pidfile_is_removed(tmp_path):
     """A port in use fails while listening (after twistd wrote its pid file): still one
     line naming --listen and the problem, exit status 1, and the pid file is gone."""
