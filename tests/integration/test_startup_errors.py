@@ -49,27 +49,42 @@ def private_key_pem(path) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize(
-    "args,expected",
-    [
-        (["--listen", "tcp:notaport"], ["--listen tcp:notaport:", "notaport"]),
-        (["--listen", "nosuchtype:8080"], ["--listen nosuchtype:8080:", "nosuchtype"]),
-        (["--listen", "tcp:0:bogus=1"], ["--listen tcp:0:bogus=1:", "bogus"]),
-        (["--hook", "nope"], ["--hook", "unknown hook 'nope'", "log"]),
-        (["--hook", "log:x"], ["--hook", "takes no arguments"]),
-        (["--redis", "http://localhost"], ["--redis", "redis://"]),
-        (["--history-size", "zero"], ["--history-size", "zero"]),
-        (["--heartbeat", "-1"], ["--heartbeat", "> 0"]),
-        (["--max-message-size", "12"], ["--max-message-size", ">= 256"]),
-        (["--no-such-option", "1"], ["--no-such-option", "not recognized"]),
-        (["--listen"], ["--listen", "requires argument"]),
-        (["--jwt-secret", "s", "--jwt-public-key", "k.pem"], ["--jwt-secret", "--jwt-public-key"]),
-    ],
-    ids=lambda v: " ".join(v) if isinstance(v, list) and v and v[0].startswith("--") else "",
-)
-def test_bad_option_is_one_line(args, expected):
+BAD_OPTIONS = [
+    (["--listen", "tcp:notaport"], ["--listen tcp:notaport:", "notaport"]),
+    (["--listen", "nosuchtype:8080"], ["--listen nosuchtype:8080:", "nosuchtype"]),
+    (["--listen", "tcp:0:bogus=1"], ["--listen tcp:0:bogus=1:", "bogus"]),
+    (["--hook", "nope"], ["--hook", "unknown hook 'nope'", "log"]),
+    (["--hook", "log:x"], ["--hook", "takes no arguments"]),
+    (["--redis", "http://localhost"], ["--redis", "redis://"]),
+    (["--history-size", "zero"], ["--history-size", "zero"]),
+    (["--heartbeat", "-1"], ["--heartbeat", "> 0"]),
+    (["--max-message-size", "12"], ["--max-message-size", ">= 256"]),
+    (["--no-such-option", "1"], ["--no-such-option", "not recognized"]),
+    (["--listen"], ["--listen", "requires argument"]),
+    (["--jwt-secret", "s", "--jwt-public-key", "k.pem"], ["--jwt-secret", "--jwt-public-key"]),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_option_runs() -> dict[tuple[str, ...], subprocess.CompletedProcess]:
+    """Every BAD_OPTIONS case run at once (each is a separate twistd process)."""
+    procs = {
+        tuple(args): subprocess.Popen(
+            [TWISTD, "-n", "--pidfile=", "gateway", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for args, _ in BAD_OPTIONS
+    }
+    runs = {}
+    for args, proc in procs.items():
+        out, err = proc.communicate(timeout=60)
+        runs[args] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    return runs
+
+
+@pytest.mark.parametrize("args,expected", BAD_OPTIONS, ids=[" ".join(args) for args, _ in BAD_OPTIONS])
+def test_bad_option_is_one_line(bad_option_runs, args, expected):
     """A bad option value is one stderr line naming the option, exit status 1."""
-    assert_one_line_error(run_twistd(*args), *expected)
+    assert_one_line_error(bad_option_runs[tuple(args)], *expected)
 
 
 def test_missing_tls_key_file_is_one_line(tmp_path):
