@@ -78,7 +78,7 @@ async def test_python_subscriber_receives_publications():
 def readme_embedding_example() -> str:
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## Embedding in a Twisted application", 1)[1].split("\n## ", 1)[0]
-    (code,) = re.findall(r"```python\n(.*?)```", section, re.S)
+    (code,) = re.findall(r"```python\n(.*?)```", section, re.DOTALL)
     return code
 
 
