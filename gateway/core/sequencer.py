@@ -1,0 +1,569 @@
+"""Node-level sequencing of channel streams, without I/O.
+
+The :class:`Sequencer` is the state machine behind :class:`gateway.bus.Bus`: it is
+told what happened (a subscription was asked for, the broker subscription took
+effect, a history answer or a publication arrived, the broker reconnected, a retry
+timer fired) and answers with the actions to carry out, as plain values (fetch
+history, take or release the broker subscription, schedule a retry, deliver a
+publication, reset a subscriber, complete or fail a subscription).  It never calls
+anything; the bus does the I/O and feeds the outcomes back in.
+
+Two levels of position
+----------------------
+*The channel's node position* is the last publication this node passed on (or the
+position it was reset to).  Live publications are checked against it: the next seq
+is passed on; a repeat is dropped; a gap *or another epoch* is held back, with
+everything after it, while history is asked what happened (:class:`FetchHistory`
+with ``subscription=None``).  Publications are never trusted to announce a new
+epoch on their own: a message of an old epoch handed over late (buffered across a
+reconnect) must not move anyone back to it.  The answer either continues the
+position (its publications are passed on), or shows a new epoch that already has
+publications (history is read again from that epoch's start, so subscribers get
+them all), or cannot continue it (history trimmed, or a new empty epoch): then the
+channel is reset to the top.  Held publications of another epoch than the answer's,
+received before that read was sent, belong to an epoch that is gone and are dropped.
+
+*Each subscription's position* is what its client was last given: by the start of
+the subscription (``subscribed``, a ``reset``), a message or a reset.  Subscriptions
+can be ahead of the node position (a client that subscribed while pub/sub lagged
+behind history, or after Redis lost its data, is told the newer top at once), so
+every node-level event is filtered per subscription, docs/protocol.md section 3
+"Never backwards":
+
+* a publication at or below the subscription's position in its epoch is not
+  delivered again;
+* a reset to a seq at or below the position in the same epoch is not sent;
+* nothing of an epoch the subscription has left is delivered or reset to (epochs
+  never come back);
+* a publication that does not follow on (another epoch, or a gap) is preceded by a
+  reset to the position just before it, never skipped silently.
+
+A subscription starts *pending*: from the moment it is asked for until its history
+answer arrives, node-level events are buffered on it; then history and the buffer
+are merged (:class:`SubscriptionReady`), with the same filter, and it goes live.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Hashable
+
+import attrs
+
+from gateway.core.model import HistoryResult, Position, Publication
+
+__all__ = [
+    "Action",
+    "Deliver",
+    "FetchHistory",
+    "GapNotFilled",
+    "Reset",
+    "ScheduleRetry",
+    "Sequencer",
+    "SubscribeChannel",
+    "SubscriptionFailed",
+    "SubscriptionReady",
+    "UnsubscribeChannel",
+]
+
+
+# -- actions -----------------------------------------------------------------------
+
+
+@attrs.frozen
+class SubscribeChannel:
+    """Take the broker subscription of ``channel``; report with ``broker_subscribed(request)``
+    or ``broker_subscribe_failed(request)``."""
+
+    channel: str
+    request: int
+
+
+@attrs.frozen
+class UnsubscribeChannel:
+    """Release the broker subscription of ``channel`` and cancel its retry timer."""
+
+    channel: str
+
+
+@attrs.frozen
+class FetchHistory:
+    """Read ``channel``'s history after ``since``; report with ``history_received(request,
+    result)`` or ``history_failed(request)``.
+
+    Attributes:
+        subscription: the subscription this read starts, or None for a node-level
+            gap fill.
+    """
+
+    channel: str
+    since: Position | None
+    request: int
+    subscription: Hashable | None = None
+
+
+@attrs.frozen
+class ScheduleRetry:
+    """A gap fill failed: call ``retry_due(channel)`` after ``delay`` seconds."""
+
+    channel: str
+    delay: float
+
+
+@attrs.frozen
+class Deliver:
+    """Hand ``publication`` to each of ``subscriptions``, in that order."""
+
+    publication: Publication
+    subscriptions: tuple[Hashable, ...]
+
+
+@attrs.frozen
+class Reset:
+    """Tell ``subscription``'s client that delivery continues after ``position``."""
+
+    subscription: Hashable
+    channel: str
+    position: Position
+
+
+@attrs.frozen
+class GapNotFilled:
+    """History could not continue ``channel`` after ``after``; it was reset to ``top`` (for logs)."""
+
+    channel: str
+    after: Position
+    top: Position
+
+
+@attrs.frozen
+class SubscriptionReady:
+    """The subscription goes live.
+
+    Attributes:
+        top: the position the client is told (``subscribed``, and a ``reset`` when
+            ``recovered`` is False).
+        recovered: True when ``publications`` hold every publication after the
+            ``since`` asked for; False when the client must be reset to ``top``;
+            None when no ``since`` was given (and nothing had to be reset).
+        publications: to deliver before anything live, in order.
+    """
+
+    subscription: Hashable
+    top: Position
+    recovered: bool | None
+    publications: tuple[Publication, ...]
+
+
+@attrs.frozen
+class SubscriptionFailed:
+    """The subscription could not start (its history read or the broker subscription failed)."""
+
+    subscription: Hashable
+
+
+Action = (
+    SubscribeChannel
+    | UnsubscribeChannel
+    | FetchHistory
+    | ScheduleRetry
+    | Deliver
+    | Reset
+    | GapNotFilled
+    | SubscriptionReady
+    | SubscriptionFailed
+)
+
+
+# -- state -------------------------------------------------------------------------
+
+
+class _Subscription:
+    __slots__ = ("buffer", "channel", "key", "left", "position", "since")
+
+    def __init__(self, key: Hashable, channel: _Channel, since: Position | None) -> None:
+        self.key = key
+        self.channel = channel
+        self.since = since
+        # What the client was last given; None while pending.
+        self.position: Position | None = None
+        # Epochs the client has moved on from: nothing of them is delivered again.
+        self.left: set[str] = set()
+        # Node-level events while pending (publications and reset positions); None once live.
+        self.buffer: list[Publication | Position] | None = []
+
+    def offer(self, pub: Publication) -> tuple[Position | None, bool]:
+        """Check ``pub`` against the position: (a reset to send first or None, deliver it?)."""
+        pos = self.position
+        assert pos is not None
+        if pub.epoch in self.left:
+            return None, False
+        if pub.epoch == pos.epoch:
+            if pub.seq <= pos.seq:
+                return None, False
+            if pub.seq == pos.seq + 1:
+                self.position = pub.position
+                return None, True
+        # Another epoch, or a gap: never skip silently.
+        reset = Position(pub.epoch, pub.seq - 1)
+        self.move(reset)
+        self.position = pub.position
+        return reset, True
+
+    def reset(self, position: Position) -> bool:
+        """Move to ``position`` unless that would go backwards; True when the client must be told."""
+        pos = self.position
+        assert pos is not None
+        if position.epoch in self.left or (position.epoch == pos.epoch and position.seq <= pos.seq):
+            return False
+        self.move(position)
+        return True
+
+    def move(self, position: Position) -> None:
+        assert self.position is not None
+        if position.epoch != self.position.epoch:
+            self.left.add(self.position.epoch)
+        self.position = position
+
+
+class _Channel:
+    __slots__ = (
+        "fill_request", "filling", "held", "name", "pending", "position", "read_after", "received", "refill",
+        "subscribed", "subscriptions",
+    )  # fmt: skip
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.subscriptions: dict[Hashable, _Subscription] = {}
+        # How many of them are pending.
+        self.pending = 0
+        self.subscribed = False
+        # The node position; None until the first history answer says where the stream is.
+        self.position: Position | None = None
+        # Publications held back (with their arrival number) while unpositioned or filling.
+        self.held: deque[tuple[int, Publication]] = deque()
+        # Publications received so far, numbering arrivals.
+        self.received = 0
+        # Arrivals up to this number came before the last history read that positioned the node.
+        self.read_after = 0
+        # A gap fill is outstanding: a read in flight or a retry scheduled.
+        self.filling = False
+        self.fill_request: int | None = None
+        # The broker reconnected while a read was in flight: read again afterwards.
+        self.refill = False
+
+
+@attrs.frozen
+class _Request:
+    kind: str  # "subscribe", "history" or "fill"
+    channel: _Channel
+    subscription: _Subscription | None = None
+    sent_at: int = 0
+
+
+class Sequencer:
+    """Positions, gap filling and per-subscription delivery of one node's channels.
+
+    Every method takes an event and returns the list of :data:`Action` values to
+    carry out, in order.  Subscriptions are identified by any hashable key the
+    caller chooses (the bus uses its :class:`~gateway.bus.Subscription` objects).
+
+    Args:
+        retry_delay: seconds before a failed gap fill is tried again.
+    """
+
+    def __init__(self, retry_delay: float = 1.0) -> None:
+        self.retry_delay = retry_delay
+        self._channels: dict[str, _Channel] = {}
+        self._subscriptions: dict[Hashable, _Subscription] = {}
+        self._requests: dict[int, _Request] = {}
+        self._next_request = 0
+
+    # -- queries -------------------------------------------------------------------
+
+    @property
+    def channels(self) -> list[str]:
+        """Channels with subscriptions."""
+        return list(self._channels)
+
+    def subscriber_count(self, channel: str | None = None) -> int:
+        """Subscriptions on ``channel``, or on every channel."""
+        if channel is None:
+            return len(self._subscriptions)
+        ch = self._channels.get(channel)
+        return len(ch.subscriptions) if ch is not None else 0
+
+    def position(self, key: Hashable) -> Position | None:
+        """What the subscription's client was last given; None while pending or unknown."""
+        sub = self._subscriptions.get(key)
+        return sub.position if sub is not None else None
+
+    def is_pending(self, key: Hashable) -> bool:
+        """True while the subscription waits for its start."""
+        sub = self._subscriptions.get(key)
+        return sub is not None and sub.buffer is not None
+
+    def has_pending(self, channel: str) -> bool:
+        """True while some subscription of ``channel`` waits for its start."""
+        ch = self._channels.get(channel)
+        return ch is not None and ch.pending > 0
+
+    def node_position(self, channel: str) -> Position | None:
+        """The channel's node position (None when unknown)."""
+        ch = self._channels.get(channel)
+        return ch.position if ch is not None else None
+
+    # -- subscriptions ------------------------------------------------------------------
+
+    def subscribe(self, key: Hashable, channel: str, since: Position | None = None) -> list[Action]:
+        """A subscription to ``channel`` is asked for, continuing after ``since`` when given."""
+        if key in self._subscriptions:
+            raise ValueError(f"subscription {key!r} exists already")
+        ch = self._channels.get(channel)
+        new = ch is None
+        if ch is None:
+            ch = self._channels[channel] = _Channel(channel)
+        sub = _Subscription(key, ch, since)
+        ch.subscriptions[key] = sub
+        ch.pending += 1
+        self._subscriptions[key] = sub
+        if new:
+            return [SubscribeChannel(channel, self._request(_Request("subscribe", ch)))]
+        if ch.subscribed:
+            return [self._read_for(sub)]
+        return []
+
+    def remove(self, key: Hashable) -> list[Action]:
+        """The subscription ended (cancelled, or failed); idempotent."""
+        sub = self._subscriptions.pop(key, None)
+        if sub is None:
+            return []
+        ch = sub.channel
+        del ch.subscriptions[key]
+        if sub.buffer is not None:
+            sub.buffer = None
+            ch.pending -= 1
+        if ch.subscriptions:
+            return []
+        del self._channels[ch.name]
+        return [UnsubscribeChannel(ch.name)]
+
+    # -- broker outcomes ---------------------------------------------------------------
+
+    def broker_subscribed(self, request: int) -> list[Action]:
+        """The broker subscription asked for with ``request`` took effect."""
+        req = self._answer(request)
+        if req is None:
+            return []
+        req.channel.subscribed = True
+        return [self._read_for(sub) for sub in list(req.channel.subscriptions.values())]
+
+    def broker_subscribe_failed(self, request: int) -> list[Action]:
+        """The broker subscription failed: every subscription of the channel fails."""
+        req = self._answer(request)
+        if req is None:
+            return []
+        ch = req.channel
+        actions: list[Action] = []
+        for key in list(ch.subscriptions):
+            actions.append(SubscriptionFailed(key))
+            actions.extend(self.remove(key))
+        return actions
+
+    def history_received(self, request: int, history: HistoryResult) -> list[Action]:
+        """The answer to a :class:`FetchHistory`."""
+        req = self._answer(request)
+        if req is None:
+            return []
+        ch = req.channel
+        if req.kind == "fill":
+            return self._filled(ch, req, history)
+        sub = req.subscription
+        assert sub is not None
+        if self._subscriptions.get(sub.key) is not sub or sub.buffer is None:
+            return []
+        actions: list[Action] = []
+        if ch.position is None:
+            ch.position = history.top
+            ch.read_after = req.sent_at
+            actions += self._fill(ch) if ch.refill else self._release(ch)
+        actions += self._start(sub, history)
+        return actions
+
+    def history_failed(self, request: int) -> list[Action]:
+        """A :class:`FetchHistory` failed: the subscription fails, a gap fill is retried."""
+        req = self._answer(request)
+        if req is None:
+            return []
+        if req.kind == "fill":
+            req.channel.fill_request = None
+            return [ScheduleRetry(req.channel.name, self.retry_delay)]
+        sub = req.subscription
+        assert sub is not None
+        if self._subscriptions.get(sub.key) is not sub or sub.buffer is None:
+            return []
+        return [SubscriptionFailed(sub.key), *self.remove(sub.key)]
+
+    def retry_due(self, channel: str) -> list[Action]:
+        """The retry timer of a failed gap fill fired."""
+        ch = self._channels.get(channel)
+        if ch is None or not ch.filling or ch.fill_request is not None:
+            return []
+        return self._fill(ch)
+
+    def publication_received(self, pub: Publication) -> list[Action]:
+        """The broker delivered ``pub`` (maybe late, repeated, or after a loss)."""
+        ch = self._channels.get(pub.channel)
+        if ch is None:
+            return []
+        ch.received += 1
+        if ch.position is None or ch.filling:
+            ch.held.append((ch.received, pub))
+            return []
+        return self._accept(ch, ch.received, pub)
+
+    def broker_reconnected(self) -> list[Action]:
+        """The broker's delivery connection came back: publications may have been lost."""
+        actions: list[Action] = []
+        for ch in list(self._channels.values()):
+            if not ch.subscribed:
+                continue  # its reads are sent once the subscription takes effect
+            if ch.position is None or ch.fill_request is not None:
+                ch.refill = True  # the read in flight may predate the loss
+            elif not ch.filling:
+                actions += self._fill(ch)
+            # else a retry is scheduled: its read comes after the reconnect.
+        return actions
+
+    # -- node level -----------------------------------------------------------------------
+
+    def _request(self, req: _Request) -> int:
+        self._next_request += 1
+        self._requests[self._next_request] = req
+        return self._next_request
+
+    def _answer(self, request: int) -> _Request | None:
+        req = self._requests.pop(request, None)
+        if req is None or self._channels.get(req.channel.name) is not req.channel:
+            return None
+        return req
+
+    def _read_for(self, sub: _Subscription) -> FetchHistory:
+        ch = sub.channel
+        request = self._request(_Request("history", ch, sub, ch.received))
+        return FetchHistory(ch.name, sub.since, request, sub.key)
+
+    def _fill(self, ch: _Channel) -> list[Action]:
+        assert ch.position is not None
+        ch.filling = True
+        ch.refill = False
+        ch.fill_request = self._request(_Request("fill", ch, None, ch.received))
+        return [FetchHistory(ch.name, ch.position, ch.fill_request)]
+
+    def _filled(self, ch: _Channel, req: _Request, history: HistoryResult) -> list[Action]:
+        ch.fill_request = None
+        ch.read_after = req.sent_at
+        pos, top = ch.position, history.top
+        assert pos is not None
+        actions: list[Action] = []
+        if history.publications is not None:
+            for pub in history.publications:
+                actions += self._fan_out(ch, pub)
+        elif top.epoch != pos.epoch and top.seq > 0:
+            # The stream restarted (Redis flushed or replaced) and its new epoch already
+            # has publications, accepted while this node was not receiving them: read
+            # them from the start of the epoch, so nobody skips them.
+            ch.position = Position(top.epoch, 0)
+            return self._fill(ch)
+        else:
+            if top.epoch == pos.epoch:
+                actions.append(GapNotFilled(ch.name, pos, top))
+            actions += self._reset_all(ch, top)
+        ch.filling = False
+        if ch.refill:
+            return actions + self._fill(ch)
+        return actions + self._release(ch)
+
+    def _release(self, ch: _Channel) -> list[Action]:
+        actions: list[Action] = []
+        while ch.held and not ch.filling:
+            number, pub = ch.held.popleft()
+            actions += self._accept(ch, number, pub)
+        return actions
+
+    def _accept(self, ch: _Channel, number: int, pub: Publication) -> list[Action]:
+        pos = ch.position
+        assert pos is not None
+        if pub.epoch == pos.epoch:
+            if pub.seq <= pos.seq:
+                return []
+            if pub.seq == pos.seq + 1:
+                return self._fan_out(ch, pub)
+        elif number <= ch.read_after:
+            # Received before the read that found the current epoch: its epoch is gone.
+            return []
+        # A gap, or another epoch: hold it (and what follows) and ask history.
+        ch.held.appendleft((number, pub))
+        return self._fill(ch)
+
+    def _reset_all(self, ch: _Channel, position: Position) -> list[Action]:
+        ch.position = position
+        actions: list[Action] = []
+        for sub in ch.subscriptions.values():
+            if sub.buffer is not None:
+                sub.buffer.append(position)
+            elif sub.reset(position):
+                actions.append(Reset(sub.key, ch.name, position))
+        return actions
+
+    def _fan_out(self, ch: _Channel, pub: Publication) -> list[Action]:
+        ch.position = pub.position
+        actions: list[Action] = []
+        to: list[Hashable] = []
+        for sub in ch.subscriptions.values():
+            if sub.buffer is not None:
+                sub.buffer.append(pub)
+                continue
+            reset, deliver = sub.offer(pub)
+            if reset is not None:
+                actions.append(Reset(sub.key, ch.name, reset))
+            if deliver:
+                to.append(sub.key)
+        if to:
+            actions.append(Deliver(pub, tuple(to)))
+        return actions
+
+    # -- subscription level -------------------------------------------------------------
+
+    def _start(self, sub: _Subscription, history: HistoryResult) -> list[Action]:
+        buffer, sub.buffer = sub.buffer, None
+        assert buffer is not None
+        sub.channel.pending -= 1
+        top = history.top
+        recovered: bool | None
+        out: list[Publication]
+        if history.publications is None:
+            recovered, out = False, []
+        else:
+            recovered = None if sub.since is None else True
+            out = list(history.publications)
+        sub.position = top
+        if sub.since is not None and sub.since.epoch != top.epoch:
+            sub.left.add(sub.since.epoch)
+        reset_at: tuple[Position, int] | None = None
+        for item in buffer:
+            if isinstance(item, Position):
+                if sub.reset(item):
+                    reset_at = (item, len(out))
+                continue
+            reset, deliver = sub.offer(item)
+            if reset is not None:
+                reset_at = (reset, len(out))
+            if deliver:
+                out.append(item)
+        if reset_at is not None:
+            # A buffered event did not follow on from history: start from a reset to
+            # the last such position and deliver what came after it.
+            top, recovered, out = reset_at[0], False, out[reset_at[1] :]
+        return [SubscriptionReady(sub.key, top, recovered, tuple(out))]
+
