@@ -375,3 +375,134 @@ def test_lossy_delivery_never_produces_a_silent_gap(deliveries, history_size):
     assert final == ("e1", last.seq)
     if history_size >= len(deliveries):
         assert rec.seqs == list(range(1, len(deliveries) + 1))
+
+
+# -- never backwards (docs/protocol.md section 3), under random interleavings ------------------
+
+_STEPS = st.one_of(
+    st.tuples(st.just("publish"), st.sampled_from(["deliver", "lose", "repeat", "late"])),
+    st.tuples(st.just("deliver_late"), st.just(None)),
+    st.tuples(st.just("flush"), st.just(None)),
+    st.tuples(st.just("reconnect"), st.just(None)),
+    st.tuples(st.just("hold_history"), st.just(None)),
+    st.tuples(st.just("release_history"), st.sampled_from([None, "fail"])),
+    st.tuples(st.just("retry_due"), st.just(None)),
+    st.tuples(st.just("subscribe"), st.one_of(st.none(), st.integers(min_value=0, max_value=60), st.just("ahead"))),
+    st.tuples(st.just("cancel"), st.integers(min_value=0, max_value=10)),
+)
+
+
+class _Client:
+    """One subscription seen from its client: the SubscribeResult, then live events."""
+
+    def __init__(self, bus, since):
+        self.since = since
+        self.rec = RecordingSubscriber()
+        self.result = None
+        self.failed = False
+        self.sub = bus.subscribe("c", self.rec, since)
+        self.sub.ready.addCallbacks(self._ready, self._failed)
+
+    def _ready(self, result):
+        assert not self.rec.events, "live delivery before the subscription went live"
+        self.result = result
+
+    def _failed(self, failure):
+        self.failed = True
+
+    def stream(self):
+        """The start position and the events after `subscribed`, as ("message"|"reset", epoch, seq)."""
+        res = self.result
+        start = self.since if res.recovered else res.top
+        events = []
+        if res.recovered is False:
+            events.append(("reset", res.top.epoch, res.top.seq))
+        events += [("message", p.publication.epoch, p.publication.seq) for p in res.publications]
+        events += [(kind, epoch, seq) for kind, _channel, epoch, seq in self.rec.events]
+        return (start.epoch, start.seq), events
+
+
+def _check_never_backwards(start, events):
+    """Never a reset below what was given in the same epoch, never a publication twice, never a
+    silent gap, never back to an epoch that was left; returns the final position."""
+    pos = start
+    given = {start[0]: start[1]}
+    seen, left = set(), set()
+    for kind, epoch, seq in events:
+        assert epoch not in left, f"back to the old epoch {epoch}: {events}"
+        if kind == "reset":
+            assert seq >= given.get(epoch, 0), f"reset to {epoch}:{seq} after {given[epoch]}: {start} {events}"
+        else:
+            assert (epoch, seq) not in seen, f"{epoch}:{seq} delivered twice: {start} {events}"
+            assert (epoch, seq - 1) == pos, f"{epoch}:{seq} does not follow {pos}: {start} {events}"
+            seen.add((epoch, seq))
+        if epoch != pos[0]:
+            left.add(pos[0])
+        pos = (epoch, seq)
+        given[epoch] = max(given.get(epoch, 0), seq)
+    return pos
+
+
+@settings(max_examples=400, deadline=None)
+@given(steps=st.lists(_STEPS, min_size=1, max_size=40), history_size=st.integers(min_value=1, max_value=20))
+def test_random_interleavings_never_go_backwards(steps, history_size):
+    """Random interleavings of publications (delivered, lost, repeated, handed over late), Redis
+    losing its data (a new epoch), broker reconnects, history reads held back, failing and
+    retried, and subscriptions joining (with or without `since`) and leaving: every subscription
+    is never reset backwards within an epoch, never gets a publication twice, never skips
+    silently, never returns to an epoch it left, and ends at the channel's top."""
+    bus, broker, clock = make(ManualBroker(history_size=history_size))
+    clients, published, late = [], [], []
+    for step, arg in steps:
+        if step == "publish":
+            pub = publish_and_deliver(bus, broker, "c", deliver=False)
+            published.append(pub)
+            if arg in ("deliver", "repeat"):
+                broker.deliver(pub)
+            if arg == "repeat":
+                broker.deliver(pub)
+            if arg == "late":
+                late.append(pub)
+        elif step == "deliver_late":
+            for pub in late:
+                broker.deliver(pub)
+            late.clear()
+        elif step == "flush":
+            broker.restart_stream("c")
+        elif step == "reconnect":
+            bus.broker_reconnected()
+        elif step == "hold_history":
+            broker.hold_history = True
+        elif step == "release_history":
+            broker.hold_history = False
+            broker.release_history(Unavailable("down") if arg == "fail" else None)
+        elif step == "retry_due":
+            clock.advance(GAP_RETRY_SECONDS)
+        elif step == "subscribe":
+            since = None
+            if arg == "ahead":
+                top = broker.stream("c").top
+                since = Position(top.epoch, top.seq + 2)
+            elif arg is not None and published:
+                since = published[arg % len(published)].position
+            clients.append(_Client(bus, since))
+        elif step == "cancel" and clients:
+            clients[arg % len(clients)].sub.cancel()
+    # Settle: hand over everything, let the node catch up with history.
+    broker.hold_history = False
+    for _ in range(3):
+        broker.release_history()
+        for pub in late:
+            broker.deliver(pub)
+        late.clear()
+        bus.broker_reconnected()
+        clock.advance(GAP_RETRY_SECONDS)
+    top = broker.stream("c").top
+    for client in clients:
+        if client.failed or (not client.sub.active and client.result is None):
+            continue
+        assert client.result is not None, "a subscription never went live"
+        final = _check_never_backwards(*client.stream())
+        if client.sub.active:
+            assert final == (top.epoch, top.seq), client.stream()
+    assert bus.pending_timers == 0
