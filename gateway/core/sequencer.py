@@ -14,29 +14,34 @@ Two levels of position
 position it was reset to).  Live publications are checked against it: the next seq
 is passed on; a repeat is dropped; a gap *or another epoch* is held back, with
 everything after it, while history is asked what happened (:class:`FetchHistory`
-with ``subscription=None``).  Publications are never trusted to announce a new
-epoch on their own: a message of an old epoch handed over late (buffered across a
-reconnect) must not move anyone back to it.  The answer either continues the
-position (its publications are passed on), or shows a new epoch that already has
-publications (history is read again from that epoch's start, so subscribers get
-them all), or cannot continue it (history trimmed, or a new empty epoch): then the
-channel is reset to the top.  Held publications of another epoch than the answer's,
-received before that read was sent, belong to an epoch that is gone and are dropped.
+with ``subscription=None``; one such read at a time, retried on failure).  A
+publication never announces a new epoch on its own: a message of an old epoch handed
+over late (buffered across a reconnect) must not move anyone back to it.  The answer
+either continues the position (its publications are passed on), or shows a new
+epoch that already has publications (history is read again from that epoch's start,
+so subscribers get them all, after a reset to (epoch, 0)), or cannot continue it
+(history trimmed, or a new empty epoch): then the channel is reset to the top.  Held
+publications of another epoch than the answer's that arrived before that read was
+sent belong to an epoch that is gone and are dropped.
 
 *Each subscription's position* is what its client was last given: by the start of
-the subscription (``subscribed``, a ``reset``), a message or a reset.  Subscriptions
-can be ahead of the node position (a client that subscribed while pub/sub lagged
-behind history, or after Redis lost its data, is told the newer top at once), so
-every node-level event is filtered per subscription, docs/protocol.md section 3
-"Never backwards":
+the subscription (``subscribed``, a ``reset``), a message or a reset.  It can be
+ahead of the node position: a client that subscribes while pub/sub lags behind
+history, or after Redis lost its data, is told the newer top by its own history
+read at once.  So every node-level event is filtered per subscription
+(docs/protocol.md section 3, "Never backwards"):
 
 * a publication at or below the subscription's position in its epoch is not
-  delivered again;
-* a reset to a seq at or below the position in the same epoch is not sent;
-* nothing of an epoch the subscription has left is delivered or reset to (epochs
-  never come back);
-* a publication that does not follow on (another epoch, or a gap) is preceded by a
-  reset to the position just before it, never skipped silently.
+  delivered again, and a reset to such a position is not sent;
+* a publication that does not follow on is preceded by a reset to the position just
+  before it, never skipped silently;
+* an event of *another* epoch moves the subscription only when the node learned that
+  epoch from a read sent after the subscription learned its own.  Epoch names carry
+  no order, so the order of the reads decides which one is newer; a logical clock
+  (a tick per publication, request and answer) records it.  When a subscription
+  starts in another epoch than the node's and neither read is known to be the newer,
+  the node reads history once more; that read is newer than both, and moves
+  whichever is behind.
 
 A subscription starts *pending*: from the moment it is asked for until its history
 answer arrives, node-level events are buffered on it; then history and the buffer
@@ -179,7 +184,7 @@ Action = (
 
 
 class _Subscription:
-    __slots__ = ("buffer", "channel", "key", "left", "position", "since")
+    __slots__ = ("buffer", "channel", "key", "learned", "position", "since")
 
     def __init__(self, key: Hashable, channel: _Channel, since: Position | None) -> None:
         self.key = key
@@ -187,49 +192,49 @@ class _Subscription:
         self.since = since
         # What the client was last given; None while pending.
         self.position: Position | None = None
-        # Epochs the client has moved on from: nothing of them is delivered again.
-        self.left: set[str] = set()
+        # When the epoch of the position became known (a tick; see Sequencer._now).
+        self.learned = 0
         # Node-level events while pending (publications and reset positions); None once live.
         self.buffer: list[Publication | Position] | None = []
 
-    def offer(self, pub: Publication) -> tuple[Position | None, bool]:
-        """Check ``pub`` against the position: (a reset to send first or None, deliver it?)."""
+    def offer(self, pub: Publication, newer: bool) -> tuple[Position | None, bool]:
+        """Check ``pub`` against the position: (a reset to send first or None, deliver it?).
+
+        ``newer`` says whether the node learned the publication's epoch after this
+        subscription learned its own: only then may it move the subscription to it.
+        """
         pos = self.position
         assert pos is not None
-        if pub.epoch in self.left:
-            return None, False
         if pub.epoch == pos.epoch:
             if pub.seq <= pos.seq:
                 return None, False
             if pub.seq == pos.seq + 1:
                 self.position = pub.position
                 return None, True
+        elif not newer:
+            return None, False
         # Another epoch, or a gap: never skip silently.
         reset = Position(pub.epoch, pub.seq - 1)
-        self.move(reset)
         self.position = pub.position
         return reset, True
 
-    def reset(self, position: Position) -> bool:
+    def reset(self, position: Position, newer: bool) -> bool:
         """Move to ``position`` unless that would go backwards; True when the client must be told."""
         pos = self.position
         assert pos is not None
-        if position.epoch in self.left or (position.epoch == pos.epoch and position.seq <= pos.seq):
+        if position.epoch == pos.epoch:
+            if position.seq <= pos.seq:
+                return False
+        elif not newer:
             return False
-        self.move(position)
-        return True
-
-    def move(self, position: Position) -> None:
-        assert self.position is not None
-        if position.epoch != self.position.epoch:
-            self.left.add(self.position.epoch)
         self.position = position
+        return True
 
 
 class _Channel:
     __slots__ = (
-        "fill_request", "filling", "held", "name", "pending", "position", "read_after", "received", "refill",
-        "subscribed", "subscriptions",
+        "confirmed_answer", "confirmed_sent", "fill_request", "filling", "held", "name", "pending", "position",
+        "refill", "subscribed", "subscriptions",
     )  # fmt: skip
 
     def __init__(self, name: str) -> None:
@@ -240,16 +245,16 @@ class _Channel:
         self.subscribed = False
         # The node position; None until the first history answer says where the stream is.
         self.position: Position | None = None
-        # Publications held back (with their arrival number) while unpositioned or filling.
+        # When the history read that established the position's epoch was sent and answered.
+        self.confirmed_sent = 0
+        self.confirmed_answer = 0
+        # Publications held back (with their arrival tick) while unpositioned or filling.
         self.held: deque[tuple[int, Publication]] = deque()
-        # Publications received so far, numbering arrivals.
-        self.received = 0
-        # Arrivals up to this number came before the last history read that positioned the node.
-        self.read_after = 0
         # A gap fill is outstanding: a read in flight or a retry scheduled.
         self.filling = False
         self.fill_request: int | None = None
-        # The broker reconnected while a read was in flight: read again afterwards.
+        # A fresh read is needed once the one in flight is answered (a broker reconnect,
+        # or a subscription that started in another epoch than the node's).
         self.refill = False
 
 
@@ -258,7 +263,7 @@ class _Request:
     kind: str  # "subscribe", "history" or "fill"
     channel: _Channel
     subscription: _Subscription | None = None
-    sent_at: int = 0
+    sent: int = 0
 
 
 class Sequencer:
@@ -278,6 +283,13 @@ class Sequencer:
         self._subscriptions: dict[Hashable, _Subscription] = {}
         self._requests: dict[int, _Request] = {}
         self._next_request = 0
+        # A logical clock: every publication, request and answer gets the next tick.
+        # A read sent after another read was answered saw a later state of the stream.
+        self._ticks = 0
+
+    def _now(self) -> int:
+        self._ticks += 1
+        return self._ticks
 
     # -- queries -------------------------------------------------------------------
 
@@ -375,19 +387,27 @@ class Sequencer:
         req = self._answer(request)
         if req is None:
             return []
+        answered = self._now()
         ch = req.channel
         if req.kind == "fill":
-            return self._filled(ch, req, history)
+            return self._filled(ch, req, answered, history)
         sub = req.subscription
         assert sub is not None
         if self._subscriptions.get(sub.key) is not sub or sub.buffer is None:
             return []
         actions: list[Action] = []
         if ch.position is None:
-            ch.position = history.top
-            ch.read_after = req.sent_at
+            self._confirm(ch, history.top, req, answered)
             actions += self._fill(ch) if ch.refill else self._release(ch)
-        actions += self._start(sub, history)
+        actions += self._start(sub, history, answered)
+        assert ch.position is not None and sub.position is not None
+        if sub.position.epoch != ch.position.epoch:
+            # Which of the two epochs is the newer is not known (the reads overlapped):
+            # a fresh node-level read decides.
+            if not ch.filling:
+                actions += self._fill(ch)
+            elif ch.fill_request is not None:
+                ch.refill = True
         return actions
 
     def history_failed(self, request: int) -> list[Action]:
@@ -416,11 +436,11 @@ class Sequencer:
         ch = self._channels.get(pub.channel)
         if ch is None:
             return []
-        ch.received += 1
+        arrived = self._now()
         if ch.position is None or ch.filling:
-            ch.held.append((ch.received, pub))
+            ch.held.append((arrived, pub))
             return []
-        return self._accept(ch, ch.received, pub)
+        return self._accept(ch, arrived, pub)
 
     def broker_reconnected(self) -> list[Action]:
         """The broker's delivery connection came back: publications may have been lost."""
@@ -450,23 +470,28 @@ class Sequencer:
 
     def _read_for(self, sub: _Subscription) -> FetchHistory:
         ch = sub.channel
-        request = self._request(_Request("history", ch, sub, ch.received))
+        request = self._request(_Request("history", ch, sub, self._now()))
         return FetchHistory(ch.name, sub.since, request, sub.key)
 
     def _fill(self, ch: _Channel) -> list[Action]:
         assert ch.position is not None
         ch.filling = True
         ch.refill = False
-        ch.fill_request = self._request(_Request("fill", ch, None, ch.received))
+        ch.fill_request = self._request(_Request("fill", ch, None, self._now()))
         return [FetchHistory(ch.name, ch.position, ch.fill_request)]
 
-    def _filled(self, ch: _Channel, req: _Request, history: HistoryResult) -> list[Action]:
+    @staticmethod
+    def _confirm(ch: _Channel, position: Position, req: _Request, answered: int) -> None:
+        ch.position = position
+        ch.confirmed_sent, ch.confirmed_answer = req.sent, answered
+
+    def _filled(self, ch: _Channel, req: _Request, answered: int, history: HistoryResult) -> list[Action]:
         ch.fill_request = None
-        ch.read_after = req.sent_at
         pos, top = ch.position, history.top
         assert pos is not None
         actions: list[Action] = []
         if history.publications is not None:
+            self._confirm(ch, pos, req, answered)
             for pub in history.publications:
                 actions += self._fan_out(ch, pub)
         elif top.epoch != pos.epoch and top.seq > 0:
@@ -476,9 +501,19 @@ class Sequencer:
             ch.position = Position(top.epoch, 0)
             return self._fill(ch)
         else:
+            self._confirm(ch, pos, req, answered)
             if top.epoch == pos.epoch:
                 actions.append(GapNotFilled(ch.name, pos, top))
             actions += self._reset_all(ch, top)
+        # A subscription that started in another epoch, from a read older than this one,
+        # is behind: it continues after the node position.
+        node = ch.position
+        assert node is not None
+        for sub in ch.subscriptions.values():
+            if sub.buffer is None and sub.position is not None and sub.position.epoch != node.epoch:
+                if sub.reset(node, self._newer(ch, sub)):
+                    actions.append(Reset(sub.key, ch.name, node))
+                    sub.learned = ch.confirmed_answer
         ch.filling = False
         if ch.refill:
             return actions + self._fill(ch)
@@ -487,11 +522,11 @@ class Sequencer:
     def _release(self, ch: _Channel) -> list[Action]:
         actions: list[Action] = []
         while ch.held and not ch.filling:
-            number, pub = ch.held.popleft()
-            actions += self._accept(ch, number, pub)
+            arrived, pub = ch.held.popleft()
+            actions += self._accept(ch, arrived, pub)
         return actions
 
-    def _accept(self, ch: _Channel, number: int, pub: Publication) -> list[Action]:
+    def _accept(self, ch: _Channel, arrived: int, pub: Publication) -> list[Action]:
         pos = ch.position
         assert pos is not None
         if pub.epoch == pos.epoch:
@@ -499,12 +534,17 @@ class Sequencer:
                 return []
             if pub.seq == pos.seq + 1:
                 return self._fan_out(ch, pub)
-        elif number <= ch.read_after:
+        elif arrived < ch.confirmed_sent:
             # Received before the read that found the current epoch: its epoch is gone.
             return []
         # A gap, or another epoch: hold it (and what follows) and ask history.
-        ch.held.appendleft((number, pub))
+        ch.held.appendleft((arrived, pub))
         return self._fill(ch)
+
+    @staticmethod
+    def _newer(ch: _Channel, sub: _Subscription) -> bool:
+        """Whether the node's epoch was confirmed by a read sent after ``sub`` learned its own."""
+        return ch.confirmed_sent > sub.learned
 
     def _reset_all(self, ch: _Channel, position: Position) -> list[Action]:
         ch.position = position
@@ -512,7 +552,8 @@ class Sequencer:
         for sub in ch.subscriptions.values():
             if sub.buffer is not None:
                 sub.buffer.append(position)
-            elif sub.reset(position):
+            elif sub.reset(position, self._newer(ch, sub)):
+                sub.learned = max(sub.learned, ch.confirmed_answer)
                 actions.append(Reset(sub.key, ch.name, position))
         return actions
 
@@ -524,8 +565,9 @@ class Sequencer:
             if sub.buffer is not None:
                 sub.buffer.append(pub)
                 continue
-            reset, deliver = sub.offer(pub)
+            reset, deliver = sub.offer(pub, self._newer(ch, sub))
             if reset is not None:
+                sub.learned = max(sub.learned, ch.confirmed_answer)
                 actions.append(Reset(sub.key, ch.name, reset))
             if deliver:
                 to.append(sub.key)
@@ -535,7 +577,7 @@ class Sequencer:
 
     # -- subscription level -------------------------------------------------------------
 
-    def _start(self, sub: _Subscription, history: HistoryResult) -> list[Action]:
+    def _start(self, sub: _Subscription, history: HistoryResult, answered: int) -> list[Action]:
         buffer, sub.buffer = sub.buffer, None
         assert buffer is not None
         sub.channel.pending -= 1
@@ -547,16 +589,16 @@ class Sequencer:
         else:
             recovered = None if sub.since is None else True
             out = list(history.publications)
-        sub.position = top
-        if sub.since is not None and sub.since.epoch != top.epoch:
-            sub.left.add(sub.since.epoch)
+        sub.position, sub.learned = top, answered
+        # Everything buffered was passed on by the node before this answer: of another
+        # epoch, it is not known to be newer than the answer's and is left out.
         reset_at: tuple[Position, int] | None = None
         for item in buffer:
             if isinstance(item, Position):
-                if sub.reset(item):
+                if sub.reset(item, newer=False):
                     reset_at = (item, len(out))
                 continue
-            reset, deliver = sub.offer(item)
+            reset, deliver = sub.offer(item, newer=False)
             if reset is not None:
                 reset_at = (reset, len(out))
             if deliver:
@@ -566,4 +608,3 @@ class Sequencer:
             # the last such position and deliver what came after it.
             top, recovered, out = reset_at[0], False, out[reset_at[1] :]
         return [SubscriptionReady(sub.key, top, recovered, tuple(out))]
-

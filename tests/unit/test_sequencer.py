@@ -243,12 +243,16 @@ def test_flushall_then_pubsub_reconnect_does_not_reset_a_client_backwards():
     live(s, "early", P(E1, 3))
     late = live(s, "late", P(E2, 3), since=P(E1, 3), seqs=None)
     assert [("subscribed", E2, 3), ("reset", E2, 3)] == stream(late, "late")
-    fill = fetch(s.broker_reconnected())
+    # The late client is in another epoch than the node: the node asks history.
+    fill = fetch(late)
     assert fill.since == P(E1, 3)
+    assert [] == s.broker_reconnected()  # that read is in flight: a later one must follow it
     refill = fetch(s.history_received(fill.request, answer(P(E2, 3), None)))
+    assert refill.since == P(E2, 0)
     actions = s.history_received(refill.request, answer(P(E2, 3), [1, 2, 3]))
     assert [] == stream(actions, "late")
     assert [("reset", E2, 0), ("message", E2, 1), ("message", E2, 2), ("message", E2, 3)] == stream(actions, "early")
+    assert [] == [a for a in actions if isinstance(a, FetchHistory)]  # the second read came after the reconnect
     assert [Deliver(pub(4, E2), ("early", "late"))] == s.publication_received(pub(4, E2))
 
 
@@ -265,16 +269,40 @@ def test_reset_below_a_subscription_position_is_not_sent():
     assert [Deliver(pub(10), ("behind", "ahead"))] == s.publication_received(pub(10))
 
 
-def test_nothing_of_an_epoch_a_subscription_left_reaches_it():
-    """A subscription that moved on to a new epoch is never reset back to the old one."""
+def test_subscription_in_a_newer_epoch_is_not_moved_back_by_an_older_read():
+    """A node-level read sent before a subscription learned its (newer) epoch does not reset it
+    to the old epoch; the node reads again and then moves everyone to the new epoch."""
     s = Sequencer()
     live(s, "early", P(E1, 3))
-    live(s, "late", P(E2, 3), since=P(E1, 3), seqs=None)
-    fill = fetch(s.publication_received(pub(9)))
-    # A read older than the flush: E1 trimmed up to 9.
+    fill = fetch(s.publication_received(pub(9)))  # sent before the flush
+    late = live(s, "late", P(E2, 3), since=P(E1, 3), seqs=None)
+    assert [] == [a for a in late if isinstance(a, FetchHistory)]  # one is in flight; it follows
+    # The older read: E1, trimmed up to 9.
     actions = s.history_received(fill.request, answer(P(E1, 9), None))
     assert [("reset", E1, 9)] == stream(actions, "early")
     assert [] == stream(actions, "late")
+    refill = fetch(actions)
+    again = fetch(s.history_received(refill.request, answer(P(E2, 3), None)))
+    actions = s.history_received(again.request, answer(P(E2, 3), [1, 2, 3]))
+    assert [("reset", E2, 0), ("message", E2, 1), ("message", E2, 2), ("message", E2, 3)] == stream(actions, "early")
+    assert [] == stream(actions, "late")
+
+
+def test_subscription_in_an_older_epoch_than_the_node_is_moved_on_by_the_next_read():
+    """A subscription whose read saw the epoch before the node's (overlapping reads across a flush)
+    is reset to the node position by the node's next read, sent after it started."""
+    s = Sequencer()
+    live(s, "a", P(E1, 3))
+    read = fetch(s.subscribe("b", "c"))
+    fill = fetch(s.publication_received(pub(1, E2)))
+    refill = fetch(s.history_received(fill.request, answer(P(E2, 1), None)))
+    s.history_received(refill.request, answer(P(E2, 1), [1]))
+    # b's read was answered from before the flush.
+    started = s.history_received(read.request, answer(P(E1, 3)))
+    assert [("subscribed", E1, 3)] == stream(started, "b")
+    check = fetch(started)
+    assert [Reset("b", "c", P(E2, 1))] == s.history_received(check.request, answer(P(E2, 1), ()))
+    assert [Deliver(pub(2, E2), ("a", "b"))] == s.publication_received(pub(2, E2))
 
 
 def test_old_epoch_message_handed_over_late_is_dropped():
