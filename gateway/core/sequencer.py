@@ -510,10 +510,10 @@ class Sequencer:
         node = ch.position
         assert node is not None
         for sub in ch.subscriptions.values():
-            if sub.buffer is None and sub.position is not None and sub.position.epoch != node.epoch:
-                if sub.reset(node, self._newer(ch, sub)):
-                    actions.append(Reset(sub.key, ch.name, node))
-                    sub.learned = ch.confirmed_answer
+            behind = sub.buffer is None and sub.position is not None and sub.position.epoch != node.epoch
+            if behind and sub.reset(node, self._newer(ch, sub)):
+                actions.append(Reset(sub.key, ch.name, node))
+                sub.learned = ch.confirmed_answer
         ch.filling = False
         if ch.refill:
             return actions + self._fill(ch)
