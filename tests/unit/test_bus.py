@@ -339,6 +339,46 @@ def test_publish_hook_crashing_before_is_internal_error():
 
 
 
+def test_subscriber_publishing_from_its_callback_keeps_everyone_in_order():
+    """A subscriber that publishes while receiving (the in-memory broker delivers at once) does not
+    make other subscribers see the new publication before the one being delivered."""
+    bus = Bus(InMemoryBroker(), Clock())
+    bus.start()
+
+    class Echo(RecordingSubscriber):
+        def on_publication(self, prepared):
+            super().on_publication(prepared)
+            if prepared.publication.seq == 1:
+                bus.publish("c", "echo")
+
+    echo, other = Echo(), RecordingSubscriber()
+    bus.subscribe("c", echo)
+    bus.subscribe("c", other)
+    result_of(bus.publish("c", "first"))
+    assert [e[0] for e in other.events] == ["message", "message"]
+    assert (echo.seqs, other.seqs) == ([1, 2], [1, 2])
+
+
+def test_publication_buffered_while_subscribing_is_encoded_once():
+    """A publication that reaches live subscribers and, buffered, subscriptions still starting is
+    the very same prepared object for all of them."""
+    bus, broker, _ = make()
+    seen = []
+
+    class Sub(RecordingSubscriber):
+        def on_publication(self, prepared):
+            seen.append(prepared)
+
+    bus.subscribe("c", Sub())
+    broker.hold_history = True
+    starting = [bus.subscribe("c", RecordingSubscriber()) for _ in range(2)]
+    publish_and_deliver(bus, broker, "c")
+    broker.release_history()
+    results = [result_of(sub.ready) for sub in starting]
+    assert [p.publication.seq for r in results for p in r.publications] == [1, 1]
+    assert seen[0] is results[0].publications[0] is results[1].publications[0]
+
+
 def _no_silent_gap(events):
     """Every message follows the previous position by exactly one, or a reset said where to go on from."""
     pos = None

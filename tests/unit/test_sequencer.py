@@ -364,3 +364,17 @@ def test_pending_subscription_sees_node_resets_in_its_merge():
     s.history_received(fill.request, answer(P(E1, 6), None))
     ready = s.history_received(read.request, answer(P(E1, 1), ()))
     assert [SubscriptionReady("b", P(E1, 6), False, ())] == ready
+
+
+def test_buffered_publication_of_an_older_epoch_does_not_move_a_starting_subscription_back():
+    """A subscription whose history read found the new epoch is not moved back by an old-epoch
+    publication the node passed on while it was starting; it gets the new epoch's publications."""
+    s = Sequencer()
+    live(s, "a", P(E1, 0))
+    read = fetch(s.subscribe("b", "c"))
+    s.publication_received(pub(1))  # published before the flush, arrives late
+    started = s.history_received(read.request, answer(P(E2, 0)))
+    assert [("subscribed", E2, 0)] == stream(started, "b")
+    check = fetch(started)  # b is in another epoch than the node: the node reads again
+    assert [("reset", E2, 0)] == stream(s.history_received(check.request, answer(P(E2, 0), None)), "a")
+    assert [Deliver(pub(1, E2), ("a", "b"))] == s.publication_received(pub(1, E2))
