@@ -271,7 +271,7 @@ class Bus:
             if sub is not None:
                 self._call(sub, sub.subscriber.on_reset, action.channel, action.position)
         elif isinstance(action, sq.FetchHistory):
-            d = self.broker.history(action.channel, action.since)
+            d = defer.maybeDeferred(self.broker.history, action.channel, action.since)
             d.addCallbacks(self._history_received, self._history_failed, (action.request,), errbackArgs=(action.request,))
         elif isinstance(action, sq.SubscriptionReady):
             sub = self._live(action.subscription)
@@ -285,12 +285,12 @@ class Bus:
                 assert failure is not None
                 sub.ready.errback(failure)
         elif isinstance(action, sq.SubscribeChannel):
-            d = self.broker.subscribe(action.channel)
+            d = defer.maybeDeferred(self.broker.subscribe, action.channel)
             d.addCallbacks(self._broker_subscribed, self._broker_subscribe_failed, (action.request,), errbackArgs=(action.request,))
         elif isinstance(action, sq.UnsubscribeChannel):
             self._cancel_retry(action.channel)
             self._prepared.pop(action.channel, None)
-            d = self.broker.unsubscribe(action.channel)
+            d = defer.maybeDeferred(self.broker.unsubscribe, action.channel)
             d.addErrback(self._log_unsubscribe_failure, action.channel)
         elif isinstance(action, sq.ScheduleRetry):
             self._log.warn(

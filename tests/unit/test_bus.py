@@ -278,6 +278,21 @@ def test_broker_subscribe_failure_fails_every_pending_subscription():
     assert attempts == ["c", "c"]
 
 
+def test_broker_raising_instead_of_failing_fails_the_subscription():
+    """A broker whose history() raises instead of returning a failed Deferred fails the
+    subscription with `unavailable`; it does not leave it waiting forever."""
+    broker = ManualBroker()
+
+    def raising_history(channel, since):
+        raise RuntimeError("broker bug")
+
+    broker.history = raising_history
+    bus, _, _ = make(broker)
+    sub = bus.subscribe("c", RecordingSubscriber())
+    assert result_of(sub.ready).check(Unavailable)
+    assert bus.channels == []
+
+
 def test_publish_when_broker_down_fails_fast():
     """Publishing while the broker is not ready fails at once with Unavailable."""
     bus, broker, _ = make()
