@@ -46,6 +46,10 @@ read at once.  So every node-level event is filtered per subscription
 A subscription starts *pending*: from the moment it is asked for until its history
 answer arrives, node-level events are buffered on it; then history and the buffer
 are merged (:class:`SubscriptionReady`), with the same filter, and it goes live.
+An answer older than what the node had already passed on (reads overlap; the node
+may have been positioned by a newer one) would leave a hole that no buffer covers:
+the subscription then reads again (up to :data:`MAX_READS` reads, then it starts
+with a reset rather than a silent gap).
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ import attrs
 from gateway.core.model import HistoryResult, Position, Publication
 
 __all__ = [
+    "MAX_READS",
     "Action",
     "Deliver",
     "FetchHistory",
@@ -70,6 +75,11 @@ __all__ = [
     "SubscriptionReady",
     "UnsubscribeChannel",
 ]
+
+
+# A starting subscription whose history answer is older than the node's position
+# reads again, at most this many times in all (then it starts with a reset).
+MAX_READS = 3
 
 
 # -- actions -----------------------------------------------------------------------
@@ -184,7 +194,7 @@ Action = (
 
 
 class _Subscription:
-    __slots__ = ("buffer", "channel", "key", "learned", "position", "since")
+    __slots__ = ("buffer", "channel", "key", "learned", "position", "reads", "since")
 
     def __init__(self, key: Hashable, channel: _Channel, since: Position | None) -> None:
         self.key = key
@@ -196,6 +206,8 @@ class _Subscription:
         self.learned = 0
         # Node-level events while pending (publications and reset positions); None once live.
         self.buffer: list[Publication | Position] | None = []
+        # History reads sent for its start.
+        self.reads = 0
 
     def offer(self, pub: Publication, newer: bool) -> tuple[Position | None, bool]:
         """Check ``pub`` against the position: (a reset to send first or None, deliver it?).
@@ -400,8 +412,8 @@ class Sequencer:
             self._confirm(ch, history.top, req, answered)
             actions += self._fill(ch) if ch.refill else self._release(ch)
         actions += self._start(sub, history, answered)
-        assert ch.position is not None and sub.position is not None
-        if sub.position.epoch != ch.position.epoch:
+        assert ch.position is not None
+        if sub.position is not None and sub.position.epoch != ch.position.epoch:
             # Which of the two epochs is the newer is not known (the reads overlapped):
             # a fresh node-level read decides.
             if not ch.filling:
@@ -470,6 +482,7 @@ class Sequencer:
 
     def _read_for(self, sub: _Subscription) -> FetchHistory:
         ch = sub.channel
+        sub.reads += 1
         request = self._request(_Request("history", ch, sub, self._now()))
         return FetchHistory(ch.name, sub.since, request, sub.key)
 
@@ -578,9 +591,10 @@ class Sequencer:
     # -- subscription level -------------------------------------------------------------
 
     def _start(self, sub: _Subscription, history: HistoryResult, answered: int) -> list[Action]:
-        buffer, sub.buffer = sub.buffer, None
+        buffer = sub.buffer
         assert buffer is not None
-        sub.channel.pending -= 1
+        node = sub.channel.position
+        assert node is not None
         top = history.top
         recovered: bool | None
         out: list[Publication]
@@ -593,16 +607,29 @@ class Sequencer:
         # Everything buffered was passed on by the node before this answer: of another
         # epoch, it is not known to be newer than the answer's and is left out.
         reset_at: tuple[Position, int] | None = None
+        behind = False
         for item in buffer:
             if isinstance(item, Position):
                 if sub.reset(item, newer=False):
                     reset_at = (item, len(out))
                 continue
+            if item.epoch == sub.position.epoch and item.seq > sub.position.seq + 1:
+                behind = True
             reset, deliver = sub.offer(item, newer=False)
             if reset is not None:
                 reset_at = (reset, len(out))
             if deliver:
                 out.append(item)
+        behind = behind or (sub.position.epoch == node.epoch and sub.position.seq < node.seq)
+        if behind and sub.reads < MAX_READS:
+            # The read is older than what the node had passed on when the subscription
+            # was asked for (reads overlap): what lies between is in no buffer.  Read
+            # again; that answer reaches at least the node position, and the buffer
+            # continues it.
+            sub.position = None
+            return [self._read_for(sub)]
+        sub.buffer = None
+        sub.channel.pending -= 1
         if reset_at is not None:
             # A buffered event did not follow on from history: start from a reset to
             # the last such position and deliver what came after it.

@@ -6,6 +6,7 @@ import pytest
 
 from gateway.core.model import HistoryResult, Position, Publication
 from gateway.core.sequencer import (
+    MAX_READS,
     Deliver,
     FetchHistory,
     GapNotFilled,
@@ -115,16 +116,46 @@ def test_live_publications_while_subscribing_follow_history_without_repeats():
     assert [Deliver(pub(4), ("a", "b"))] == s.publication_received(pub(4))
 
 
-def test_buffered_event_that_does_not_follow_history_starts_with_a_reset():
-    """A buffered publication that does not follow the history answer starts the subscription
-    from a reset to the position before it, with what followed it."""
+def test_history_answer_older_than_the_node_is_read_again():
+    """A history answer older than what the node had passed on when the subscription was asked
+    for (overlapping reads) leaves a hole no buffer covers: the subscription reads again."""
     s = Sequencer()
     live(s, "a", P(E1, 1))
     read = fetch(s.subscribe("b", "c"))
     s.publication_received(pub(2))
     s.publication_received(pub(3))
-    # An older read: top 0 and nothing after it, so the buffered 2 does not follow.
-    ready = s.history_received(read.request, answer(P(E1, 0)))
+    again = fetch(s.history_received(read.request, answer(P(E1, 0))))
+    assert (again.subscription, again.since) == ("b", None)
+    assert s.is_pending("b")
+    s.publication_received(pub(4))
+    assert [SubscriptionReady("b", P(E1, 3), None, (pub(4),))] == s.history_received(again.request, answer(P(E1, 3)))
+
+
+def test_answer_behind_the_node_without_buffered_publications_is_read_again():
+    """A first answer behind the node position (another subscription's newer read positioned the
+    node and the publication in between was dropped as seen) is read again, not left behind."""
+    s = Sequencer()
+    (take,) = s.subscribe("a", "c")
+    read_a = fetch(s.broker_subscribed(take.request))
+    read_b = fetch(s.subscribe("b", "c"))
+    assert [] == s.publication_received(pub(1))
+    assert [SubscriptionReady("b", P(E1, 1), None, ())] == s.history_received(read_b.request, answer(P(E1, 1)))
+    again = fetch(s.history_received(read_a.request, answer(P(E1, 0))))
+    assert again.subscription == "a"
+    assert [SubscriptionReady("a", P(E1, 1), None, ())] == s.history_received(again.request, answer(P(E1, 1)))
+
+
+def test_subscription_whose_reads_stay_behind_starts_with_a_reset():
+    """After MAX_READS answers that stay behind, the subscription starts from a reset to the position
+    before the buffered publications, with them, never with a silent gap."""
+    s = Sequencer()
+    live(s, "a", P(E1, 1))
+    request = fetch(s.subscribe("b", "c")).request
+    s.publication_received(pub(2))
+    s.publication_received(pub(3))
+    for _ in range(MAX_READS - 1):
+        request = fetch(s.history_received(request, answer(P(E1, 0)))).request
+    ready = s.history_received(request, answer(P(E1, 0)))
     assert [SubscriptionReady("b", P(E1, 1), False, (pub(2), pub(3)))] == ready
 
 
