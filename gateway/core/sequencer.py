@@ -194,7 +194,7 @@ Action = (
 
 
 class _Subscription:
-    __slots__ = ("buffer", "channel", "key", "learned", "position", "reads", "since")
+    __slots__ = ("buffer", "channel", "epoch_start", "key", "learned", "position", "reads", "since")
 
     def __init__(self, key: Hashable, channel: _Channel, since: Position | None) -> None:
         self.key = key
@@ -208,6 +208,9 @@ class _Subscription:
         self.buffer: list[Publication | Position] | None = []
         # History reads sent for its start.
         self.reads = 0
+        # Its ``since`` was in an older epoch: it is being read from the start of the
+        # channel's current one instead (see Sequencer._start).
+        self.epoch_start = False
 
     def offer(self, pub: Publication, newer: bool) -> tuple[Position | None, bool]:
         """Check ``pub`` against the position: (a reset to send first or None, deliver it?).
@@ -596,6 +599,21 @@ class Sequencer:
         node = sub.channel.position
         assert node is not None
         top = history.top
+        since = sub.since
+        if (
+            history.publications is None
+            and since is not None
+            and since.epoch != top.epoch
+            and top.seq > 0
+            and not sub.epoch_start
+            and sub.reads < MAX_READS
+        ):
+            # Resuming from an older epoch (Redis lost the channel's history) while
+            # the new one already has publications: they are likely all in history,
+            # so read them from the start of the new epoch and reset the client to
+            # (new epoch, 0) before them, rather than skip them with a reset to the top.
+            sub.since, sub.epoch_start = Position(top.epoch, 0), True
+            return [self._read_for(sub)]
         recovered: bool | None
         out: list[Publication]
         if history.publications is None:
@@ -634,4 +652,8 @@ class Sequencer:
             # A buffered event did not follow on from history: start from a reset to
             # the last such position and deliver what came after it.
             top, recovered, out = reset_at[0], False, out[reset_at[1] :]
+        elif sub.epoch_start and recovered:
+            # Read from the start of the new epoch: a reset to (epoch, 0), then all of it.
+            assert sub.since is not None
+            top, recovered = sub.since, False
         return [SubscriptionReady(sub.key, top, recovered, tuple(out))]

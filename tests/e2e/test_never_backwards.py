@@ -39,10 +39,11 @@ def assert_never_backwards(s: Subscriber) -> None:
 
 async def test_flushall_then_pubsub_reconnect_never_goes_backwards(nodes, redis_server):
     """Node B has a subscriber; FLUSHALL; the pub/sub connections are killed (and kept from
-    coming back for a while); node A publishes in the new epoch; a client resumes on B
-    from the old epoch and is told (E2, 3).  When B's pub/sub connection is back and B
-    fills what it missed, that client is not reset back to (E2, 0) nor given seqs 1-3
-    again; the older subscriber gets one reset to (E2, 0) and every new publication."""
+    coming back for a while); node A publishes in the new epoch; a client subscribes on B
+    and is told (E2, 3), another resumes on B from the old epoch and is given (E2, 0) and
+    1-3 from history.  When B's pub/sub connection is back and B fills what it missed,
+    neither is reset back to (E2, 0) nor given seqs 1-3 again; the older subscriber gets
+    one reset to (E2, 0) and every new publication."""
     a, b = await nodes(2)
     redis_channel = b.bus.broker.pubsub_channel("nb")
 
@@ -68,13 +69,15 @@ async def test_flushall_then_pubsub_reconnect_never_goes_backwards(nodes, redis_
         await until(lambda: numsub() == 0, what="pub/sub connections gone")
         new = [await publish(data) for data in (4, 5, 6)]
         late = Subscriber(b.ws_url, "nb")
-        await late.start(since={"epoch": old[-1]["epoch"], "seq": old[-1]["seq"]})
-        await until(lambda: len(late.events) == 2, what="the late client's reset")
+        await late.start()
+        resumed = Subscriber(b.ws_url, "nb")
+        await resumed.start(since={"epoch": old[-1]["epoch"], "seq": old[-1]["seq"]})
+        await until(lambda: len(resumed.events) == 5, what="the resumed client's reset and history")
         redis_server.command("ACL", "SETUSER", "default", "+subscribe")
         await until(lambda: numsub() == 1, timeout=10, what="node B resubscribed")
         after = [await publish(data) for data in (7, 8, 9)]
         last = (after[-1]["epoch"], after[-1]["seq"])
-        subs = [early, late]
+        subs = [early, late, resumed]
         await until(
             lambda: all(s.messages and (s.messages[-1]["epoch"], s.messages[-1]["seq"]) == last for s in subs),
             what="last publication delivered",
@@ -82,19 +85,25 @@ async def test_flushall_then_pubsub_reconnect_never_goes_backwards(nodes, redis_
         await asyncio.sleep(0.2)  # anything wrong that is still on its way
         for s in subs:
             await s.close()
-        return early, late, old, new, after
+        return early, late, resumed, old, new, after
 
-    early, late, old, new, after = await aio(scenario())
+    early, late, resumed, old, new, after = await aio(scenario())
 
     old_epoch, new_epoch = old[0]["epoch"], new[0]["epoch"]
     assert new_epoch != old_epoch
     assert [(new_epoch, seq) for seq in range(1, 7)] == [(ack["epoch"], ack["seq"]) for ack in new + after]
-    for s in (early, late):
+    for s in (early, late, resumed):
         assert_never_backwards(s)
-    # The late client: subscribed (E2, 3), recovered false, reset (E2, 3), then 4..6 only.
-    assert [("subscribed", new_epoch, 3), ("reset", new_epoch, 3)] == [(e["type"], e["epoch"], e["seq"]) for e in late.events[:2]]
+    # The late client: subscribed (E2, 3), then 4..6 only, no reset.
+    assert ("subscribed", new_epoch, 3) == (late.events[0]["type"], late.events[0]["epoch"], late.events[0]["seq"])
     assert [4, 5, 6] == [m["seq"] for m in late.messages]
-    assert [e for e in late.events if e["type"] == "reset"] == [late.events[1]]
+    assert [] == [e for e in late.events if e["type"] == "reset"]
+    # The resumed client: recovered false, one reset to (E2, 0), then 1..6 once each.
+    assert [("subscribed", new_epoch, 0), ("reset", new_epoch, 0)] == [
+        (e["type"], e["epoch"], e["seq"]) for e in resumed.events[:2]
+    ]
+    assert [1, 2, 3, 4, 5, 6] == [m["seq"] for m in resumed.messages]
+    assert [e for e in resumed.events if e["type"] == "reset"] == [resumed.events[1]]
     # The early subscriber: 1..3 of the old epoch, one reset to (E2, 0), then all of E2.
     assert [(old_epoch, 1), (old_epoch, 2), (old_epoch, 3)] + [(new_epoch, seq) for seq in range(1, 7)] == [
         (m["epoch"], m["seq"]) for m in early.messages

@@ -34,13 +34,16 @@ async def test_subscribe_since_recovers_missed_messages_in_order(gw):
 
 
 async def test_subscribe_since_unrecoverable_sends_one_reset(gw):
-    """A `since` from another epoch: subscribed with recovered false, then one reset to the latest seq."""
+    """A `since` from another epoch: subscribed with recovered false, then one reset to the start
+    of the current epoch and the publications history holds of it, from seq 1."""
     ws = await WSClient.connect(gw.ws_url)
-    await ws.request({"type": "publish", "channel": "r", "data": 1, "id": 0})
+    await ws.request({"type": "publish", "channel": "r", "data": "kept", "id": 0})
     reply = await subscribe(ws, "r", since={"epoch": "gone", "seq": 7})
-    assert reply["recovered"] is False
+    assert (reply["recovered"], reply["seq"]) == (False, 0)
     reset = await ws.recv()
-    assert reset == {"type": "reset", "channel": "r", "epoch": reply["epoch"], "seq": 1}
+    assert reset == {"type": "reset", "channel": "r", "epoch": reply["epoch"], "seq": 0}
+    message = await ws.recv()
+    assert (message["type"], message["seq"], message["data"]) == ("message", 1, "kept")
     await ws.close()
 
 

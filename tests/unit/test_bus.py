@@ -93,19 +93,25 @@ def test_recovery_from_position_returns_missed_publications():
     assert [p.publication.seq for p in res.publications] == [2, 3]
 
 
-@pytest.mark.parametrize(
-    "since",
-    [Position("other-epoch", 1), Position("e1", 9)],
-    ids=["wrong-epoch", "ahead-of-top"],
-)
-def test_recovery_impossible_reports_not_recovered(since):
-    """A position from another epoch or ahead of the top cannot be continued: recovered is False."""
+def test_recovery_impossible_reports_not_recovered():
+    """A position ahead of the top cannot be continued: recovered is False, reset to the top."""
     bus, broker, _ = make()
     publish_and_deliver(bus, broker, "c")
-    res = result_of(bus.subscribe("c", RecordingSubscriber(), since).ready)
+    res = result_of(bus.subscribe("c", RecordingSubscriber(), Position("e1", 9)).ready)
     assert res.recovered is False
     assert res.top == Position("e1", 1)
     assert res.publications == ()
+
+
+def test_position_in_another_epoch_resets_to_the_epoch_start_and_delivers_it():
+    """A position in another (older) epoch: recovered is False with a reset to (epoch, 0), and the
+    current epoch's publications follow from seq 1 when history still holds them."""
+    bus, broker, _ = make()
+    publish_and_deliver(bus, broker, "c", "x")
+    publish_and_deliver(bus, broker, "c", "y")
+    res = result_of(bus.subscribe("c", RecordingSubscriber(), Position("other-epoch", 1)).ready)
+    assert (res.recovered, res.top) == (False, Position("e1", 0))
+    assert [(p.publication.seq, p.publication.data) for p in res.publications] == [(1, "x"), (2, "y")]
 
 
 def test_recovery_older_than_history_is_not_recovered():

@@ -99,9 +99,20 @@ def test_subscriptions_waiting_for_the_broker_read_history_when_it_is_effective(
 
 
 def test_position_that_cannot_continue_is_not_recovered():
-    """History that cannot continue `since` starts the subscription with a reset to the top."""
+    """History that cannot continue `since` in its own epoch starts the subscription with a reset to the top."""
     s = Sequencer()
-    assert [SubscriptionReady("a", P(E2, 4), False, ())] == live(s, "a", P(E2, 4), since=P(E1, 9), seqs=None)
+    assert [SubscriptionReady("a", P(E2, 4), False, ())] == live(s, "a", P(E2, 4), since=P(E2, 9), seqs=None)
+
+
+def across_epochs(s, key, top, since, channel="c"):
+    """Subscribe ``key`` from ``since`` in an older epoch than ``top``'s, where history of the new
+    epoch no longer starts at 1: both reads cannot continue; returns the actions of its start."""
+    actions = s.subscribe(key, channel, since)
+    if actions and isinstance(actions[0], SubscribeChannel):
+        actions = s.broker_subscribed(actions[0].request)
+    again = fetch(s.history_received(fetch(actions).request, answer(top, None)))
+    assert again.since == Position(top.epoch, 0)
+    return s.history_received(again.request, answer(top, None))
 
 
 def test_live_publications_while_subscribing_follow_history_without_repeats():
@@ -272,7 +283,7 @@ def test_flushall_then_pubsub_reconnect_does_not_reset_a_client_backwards():
     the older subscription gets its reset to (E2, 0) and 1-3."""
     s = Sequencer()
     live(s, "early", P(E1, 3))
-    late = live(s, "late", P(E2, 3), since=P(E1, 3), seqs=None)
+    late = across_epochs(s, "late", P(E2, 3), since=P(E1, 3))
     assert [("subscribed", E2, 3), ("reset", E2, 3)] == stream(late, "late")
     # The late client is in another epoch than the node: the node asks history.
     fill = fetch(late)
@@ -306,7 +317,7 @@ def test_subscription_in_a_newer_epoch_is_not_moved_back_by_an_older_read():
     s = Sequencer()
     live(s, "early", P(E1, 3))
     fill = fetch(s.publication_received(pub(9)))  # sent before the flush
-    late = live(s, "late", P(E2, 3), since=P(E1, 3), seqs=None)
+    late = across_epochs(s, "late", P(E2, 3), since=P(E1, 3))
     assert [] == [a for a in late if isinstance(a, FetchHistory)]  # one is in flight; it follows
     # The older read: E1, trimmed up to 9.
     actions = s.history_received(fill.request, answer(P(E1, 9), None))
@@ -409,3 +420,43 @@ def test_buffered_publication_of_an_older_epoch_does_not_move_a_starting_subscri
     check = fetch(started)  # b is in another epoch than the node: the node reads again
     assert [("reset", E2, 0)] == stream(s.history_received(check.request, answer(P(E2, 0), None)), "a")
     assert [Deliver(pub(1, E2), ("a", "b"))] == s.publication_received(pub(1, E2))
+
+
+# -- resuming from an older epoch ------------------------------------------------------
+
+
+def test_resume_from_an_older_epoch_reads_the_new_epoch_from_its_start():
+    """A `since` in an epoch Redis lost, while the new epoch already has publications 1-3:
+    the subscription is read again from (E2, 0) and starts with a reset to (E2, 0) followed
+    by 1-3, instead of a reset to (E2, 3) that would skip them."""
+    s = Sequencer()
+    actions = s.subscribe("a", "c", P(E1, 7))
+    first = fetch(s.broker_subscribed(actions[0].request))
+    assert first.since == P(E1, 7)
+    second = fetch(s.history_received(first.request, answer(P(E2, 3), None)))
+    assert second.since == P(E2, 0)
+    ready = s.history_received(second.request, answer(P(E2, 3), (1, 2, 3)))
+    assert stream(ready, "a") == [("subscribed", E2, 0), ("reset", E2, 0), ("message", E2, 1), ("message", E2, 2), ("message", E2, 3)]
+    assert s.position("a") == P(E2, 3)
+
+
+def test_resume_from_an_older_epoch_resets_to_the_top_when_history_is_incomplete():
+    """When history of the new epoch no longer starts at 1 the second read cannot continue
+    either: one reset to the top, and no third read."""
+    s = Sequencer()
+    actions = s.subscribe("a", "c", P(E1, 7))
+    first = fetch(s.broker_subscribed(actions[0].request))
+    second = fetch(s.history_received(first.request, answer(P(E2, 3000), None)))
+    ready = s.history_received(second.request, answer(P(E2, 3000), None))
+    assert stream(ready, "a") == [("subscribed", E2, 3000), ("reset", E2, 3000)]
+
+
+def test_live_publications_while_reading_the_new_epoch_follow_it():
+    """Publications of the new epoch that arrive during the second read come after history."""
+    s = Sequencer()
+    actions = s.subscribe("a", "c", P(E1, 7))
+    first = fetch(s.broker_subscribed(actions[0].request))
+    second = fetch(s.history_received(first.request, answer(P(E2, 2), None)))
+    assert s.publication_received(pub(3, E2)) == []
+    ready = s.history_received(second.request, answer(P(E2, 2), (1, 2)))
+    assert stream(ready, "a") == [("subscribed", E2, 0), ("reset", E2, 0)] + [("message", E2, n) for n in (1, 2, 3)]
