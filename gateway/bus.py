@@ -3,50 +3,61 @@
 Theory of operation
 -------------------
 Every transport (WebSocket, SSE, long-poll, Python code) subscribes through
-:meth:`Bus.subscribe`.  The bus keeps, per channel, the set of local
-:class:`Subscription` objects and takes exactly one broker subscription for the
-channel while it has any (first subscriber in, last subscriber out).
+:meth:`Bus.subscribe`.  The bus takes exactly one broker subscription per channel
+while the channel has local subscriptions (first subscriber in, last subscriber
+out), and publications come back from the broker through
+:meth:`Bus.publication_received`, once per node.
 
-Publications come back from the broker through :meth:`Bus.publication_received`,
-once per node.  The bus keeps the channel's *node position* (epoch and the last seq
-it delivered) and checks each publication against it:
+The decisions are not made here.  All sequencing lives in the sans-I/O
+:class:`~gateway.core.sequencer.Sequencer` (see its module for the rules): the
+node position of each channel, holding back publications behind a gap or an
+unconfirmed epoch, gap fills from history and their retries, the merge of
+history and live publications while a subscription starts, and each
+subscription's own position, so that no client is ever reset backwards or
+given a publication twice (docs/protocol.md section 3, "Never backwards").
 
-* the next seq: encode it once (:class:`PreparedPublication`) and hand it to every
-  subscription;
-* a seq already seen: drop it (a repeat);
-* a seq further ahead: a gap (a lost pub/sub message, a reconnect).  The bus holds
-  back everything later, fetches the missing publications from the broker's history
-  and delivers them first.  When history cannot fill the gap, every subscription gets
-  a ``reset`` instead of a silent skip;
-* another epoch: the stream restarted; every subscription gets a ``reset``.
+The bus only does I/O.  It feeds every event into the sequencer (a subscription
+asked for or cancelled, a broker subscription, history answer or failure, a
+publication, a broker reconnect, a retry timer) and carries out the actions
+that come back, in order:
 
-A subscription starts *pending*: while the broker subscription and the history read
-for its ``since`` are in flight, live publications are buffered on it.  When the
-history answer arrives the bus merges both (history first, then buffered
-publications after it, without repeats) and the subscription goes live.  Each
-subscription also checks seq continuity itself, so a subscriber never sees a gap
-without a ``reset``.
+* :class:`~gateway.core.sequencer.SubscribeChannel` / ``UnsubscribeChannel``:
+  the broker's ``subscribe`` / ``unsubscribe`` (and cancelling a retry timer);
+* ``FetchHistory``: the broker's ``history``, its answer or failure fed back;
+* ``ScheduleRetry``: a ``callLater`` on the clock, whose firing is fed back;
+* ``Deliver``: the publication is encoded once (:class:`PreparedPublication`)
+  and handed to each listed subscriber's ``on_publication``;
+* ``Reset``: the subscriber's ``on_reset``;
+* ``SubscriptionReady`` / ``SubscriptionFailed``: the subscription's ``ready``
+  Deferred fires with a :class:`SubscribeResult` or fails.
+
+Actions are run one at a time from a queue: an event fed in while actions are
+running (a subscriber that publishes or subscribes from a callback, a broker
+answering synchronously) has its actions queued behind the current ones, so
+every subscriber sees events in the order the sequencer decided them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Hashable, Iterable
 from typing import Any, Protocol
 
 import attrs
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from gateway.core import sequencer as sq
 from gateway.core.channels import validate_channel
 from gateway.core.events import PreparedPublication
 from gateway.core.model import HistoryResult, Position, Publication
 from gateway.errors import GatewayError, Internal, Unavailable
 from gateway.interfaces import IBroker, IBrokerListener
 
-__all__ = ["Bus", "Subscriber", "Subscription", "SubscribeResult"]
+__all__ = ["Bus", "SubscribeResult", "Subscriber", "Subscription"]
 
 GAP_RETRY_SECONDS = 1.0
 
@@ -86,7 +97,6 @@ class Subscription:
         ready: fires with a :class:`SubscribeResult` when the subscription goes
             live; fails with a :class:`GatewayError`, or with ``CancelledError``
             when cancelled before that.
-        position: the last position delivered to the subscriber (None while pending).
     """
 
     def __init__(self, bus: Bus, channel: str, subscriber: Subscriber, since: Position | None) -> None:
@@ -94,104 +104,23 @@ class Subscription:
         self.channel = channel
         self.subscriber = subscriber
         self.since = since
-        self.position: Position | None = None
         self.active = True
-        self._pending: list[PreparedPublication] | None = []
         self.ready: defer.Deferred[SubscribeResult] = defer.Deferred()
+
+    @property
+    def position(self) -> Position | None:
+        """The last position given to the subscriber (None while pending or after cancel)."""
+        return self.bus._sequencer.position(self)
 
     def cancel(self) -> None:
         """End this subscription (idempotent)."""
         if not self.active:
             return
         self.active = False
+        pending = not self.ready.called
         self.bus._remove(self)
-        if self._pending is not None:
-            self._pending = None
+        if pending and not self.ready.called:
             self.ready.errback(Failure(defer.CancelledError()))
-
-    # -- called by the bus --------------------------------------------------
-
-    def _offer(self, prepared: PreparedPublication) -> None:
-        if not self.active:
-            return
-        if self._pending is not None:
-            self._pending.append(prepared)
-            return
-        self._deliver_in_order(prepared, self.subscriber.on_publication, self.subscriber.on_reset)
-
-    def _deliver_in_order(
-        self,
-        prepared: PreparedPublication,
-        deliver: Callable[[PreparedPublication], None],
-        reset: Callable[[str, Position], None],
-    ) -> None:
-        pub = prepared.publication
-        pos = self.position
-        assert pos is not None
-        if pub.epoch == pos.epoch and pub.seq <= pos.seq:
-            return
-        if pub.epoch != pos.epoch or pub.seq != pos.seq + 1:
-            # Never skip silently: whatever is missing could not be filled.
-            self.position = Position(pub.epoch, pub.seq - 1)
-            reset(self.channel, self.position)
-        self.position = pub.position
-        deliver(prepared)
-
-    def _reset(self, position: Position) -> None:
-        if not self.active:
-            return
-        if self._pending is not None:
-            # Still subscribing: its history answer decides how it starts.
-            self._pending = [
-                p for p in self._pending if p.publication.epoch == position.epoch and p.publication.seq > position.seq
-            ]
-            return
-        if self.position != position:
-            self.position = position
-            self.subscriber.on_reset(self.channel, position)
-
-    def _start(self, history: HistoryResult) -> None:
-        assert self._pending is not None
-        pending, self._pending = self._pending, None
-        top = history.top
-        self.position = top
-        recovered: bool | None
-        if history.publications is None:
-            recovered, out = False, []
-        else:
-            recovered = None if self.since is None else True
-            out = [PreparedPublication(p) for p in history.publications]
-        resets: list[Position] = []
-        for prepared in pending:
-            self._deliver_in_order(prepared, out.append, lambda _c, p: resets.append(p))
-        if resets:
-            # A buffered publication did not follow on from history: start from a
-            # reset to the last such position and deliver what came after it.
-            last = resets[-1]
-            out = [p for p in out if p.publication.epoch == last.epoch and p.publication.seq > last.seq]
-            recovered, top = False, last
-        self.ready.callback(SubscribeResult(top, recovered, tuple(out)))
-
-    def _fail(self, failure: Failure) -> None:
-        if self._pending is not None:
-            self._pending = None
-            self.active = False
-            self.ready.errback(failure)
-
-
-class _Channel:
-    """Node-level state of one channel with local subscribers."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.subscriptions: dict[int, Subscription] = {}
-        self.broker_subscribed = False
-        # The last position delivered at node level; None until the first history
-        # answer tells the bus where the stream is.
-        self.position: Position | None = None
-        # Publications held back while not yet positioned or while filling a gap.
-        self.held: list[Publication] | None = None
-        self.retry: Any = None
 
 
 @implementer(IBrokerListener)
@@ -208,7 +137,13 @@ class Bus:
     def __init__(self, broker: IBroker, clock: IReactorTime) -> None:
         self.broker = broker
         self._clock = clock
-        self._channels: dict[str, _Channel] = {}
+        self._sequencer = sq.Sequencer(retry_delay=GAP_RETRY_SECONDS)
+        self._retries: dict[str, IDelayedCall] = {}
+        self._queue: deque[tuple[sq.Action, Failure | None]] = deque()
+        self._running = False
+        # Encodings of publications that a starting subscription may still need,
+        # per channel, so that each publication is encoded once.
+        self._prepared: dict[str, dict[tuple[str, int], PreparedPublication]] = {}
         # IPublishHook providers, run around every publish in order.
         self.hooks: list[Any] = []
 
@@ -220,8 +155,8 @@ class Bus:
 
     def stop(self) -> defer.Deferred[None]:
         """Cancel timers and stop the broker."""
-        for ch in self._channels.values():
-            self._cancel_retry(ch)
+        for channel in list(self._retries):
+            self._cancel_retry(channel)
         return self.broker.stop()
 
     def is_ready(self) -> bool:
@@ -233,19 +168,16 @@ class Bus:
     @property
     def channels(self) -> list[str]:
         """Channels with local subscribers."""
-        return list(self._channels)
+        return self._sequencer.channels
 
     @property
     def pending_timers(self) -> int:
         """Gap-fill retry timers outstanding (for leak checks)."""
-        return sum(1 for ch in self._channels.values() if ch.retry is not None and ch.retry.active())
+        return sum(1 for call in self._retries.values() if call.active())
 
     def subscriber_count(self, channel: str | None = None) -> int:
         """Local subscriptions on ``channel``, or on every channel."""
-        if channel is not None:
-            ch = self._channels.get(channel)
-            return len(ch.subscriptions) if ch else 0
-        return sum(len(ch.subscriptions) for ch in self._channels.values())
+        return self._sequencer.subscriber_count(channel)
 
     def publish(self, channel: str, data: Any, sender: str | None = None) -> defer.Deferred[Publication]:
         """Publish ``data`` on ``channel``; fires with the ordered publication.
@@ -290,51 +222,11 @@ class Bus:
         """
         validate_channel(channel)
         sub = Subscription(self, channel, subscriber, since)
-        ch = self._channels.get(channel)
-        if ch is None:
-            ch = self._channels[channel] = _Channel(channel)
-            ch.subscriptions[id(sub)] = sub
-            d = self.broker.subscribe(channel)
-            d.addCallbacks(self._broker_subscribed, self._broker_subscribe_failed, (ch,), errbackArgs=(ch,))
-        else:
-            ch.subscriptions[id(sub)] = sub
-            if ch.broker_subscribed:
-                self._read_history(sub)
+        self._run(self._sequencer.subscribe(sub, channel, since))
         return sub
 
-    def _broker_subscribed(self, _: object, ch: _Channel) -> None:
-        if self._channels.get(ch.name) is not ch:
-            return
-        ch.broker_subscribed = True
-        for sub in list(ch.subscriptions.values()):
-            self._read_history(sub)
-
-    def _broker_subscribe_failed(self, failure: Failure, ch: _Channel) -> None:
-        failure = self._as_gateway_error(failure, "subscribe")
-        if self._channels.get(ch.name) is not ch:
-            return
-        for sub in list(ch.subscriptions.values()):
-            sub._fail(failure)
-        ch.subscriptions.clear()
-        self._drop_channel(ch)
-
-    def _read_history(self, sub: Subscription) -> None:
-        d = self.broker.history(sub.channel, sub.since)
-        d.addCallbacks(self._history_for, self._history_failed, (sub,), errbackArgs=(sub,))
-
-    def _history_for(self, history: HistoryResult, sub: Subscription) -> None:
-        ch = self._channels.get(sub.channel)
-        if not sub.active or ch is None or ch.subscriptions.get(id(sub)) is not sub:
-            return
-        if ch.position is None:
-            ch.position = history.top
-            self._release(ch)
-        sub._start(history)
-
-    def _history_failed(self, failure: Failure, sub: Subscription) -> None:
-        failure = self._as_gateway_error(failure, "subscribe")
-        sub._fail(failure)
-        self._remove(sub)
+    def _remove(self, sub: Subscription) -> None:
+        self._run(self._sequencer.remove(sub))
 
     def _as_gateway_error(self, failure: Failure, what: str) -> Failure:
         if failure.check(GatewayError):
@@ -342,127 +234,141 @@ class Bus:
         self._log.failure("{what} failed", failure, what=what)
         return Failure(Unavailable(f"{what} failed: the message bus is not available"))
 
-    def _remove(self, sub: Subscription) -> None:
-        ch = self._channels.get(sub.channel)
-        if ch is None or ch.subscriptions.pop(id(sub), None) is None:
-            return
-        if not ch.subscriptions:
-            self._drop_channel(ch)
-
-    def _drop_channel(self, ch: _Channel) -> None:
-        if self._channels.get(ch.name) is ch:
-            del self._channels[ch.name]
-        self._cancel_retry(ch)
-        d = self.broker.unsubscribe(ch.name)
-        d.addErrback(self._log_unsubscribe_failure, ch.name)
-
-    def _log_unsubscribe_failure(self, failure: Failure, channel: str) -> None:
-        self._log.warn("unsubscribe from {channel} failed: {error}", channel=channel, error=failure.getErrorMessage())
-
-    @staticmethod
-    def _cancel_retry(ch: _Channel) -> None:
-        if ch.retry is not None and ch.retry.active():
-            ch.retry.cancel()
-        ch.retry = None
-
     # -- IBrokerListener ----------------------------------------------------
 
     def publication_received(self, publication: Publication) -> None:
-        ch = self._channels.get(publication.channel)
-        if ch is None:
-            return
-        if ch.position is None or ch.held is not None:
-            if ch.held is None:
-                ch.held = []
-            ch.held.append(publication)
-            return
-        self._accept(ch, publication)
+        self._run(self._sequencer.publication_received(publication))
 
     def broker_reconnected(self) -> None:
-        for ch in list(self._channels.values()):
-            if ch.position is not None and ch.held is None:
-                ch.held = []
-                self._fill(ch)
+        self._run(self._sequencer.broker_reconnected())
 
-    # -- node-level sequencing ------------------------------------------------
+    # -- carrying out the sequencer's actions ---------------------------------
 
-    def _accept(self, ch: _Channel, pub: Publication) -> None:
-        pos = ch.position
-        assert pos is not None
-        if pub.epoch != pos.epoch:
-            self._reset_all(ch, Position(pub.epoch, pub.seq - 1))
-            self._fan_out(ch, pub)
-        elif pub.seq <= pos.seq:
+    def _run(self, actions: Iterable[sq.Action], failure: Failure | None = None) -> None:
+        """Queue ``actions`` and, unless already doing so, carry out the queue in order."""
+        self._queue.extend((action, failure) for action in actions)
+        if self._running:
             return
-        elif pub.seq == pos.seq + 1:
-            self._fan_out(ch, pub)
-        else:
-            ch.held = [pub]
-            self._fill(ch)
+        self._running = True
+        try:
+            while self._queue:
+                action, why = self._queue.popleft()
+                try:
+                    self._do(action, why)
+                except Exception:
+                    self._log.failure("carrying out {action!r} failed", action=action)
+        finally:
+            self._running = False
+            if self._prepared:
+                for channel in [c for c in self._prepared if not self._sequencer.has_pending(c)]:
+                    del self._prepared[channel]
 
-    def _fill(self, ch: _Channel) -> None:
-        ch.retry = None
-        if self._channels.get(ch.name) is not ch:
-            return
-        assert ch.position is not None
-        d = self.broker.history(ch.name, ch.position)
-        d.addCallbacks(self._filled, self._fill_failed, (ch,), errbackArgs=(ch,))
-
-    def _filled(self, history: HistoryResult, ch: _Channel) -> None:
-        if self._channels.get(ch.name) is not ch:
-            return
-        if history.publications is None:
-            top, pos = history.top, ch.position
-            if pos is not None and top.epoch != pos.epoch and top.seq > 0:
-                # The stream restarted (Redis flushed or replaced) and already has
-                # publications in its new epoch, accepted while this node was not
-                # receiving: they are all in history unless it was trimmed.  Reset
-                # to the start of the new epoch and fill from there, instead of
-                # skipping to its top.
-                self._reset_all(ch, Position(top.epoch, 0))
-                self._fill(ch)
-                return
+    def _do(self, action: sq.Action, failure: Failure | None) -> None:
+        if isinstance(action, sq.Deliver):
+            self._deliver(action.publication, action.subscriptions)
+        elif isinstance(action, sq.Reset):
+            sub = self._live(action.subscription)
+            if sub is not None:
+                self._call(sub, sub.subscriber.on_reset, action.channel, action.position)
+        elif isinstance(action, sq.FetchHistory):
+            d = defer.maybeDeferred(self.broker.history, action.channel, action.since)
+            d.addCallbacks(self._history_received, self._history_failed, (action.request,), errbackArgs=(action.request,))
+        elif isinstance(action, sq.SubscriptionReady):
+            sub = self._live(action.subscription)
+            if sub is not None and not sub.ready.called:
+                prepared = tuple(self._prepare(p) for p in action.publications)
+                sub.ready.callback(SubscribeResult(action.top, action.recovered, prepared))
+        elif isinstance(action, sq.SubscriptionFailed):
+            sub = self._subscription(action.subscription)
+            sub.active = False
+            if not sub.ready.called:
+                assert failure is not None
+                sub.ready.errback(failure)
+        elif isinstance(action, sq.SubscribeChannel):
+            d = defer.maybeDeferred(self.broker.subscribe, action.channel)
+            d.addCallbacks(self._broker_subscribed, self._broker_subscribe_failed, (action.request,), errbackArgs=(action.request,))
+        elif isinstance(action, sq.UnsubscribeChannel):
+            self._cancel_retry(action.channel)
+            self._prepared.pop(action.channel, None)
+            d = defer.maybeDeferred(self.broker.unsubscribe, action.channel)
+            d.addErrback(self._log_unsubscribe_failure, action.channel)
+        elif isinstance(action, sq.ScheduleRetry):
             self._log.warn(
-                "gap on {channel} after seq {seq} cannot be filled from history; resetting its subscribers",
-                channel=ch.name,
-                seq=ch.position.seq if ch.position else None,
+                "filling a gap on {channel} failed ({error}); retrying in {delay}s",
+                channel=action.channel,
+                error=failure.getErrorMessage() if failure is not None else None,
+                delay=action.delay,
             )
-            self._reset_all(ch, history.top)
-        else:
-            for pub in history.publications:
-                self._fan_out(ch, pub)
-        self._release(ch)
+            self._cancel_retry(action.channel)
+            self._retries[action.channel] = self._clock.callLater(action.delay, self._retry_due, action.channel)
+        elif isinstance(action, sq.GapNotFilled):
+            self._log.warn(
+                "gap on {channel} after seq {seq} cannot be filled from history; resetting its subscribers to {top}",
+                channel=action.channel,
+                seq=action.after.seq,
+                top=action.top.seq,
+            )
 
-    def _release(self, ch: _Channel) -> None:
-        held, ch.held = ch.held or [], None
-        for i, pub in enumerate(held):
-            if ch.held is not None:
-                # A new gap is being filled: keep the rest behind it.
-                ch.held.extend(held[i:])
-                return
-            self._accept(ch, pub)
+    @staticmethod
+    def _subscription(key: Hashable) -> Subscription:
+        assert isinstance(key, Subscription)
+        return key
 
-    def _fill_failed(self, failure: Failure, ch: _Channel) -> None:
-        if self._channels.get(ch.name) is not ch:
-            return
-        self._log.warn(
-            "filling a gap on {channel} failed ({error}); retrying in {delay}s",
-            channel=ch.name,
-            error=failure.getErrorMessage(),
-            delay=GAP_RETRY_SECONDS,
-        )
-        ch.retry = self._clock.callLater(GAP_RETRY_SECONDS, self._fill, ch)
+    def _live(self, key: Hashable) -> Subscription | None:
+        sub = self._subscription(key)
+        return sub if sub.active else None
 
-    def _reset_all(self, ch: _Channel, position: Position) -> None:
-        ch.position = position
-        for sub in list(ch.subscriptions.values()):
-            sub._reset(position)
+    def _call(self, sub: Subscription, method: Any, *args: Any) -> None:
+        try:
+            method(*args)
+        except Exception:
+            self._log.failure("delivering to a subscriber of {channel} failed", channel=sub.channel)
 
-    def _fan_out(self, ch: _Channel, pub: Publication) -> None:
-        ch.position = pub.position
-        prepared = PreparedPublication(pub)
-        for sub in list(ch.subscriptions.values()):
-            try:
-                sub._offer(prepared)
-            except Exception:
-                self._log.failure("delivering to a subscriber of {channel} failed", channel=ch.name)
+    def _prepare(self, pub: Publication) -> PreparedPublication:
+        cache = self._prepared.get(pub.channel)
+        if cache is None:
+            if not self._sequencer.has_pending(pub.channel):
+                return PreparedPublication(pub)
+            # A starting subscription has it buffered or in its history: keep it.
+            cache = self._prepared[pub.channel] = {}
+        prepared = cache.get((pub.epoch, pub.seq))
+        if prepared is None:
+            prepared = cache[(pub.epoch, pub.seq)] = PreparedPublication(pub)
+        return prepared
+
+    def _deliver(self, pub: Publication, to: tuple[Hashable, ...]) -> None:
+        prepared = self._prepare(pub)
+        for key in to:
+            sub = self._live(key)
+            if sub is not None:
+                self._call(sub, sub.subscriber.on_publication, prepared)
+
+    # -- broker outcomes ----------------------------------------------------
+
+    def _broker_subscribed(self, _: object, request: int) -> None:
+        self._run(self._sequencer.broker_subscribed(request))
+
+    def _broker_subscribe_failed(self, failure: Failure, request: int) -> None:
+        failure = self._as_gateway_error(failure, "subscribe")
+        self._run(self._sequencer.broker_subscribe_failed(request), failure)
+
+    def _history_received(self, history: HistoryResult, request: int) -> None:
+        self._run(self._sequencer.history_received(request, history))
+
+    def _history_failed(self, failure: Failure, request: int) -> None:
+        actions = self._sequencer.history_failed(request)
+        if any(isinstance(a, sq.SubscriptionFailed) for a in actions):
+            failure = self._as_gateway_error(failure, "subscribe")
+        self._run(actions, failure)
+
+    def _retry_due(self, channel: str) -> None:
+        self._retries.pop(channel, None)
+        self._run(self._sequencer.retry_due(channel))
+
+    def _cancel_retry(self, channel: str) -> None:
+        call = self._retries.pop(channel, None)
+        if call is not None and call.active():
+            call.cancel()
+
+    def _log_unsubscribe_failure(self, failure: Failure, channel: str) -> None:
+        self._log.warn("unsubscribe from {channel} failed: {error}", channel=channel, error=failure.getErrorMessage())

@@ -79,7 +79,7 @@ _BY_NAME = {o.name: o for o in OPTIONS}
 class Config:
     """Everything a gateway node is configured with (immutable).
 
-    Every field has the default of PROTOCOL.md section 10, so ``Config()`` is a
+    Every field has the default of docs/protocol.md section 10, so ``Config()`` is a
     working single-node configuration and embedders set only what they need.
     """
 

@@ -1,4 +1,5 @@
-"""Built-in publish hooks, exposed to operators through ``plugins/gateway_hooks.py``.
+"""Built-in publish hooks, exposed to operators through ``plugins/gateway_hooks.py``
+(installed as ``gateway_plugins.gateway_hooks``).
 
 * ``log``: log every accepted publication (channel, seq, sender).
 * ``allow-channels:PATTERN[,PATTERN...]``: refuse (``forbidden``) publishes to
@@ -8,7 +9,11 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import pathlib
 import pkgutil
+import sys
+from types import ModuleType
 from typing import Any
 
 from twisted.logger import Logger
@@ -21,9 +26,18 @@ from gateway.core.model import Publication
 from gateway.errors import Forbidden
 from gateway.interfaces import IPublishHook, IPublishHookFactory
 
-__all__ = ["LogHook", "AllowChannelsHook", "LogHookFactory", "AllowChannelsHookFactory", "discover_hook_factories", "load_hooks"]
+__all__ = [
+    "AllowChannelsHook",
+    "AllowChannelsHookFactory",
+    "LogHook",
+    "LogHookFactory",
+    "discover_hook_factories",
+    "load_hooks",
+    "plugin_package",
+]
 
 PLUGIN_PREFIX = "gateway_"
+PLUGIN_PACKAGE = "gateway_plugins"
 
 
 @implementer(IPublishHook)
@@ -81,19 +95,48 @@ class AllowChannelsHookFactory:
         return AllowChannelsHook(patterns)
 
 
-def discover_hook_factories() -> dict[str, Any]:
-    """Every :class:`IPublishHookFactory` in ``gateway_*`` modules of the ``plugins`` package.
+def plugin_package() -> ModuleType:
+    """The ``gateway_plugins`` package: the repository's ``plugins/`` folder.
 
-    Only modules named ``gateway_*`` are imported, so an unrelated ``plugins``
-    directory elsewhere on sys.path is never executed.
+    An installed gateway has it under that name (``package_dir`` in setup.cfg).  A
+    gateway imported from a source checkout (``PYTHONPATH=.``, or the README's
+    ``editable_mode=compat`` install, which puts the project root on sys.path) has
+    only the folder ``plugins/`` next to ``gateway/``: it is loaded from there under
+    the installed name, so a checkout always uses its own plugins.
     """
-    import plugins
+    root = pathlib.Path(__file__).resolve().parent.parent
+    folder = root / "plugins"
+    if not ((root / "setup.cfg").is_file() and (folder / "__init__.py").is_file() and (folder / "gateway_hooks.py").is_file()):
+        return importlib.import_module(PLUGIN_PACKAGE)
+    module = sys.modules.get(PLUGIN_PACKAGE)
+    if module is not None and getattr(module, "__file__", None) == str(folder / "__init__.py"):
+        return module
+    # Not loaded yet, or a plain import found something else first (another
+    # distribution's gateway_plugins/ directory, a namespace package).
+    spec = importlib.util.spec_from_file_location(PLUGIN_PACKAGE, folder / "__init__.py", submodule_search_locations=[str(folder)])
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[PLUGIN_PACKAGE] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[PLUGIN_PACKAGE]
+        raise
+    return module
 
+
+def discover_hook_factories() -> dict[str, Any]:
+    """Every :class:`IPublishHookFactory` in ``gateway_*`` modules of the ``gateway_plugins`` package.
+
+    Only modules named ``gateway_*`` are imported, so nothing else found on the
+    package's path is ever executed.
+    """
+    package = plugin_package()
     found: dict[str, Any] = {}
-    for info in pkgutil.iter_modules(plugins.__path__):
+    for info in pkgutil.iter_modules(package.__path__):
         if not info.name.startswith(PLUGIN_PREFIX):
             continue
-        module = importlib.import_module(f"plugins.{info.name}")
+        module = importlib.import_module(f"{PLUGIN_PACKAGE}.{info.name}")
         for value in vars(module).values():
             if IPublishHookFactory.providedBy(value) and not isinstance(value, type):
                 verifyObject(IPublishHookFactory, value)

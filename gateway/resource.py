@@ -85,11 +85,11 @@ class GatewayResource(resource.Resource):
         self.putChild(b"readyz", ReadyResource(gateway))
         self.putChild(b"metrics", MetricsResource(self.registry))
         self._index = IndexResource()
-        self.putChild(b"", self._index)
         self._not_found = NotFoundResource()
 
     def getChild(self, path: bytes, request: Any) -> resource.Resource:
-        return self._not_found
+        # b"": the root itself with a trailing slash (``GET /``), the index.
+        return self._index if path == b"" else self._not_found
 
     def render(self, request: Request) -> bytes | int:
         # Mounted without a trailing slash (``/realtime``): the index.

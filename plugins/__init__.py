@@ -1,8 +1,10 @@
-"""Gateway plugins: authenticators and publish hooks, discovered with twisted.plugin.
+"""Gateway plugins: publish hooks, discovered with twisted.plugin's path rules.
 
-Drop a module here (or in a ``plugins`` directory of another distribution on
-sys.path) that defines objects providing ``IPlugin`` and one of the gateway's plugin
-interfaces; see ``plugins/README.md``.
+Installed as the package ``gateway_plugins`` (this folder is ``plugins/`` in the
+repository only).  Drop a ``gateway_*.py`` module here, or in a ``gateway_plugins``
+directory without ``__init__.py`` of another distribution on sys.path, that defines
+objects providing ``IPlugin`` and one of the gateway's plugin interfaces; see
+``plugins/README.md``.
 """
 
 from twisted.plugin import pluginPackagePaths

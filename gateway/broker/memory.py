@@ -15,8 +15,10 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
+from gateway.core.events import encode_json
 from gateway.core.model import HistoryResult, Position, Publication
 from gateway.core.stream import Stream
+from gateway.errors import BadRequest
 from gateway.interfaces import IBroker, IBrokerListener
 
 __all__ = ["InMemoryBroker", "new_epoch"]
@@ -90,6 +92,11 @@ class InMemoryBroker:
         return stream
 
     def publish(self, channel: str, data: Any, sender: str | None = None) -> defer.Deferred[Publication]:
+        try:
+            # Refuse what could not be delivered before it takes a seq.
+            encode_json(data)
+        except BadRequest:
+            return defer.fail()
         pub = self._stream(channel).append(data, self._now(), sender)
         if channel in self._subscribed and self._listener is not None:
             self._listener.publication_received(pub)

@@ -28,6 +28,14 @@ arrived during the resubscribe are handed over after that call.  ``subscribe``
 fails at once while Redis is unreachable, and waits (up to the command timeout)
 while only the pub/sub connection is coming back.
 
+*Publisher order.*  Redis runs the commands of one connection in the order they
+were sent, but nothing orders commands sent on two connections of the pool.  So
+a channel's publishes all go out on one connection: the one the channel's name
+hashes to, or, while publishes of the channel are still in flight, the one
+carrying them (the pool may have grown or shrunk since they were sent).  The
+publications one client sends to one channel are thereby sequenced in send
+order; other channels still spread over the pool.
+
 *Failing fast.*  txredisapi queues commands issued while Redis is down until it
 comes back, which would turn a publish into a hang (or worse, a late publish).
 This module picks a live command connection itself and, with none, fails at
@@ -67,6 +75,7 @@ from __future__ import annotations
 
 import json
 import math
+import zlib
 from importlib import resources
 from typing import Any
 
@@ -80,7 +89,7 @@ from zope.interface import implementer
 from gateway.broker.memory import STREAM_IDLE_SECONDS, new_epoch
 from gateway.broker.redisurl import RedisURL, parse_redis_url
 from gateway.config import Config
-from gateway.core.events import dumps
+from gateway.core.events import encode_json
 from gateway.core.model import HistoryResult, Position, Publication
 from gateway.core.stream import recover
 from gateway.errors import BadRequest, Unavailable
@@ -245,7 +254,10 @@ class RedisBroker:
         history_size: most publications kept per channel.
         history_ttl: oldest publication kept, in seconds.
         reactor: the reactor (``IReactorTCP`` + ``IReactorTime``).
-        poolsize: command connections.
+        poolsize: command connections.  One by default: the node is CPU-bound long
+            before one connection is (``bench/redis_publish.py``: the same
+            publications/s with 1 or 2), and a channel's publishes share one
+            connection anyway (*Publisher order*).
         command_timeout: deadline of every Redis command, in seconds.
         connect_timeout: deadline of one connection attempt, in seconds.
         health_interval: seconds between PINGs on idle connections (0: none).
@@ -262,7 +274,7 @@ class RedisBroker:
         history_ttl: float = 300.0,
         *,
         reactor: Any,
-        poolsize: int = 2,
+        poolsize: int = 1,
         command_timeout: float = 2.0,
         connect_timeout: float = 2.0,
         health_interval: float = 1.0,
@@ -297,6 +309,8 @@ class RedisBroker:
         self._subscriber_factory: Any = None
         self._commands: list[Any] = []  # live command connections
         self._next = 0
+        # channel -> [connection, publishes in flight on it] (publisher order).
+        self._inflight: dict[str, list[Any]] = {}
         self._subscriber: Any = None  # the live subscriber connection
         self._subscriber_connections = 0  # how many times it was (re)subscribed
         # Messages that arrive while a reconnected subscriber is still resubscribing
@@ -513,8 +527,32 @@ class RedisBroker:
         self._next = (self._next + 1) % len(self._commands)
         return self._commands[self._next]
 
-    def _eval(self, what: str, script: bytes, keys: list[str], args: list[Any]) -> defer.Deferred[Any]:
-        conn = self._connection()
+    def _connection_for(self, channel: str) -> Any:
+        """The connection for a publish to ``channel`` (see *Publisher order*)."""
+        if self._stopping or not self._commands:
+            return None
+        entry = self._inflight.get(channel)
+        if entry is not None and entry[0] in self._commands:
+            return entry[0]
+        return self._commands[zlib.crc32(channel.encode("utf-8")) % len(self._commands)]
+
+    def _track(self, channel: str, conn: Any, d: defer.Deferred[Any]) -> None:
+        entry = self._inflight.get(channel)
+        if entry is None or entry[0] is not conn:
+            entry = self._inflight[channel] = [conn, 0]
+        entry[1] += 1
+
+        def done(result: Any) -> Any:
+            entry[1] -= 1
+            if entry[1] == 0 and self._inflight.get(channel) is entry:
+                del self._inflight[channel]
+            return result
+
+        d.addBoth(done)
+
+    def _eval(self, what: str, script: bytes, keys: list[str], args: list[Any], conn: Any = None) -> defer.Deferred[Any]:
+        if conn is None:
+            conn = self._connection()
         if conn is None:
             return defer.fail(Unavailable(f"{what}: Redis is not reachable"))
         d = self._timed(defer.maybeDeferred(conn.eval, script, keys, args))
@@ -534,9 +572,10 @@ class RedisBroker:
 
     def publish(self, channel: str, data: Any, sender: str | None = None) -> defer.Deferred[Publication]:
         try:
-            body = dumps({"c": channel, "d": data, "f": sender})
-        except (TypeError, ValueError) as e:
-            return defer.fail(BadRequest(f"data is not JSON: {e}"))
+            # Refuse what could not be delivered before it takes a seq.
+            body = encode_json({"c": channel, "d": data, "f": sender})
+        except BadRequest:
+            return defer.fail()
         args = [
             self.pubsub_channel(channel),
             body,
@@ -546,7 +585,11 @@ class RedisBroker:
             self._history_expiry,
             self._meta_expiry,
         ]
-        d = self._eval("publish", self._publish_script, [self.meta_key(channel), self.history_key(channel)], args)
+        conn = self._connection_for(channel)
+        if conn is None:
+            return defer.fail(Unavailable("publish: Redis is not reachable"))
+        d = self._eval("publish", self._publish_script, [self.meta_key(channel), self.history_key(channel)], args, conn)
+        self._track(channel, conn, d)
 
         def published(reply: list[Any]) -> Publication:
             seq, epoch, ts = reply

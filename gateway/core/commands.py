@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any, Union
 
 import attrs
 
 from gateway.core.channels import validate_channel
 from gateway.core.cursor import MAX_EPOCH_LENGTH
+from gateway.core.events import encode_json
 from gateway.core.model import Position
 from gateway.errors import BadRequest, GatewayError
 
@@ -31,6 +33,7 @@ __all__ = [
     "loads_strict",
     "parse_command",
     "parse_publication",
+    "top_level_id",
 ]
 
 MAX_DEPTH = 64
@@ -105,8 +108,14 @@ def _depth_ok(value: Any, limit: int) -> bool:
     return True
 
 
+# A JSON escape of a UTF-16 surrogate (\\uD800-\\uDFFF): the only way a decoded
+# document can hold a string that UTF-8 cannot encode.
+_SURROGATE_ESCAPE = re.compile(r"\\[uU][dD][89a-fA-F]")
+
+
 def loads_strict(text: str | bytes, max_depth: int = MAX_DEPTH) -> Any:
-    """Parse JSON strictly: no NaN/Infinity, nesting at most ``max_depth``.
+    """Parse JSON strictly: no NaN/Infinity, nesting at most ``max_depth``, and no
+    string that cannot be sent back out as UTF-8 (an unpaired surrogate escape).
 
     Raises:
         BadRequest: for anything that is not such a JSON document.
@@ -119,7 +128,77 @@ def loads_strict(text: str | bytes, max_depth: int = MAX_DEPTH) -> Any:
         raise BadRequest(f"invalid JSON: {str(e)[:200]}") from None
     if not _depth_ok(value, max_depth):
         raise BadRequest(f"JSON nested deeper than {max_depth} levels")
+    if _SURROGATE_ESCAPE.search(text if isinstance(text, str) else text.decode("utf-8", "replace")):
+        # Escaped surrogate pairs decode to one character and are fine; a lone one
+        # would fail at delivery, after a seq was taken.
+        encode_json(value, "the JSON document")
     return value
+
+
+def _skip_value(text: str, i: int) -> int:
+    """Index just past the JSON value starting at ``text[i]``, without recursion
+    (the value may be nested far deeper than the parser accepts)."""
+    depth = 0
+    n = len(text)
+    while i < n:
+        c = text[i]
+        if c == '"':
+            i += 1
+            while i < n and text[i] != '"':
+                i += 2 if text[i] == "\\" else 1
+            i += 1
+        elif c in "[{":
+            depth += 1
+            i += 1
+        elif c in "]}":
+            depth -= 1
+            i += 1
+        elif depth == 0 and c in ",":
+            return i
+        else:
+            i += 1
+        if depth == 0 and c in '"]}':
+            return i
+        if depth < 0:
+            raise ValueError("unbalanced")
+    if depth:
+        raise ValueError("truncated")
+    return i
+
+
+def top_level_id(text: str | bytes) -> Any:
+    """The ``id`` member of a top-level JSON object, read without parsing its other
+    members, or None.  Used to echo the id of a command refused as a whole (nested
+    too deep, a number too large), so the client can match the error to its request.
+    """
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    decoder = json.JSONDecoder()
+    ws = re.compile(r"[ \t\n\r]*")
+    try:
+        i = ws.match(text, 0).end()  # type: ignore[union-attr]
+        if text[i : i + 1] != "{":
+            return None
+        i = ws.match(text, i + 1).end()  # type: ignore[union-attr]
+        while text[i : i + 1] == '"':
+            key, i = decoder.raw_decode(text, i)
+            i = ws.match(text, i).end()  # type: ignore[union-attr]
+            if text[i : i + 1] != ":":
+                return None
+            i = ws.match(text, i + 1).end()  # type: ignore[union-attr]
+            if key == "id":
+                value, _ = decoder.raw_decode(text, i)
+                return value
+            i = ws.match(text, _skip_value(text, i)).end()  # type: ignore[union-attr]
+            if text[i : i + 1] != ",":
+                return None
+            i = ws.match(text, i + 1).end()  # type: ignore[union-attr]
+    except (ValueError, IndexError, RecursionError):
+        return None
+    return None
 
 
 def _request_id(obj: dict[str, Any]) -> RequestId:
@@ -130,6 +209,12 @@ def _request_id(obj: dict[str, Any]) -> RequestId:
         raise CommandError(BadRequest("id must be a string or a number"))
     if isinstance(rid, str) and len(rid) > MAX_ID_LENGTH:
         raise CommandError(BadRequest(f"id longer than {MAX_ID_LENGTH} characters"))
+    if isinstance(rid, str):
+        try:
+            rid.encode("utf-8")
+        except UnicodeEncodeError:
+            # It could not be echoed back: refuse it without an id.
+            raise CommandError(BadRequest("id is not encodable as UTF-8 (an unpaired surrogate)")) from None
     if isinstance(rid, int) and abs(rid) > 2**53 - 1:
         raise CommandError(BadRequest("id is not a safe integer"))
     if isinstance(rid, float) and not math.isfinite(rid):
@@ -169,7 +254,14 @@ def parse_command(text: str | bytes) -> Command:
     try:
         obj = loads_strict(text)
     except GatewayError as e:
-        raise CommandError(e) from None
+        rid: RequestId = None
+        candidate = top_level_id(text)
+        if candidate is not None:
+            try:
+                rid = _request_id({"id": candidate})
+            except CommandError:
+                rid = None
+        raise CommandError(e, rid) from None
     if not isinstance(obj, dict):
         raise CommandError(BadRequest("a command must be a JSON object"))
     rid = _request_id(obj)

@@ -12,9 +12,9 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from gateway.core.model import Position, Publication
-from gateway.errors import GatewayError
+from gateway.errors import BadRequest, GatewayError
 
-__all__ = ["PreparedPublication", "dumps", "reply", "error_event", "reset_event"]
+__all__ = ["PreparedPublication", "dumps", "encode_json", "reply", "error_event", "reset_event"]
 
 T = TypeVar("T")
 
@@ -22,6 +22,22 @@ T = TypeVar("T")
 def dumps(obj: Any) -> bytes:
     """Compact UTF-8 JSON, the one encoding used on every transport."""
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def encode_json(value: Any, what: str = "data") -> bytes:
+    """Encode ``value`` as :func:`dumps` does, or raise :class:`BadRequest`.
+
+    This is the check every broker makes before a publication takes a seq: data
+    that cannot go out on the wire (a string with an unpaired surrogate such as
+    ``"\\ud800"``, NaN, an object that is not JSON) is refused up front instead of
+    being stored and then failing at delivery.
+    """
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest(f"{what} is not encodable as UTF-8 JSON (a string holds an unpaired surrogate)") from None
+    except (TypeError, ValueError, RecursionError) as e:
+        raise BadRequest(f"{what} is not JSON: {str(e)[:200]}") from None
 
 
 class PreparedPublication:

@@ -1,11 +1,17 @@
-"""Slow-consumer detection shared by the streaming transports (WebSocket, SSE)."""
+"""Slow-consumer detection for the streaming transports: :class:`SendBuffer` (SSE)
+counts what piles up in Twisted's buffer; :class:`HeldMessages` (WebSocket) keeps
+whole messages out of it while the client is not reading."""
 
 from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
-__all__ = ["SendBuffer"]
+__all__ = ["HeldMessages", "SendBuffer"]
 
 
 @implementer(IPushProducer)
@@ -38,3 +44,58 @@ class SendBuffer:
 
     def stopProducing(self) -> None:
         self.paused = False
+
+
+@implementer(IPushProducer)
+class HeldMessages:
+    """Whole messages held back while the socket's send buffer is full.
+
+    Registered as the producer of a WebSocket's socket: while Twisted has it paused,
+    :meth:`offer` keeps each message (not yet framed onto the wire) in order instead
+    of writing it; :meth:`resumeProducing` writes them out again until the socket is
+    full once more.  What sits in Twisted's own buffer is therefore at most about one
+    socket buffer (64 KiB), so a close frame sent after :meth:`drop` reaches a client
+    that starts reading again right behind it, instead of behind megabytes of
+    publications the client can recover by seq anyway.
+
+    Args:
+        write: writes one message to the connection (called in order).
+    """
+
+    def __init__(self, write: Callable[[Any], None]) -> None:
+        self._write = write
+        self.paused = False
+        self._held: deque[tuple[Any, int]] = deque()
+        self.held_bytes = 0
+
+    def offer(self, message: Any, size: int, limit: int) -> bool:
+        """Write ``message`` now or hold it; False when the held backlog passes ``limit``."""
+        if not self.paused and not self._held:
+            self._write(message)
+            return True
+        self._held.append((message, size))
+        self.held_bytes += size
+        return self.held_bytes <= limit
+
+    def drop(self) -> int:
+        """Forget every held message; returns how many there were."""
+        count = len(self._held)
+        self._held.clear()
+        self.held_bytes = 0
+        return count
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        # Writing may fill the socket again: Twisted then pauses us from inside
+        # write(), and the rest waits for the next resume.
+        while self._held and not self.paused:
+            message, size = self._held.popleft()
+            self.held_bytes -= size
+            self._write(message)
+
+    def stopProducing(self) -> None:
+        self.paused = False
+        self.drop()

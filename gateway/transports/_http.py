@@ -216,9 +216,12 @@ class GatewayHTTPChannel(http.HTTPChannel):
     * sends ``Server: gateway`` on every response (twisted.web's says
       ``TwistedWeb/<version>``);
     * writes refusals with :meth:`refuse`: the answer, then a half-close that
-      discards further input for up to :data:`LINGER_TIMEOUT` seconds.
+      discards further input for up to :data:`LINGER_TIMEOUT` seconds;
+    * reports its opening and closing to the Site's ``connections``
+      (:class:`gateway.transports._drain.OpenConnections`) when it has one, and
+      makes every answer the connection's last while those are draining.
 
-    Use it through :func:`make_site`; it also works as the ``protocol`` of a plain
+    Use it through :func:`gateway_site` or :func:`make_site`; it also works as the ``protocol`` of a plain
     ``server.Site`` (then with the default deadline, and without the early body
     refusal of :class:`GatewayRequest`).  It speaks HTTP/1.1 only, not HTTP/2.
     """
@@ -236,6 +239,17 @@ class GatewayHTTPChannel(http.HTTPChannel):
         timeout = getattr(site, "request_timeout", self.request_timeout)
         self.request_timeout = timeout
         super().connectionMade()
+        connections = getattr(site, "connections", None)
+        if connections is not None:
+            connections.opened(self)
+
+    def checkPersistence(self, request: Any, version: bytes) -> bool:
+        connections = getattr(getattr(self, "site", None), "connections", None)
+        if connections is not None and connections.draining:
+            # Draining: this answer is the connection's last.
+            request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+            return False
+        return bool(super().checkPersistence(request, version))
 
     # -- request deadline ---------------------------------------------------
 
@@ -326,6 +340,9 @@ class GatewayHTTPChannel(http.HTTPChannel):
             self._linger.cancel()
         self._linger = None
         super().connectionLost(reason)
+        connections = getattr(getattr(self, "site", None), "connections", None)
+        if connections is not None:
+            connections.closed(self)
 
     # -- Server header ------------------------------------------------------
 
@@ -402,35 +419,36 @@ class GatewayRequest(server.Request):
         self.finish()
 
 
-class GatewaySite(server.Site):
-    """A ``server.Site`` with :class:`GatewayHTTPChannel` and :class:`GatewayRequest`.
+def gateway_site(
+    resource: Any,
+    max_body_size: int | None = None,
+    request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
+    reactor: Any = None,
+    **kwargs: Any,
+) -> server.Site:
+    """A ``server.Site`` using :class:`GatewayHTTPChannel` and :class:`GatewayRequest`.
+
+    A plain ``server.Site`` configured, not a subclass, so that anything written
+    for twisted.web's Site (``site.connections`` for draining, test helpers) sees
+    the class it expects.
 
     Args:
         resource: the root resource.
-        max_body_size: the largest request body taken, in bytes (``413`` beyond).
+        max_body_size: the largest request body taken, in bytes (``413`` beyond);
+            None for no limit.
         request_timeout: seconds from a request's first byte until its head and
             body must be in (``408`` beyond); None or 0 for no deadline.
         reactor: the reactor for timeouts (default: the global one).
         **kwargs: passed to ``server.Site`` (``timeout``: idle timeout, ``logPath``, ...).
     """
-
-    protocol = GatewayHTTPChannel  # type: ignore[assignment]
-    requestFactory = GatewayRequest
-
-    def __init__(
-        self,
-        resource: Any,
-        max_body_size: int | None = None,
-        request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
-        reactor: Any = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(resource, requestFactory=GatewayRequest, reactor=reactor, **kwargs)
-        self.max_body_size = max_body_size
-        self.request_timeout = request_timeout
+    site = server.Site(resource, requestFactory=GatewayRequest, reactor=reactor, **kwargs)
+    site.protocol = GatewayHTTPChannel  # type: ignore[assignment]
+    site.max_body_size = max_body_size  # type: ignore[attr-defined]
+    site.request_timeout = request_timeout  # type: ignore[attr-defined]
+    return site
 
 
-def make_site(resource: Any, config: Any, reactor: Any = None, request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT) -> GatewaySite:
+def make_site(resource: Any, config: Any, reactor: Any = None, request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT) -> server.Site:
     """The Site a :class:`~gateway.service.GatewayService` serves ``resource`` with.
 
     Request bodies are bounded by ``config.max_message_size`` before they are read,
@@ -443,12 +461,13 @@ def make_site(resource: Any, config: Any, reactor: Any = None, request_timeout: 
     ``413`` for a declared ``Content-Length`` over the limit), but the defences that
     live in the channel are your Site's: twisted.web reads a body whole (to a
     temporary file above 100 KB) before ``POST /publish`` can refuse it, nothing
-    bounds a slow request, and ``Server`` is whatever your Site sends.  Use
-    ``GatewaySite`` (or set your Site's ``protocol`` to :class:`GatewayHTTPChannel`
-    and its ``requestFactory`` to :class:`GatewayRequest`, with ``max_body_size``
-    and ``request_timeout`` attributes) to have them too.
+    bounds a slow request, and ``Server`` is whatever your Site sends.  Serve with
+    :func:`gateway_site` (or set your Site's ``protocol`` to
+    :class:`GatewayHTTPChannel` and its ``requestFactory`` to
+    :class:`GatewayRequest`, with ``max_body_size`` and ``request_timeout``
+    attributes) to have them too.
     """
-    return GatewaySite(resource, max_body_size=config.max_message_size, request_timeout=request_timeout, reactor=reactor)
+    return gateway_site(resource, max_body_size=config.max_message_size, request_timeout=request_timeout, reactor=reactor)
 
 
 __all__ += [
@@ -457,8 +476,8 @@ __all__ += [
     "SERVER_NAME",
     "GatewayHTTPChannel",
     "GatewayRequest",
-    "GatewaySite",
     "LineLimitHTTPChannel",
+    "gateway_site",
     "make_site",
     "raw_error_response",
 ]

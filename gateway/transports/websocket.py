@@ -43,7 +43,7 @@ from gateway.errors import (
     Internal,
     NotFound,
 )
-from gateway.transports._backpressure import SendBuffer
+from gateway.transports._backpressure import HeldMessages
 
 __all__ = ["GatewayWebSocketFactory", "GatewayWebSocketProtocol", "websocket_resource"]
 
@@ -59,7 +59,8 @@ class GatewayWebSocketProtocol(WebSocketServerProtocol):
     def __init__(self) -> None:
         super().__init__()
         self.session: Session | None = None
-        self._backpressure = SendBuffer()
+        # Replies and publications, held back whole while the client is not reading.
+        self._out = HeldMessages(self._write_message)
         self._heartbeat_call: Any = None
         self._awaiting_pong: bytes | None = None
         self._pings = 0
@@ -94,7 +95,7 @@ class GatewayWebSocketProtocol(WebSocketServerProtocol):
             # stops reading (see ../shared/STACK.md section 2).
             try:
                 transport.unregisterProducer()
-                transport.registerProducer(self._backpressure, True)
+                transport.registerProducer(self._out, True)
             except Exception:  # pragma: no cover - transports without producers
                 self._log.debug("no producer support on {transport!r}", transport=transport)
 
@@ -226,16 +227,25 @@ class GatewayWebSocketProtocol(WebSocketServerProtocol):
         """Send one JSON event, if the connection is still open."""
         if self.state == WebSocketProtocol.STATE_OPEN:
             data = dumps(event)
-            if self._has_room(len(data)):
-                self.sendMessage(data)
+            self._send((data, None), len(data))
 
     def send_publication(self, prepared: PreparedPublication) -> None:
         """Send a prepared ``message`` frame (shared by every subscriber)."""
+        if self.state == WebSocketProtocol.STATE_OPEN:
+            self._send((prepared.payload, prepared), len(prepared.payload))
+
+    def _send(self, message: tuple[bytes, PreparedPublication | None], size: int) -> None:
+        if not self._out.offer(message, size, self.factory.gateway.config.max_send_buffer):
+            self._slow_consumer()
+
+    def _write_message(self, message: tuple[bytes, PreparedPublication | None]) -> None:
         if self.state != WebSocketProtocol.STATE_OPEN:
             return
-        frame = prepared.form(_WS_FORM, self.factory.prepareMessage)
-        if not self._has_room(len(frame.payloadHybi)):
+        payload, prepared = message
+        if prepared is None:
+            self.sendMessage(payload)
             return
+        frame = prepared.form(_WS_FORM, self.factory.prepareMessage)
         if self._perMessageCompress is None and not self.send_queue:
             # What sendPreparedMessage() ends up doing for an uncompressed connection,
             # minus Autobahn's per-send debug formatting (measured at 8-14% of a
@@ -245,12 +255,19 @@ class GatewayWebSocketProtocol(WebSocketServerProtocol):
             self.sendPreparedMessage(frame)
         self.factory.gateway.stats.deliveries["websocket"] += 1
 
-    def _has_room(self, size: int) -> bool:
-        """Account for ``size`` more bytes; close a slow consumer (1008) past the cap."""
-        if self._backpressure.overflows(size, self.factory.gateway.config.max_send_buffer):
-            self._close(CLOSE_POLICY, "slow consumer: send buffer full")
-            return False
-        return True
+    def _slow_consumer(self) -> None:
+        """The client stopped reading and its backlog passed the cap: close it (1008).
+
+        What it did not get yet is dropped (it resumes by seq), so the close frame
+        is next on the wire after what the socket already holds: a client that
+        reads again sees the code and the reason rather than only a reset."""
+        dropped = self._out.drop()
+        self._log.info(
+            "closing slow WebSocket consumer {peer}: {count} message(s) not yet sent dropped",
+            peer=self.peer,
+            count=dropped,
+        )
+        self._close(CLOSE_POLICY, "slow consumer: send buffer full")
 
     def _close(self, code: int, reason: str) -> None:
         # sendClose() refuses 1001/1003/1008 (it only allows 1000 and 3000-4999).

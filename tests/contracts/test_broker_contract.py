@@ -159,3 +159,28 @@ async def test_delivery_only_while_subscribed(make_broker):
 
     assert during + ["marker"] == listener.publications[:3] + [listener.publications[3].channel]
     assert 4 == len(listener.publications)
+
+
+async def test_data_that_cannot_be_encoded_is_refused_before_taking_a_seq(make_broker):
+    """A lone surrogate (valid JSON text, not encodable as UTF-8), NaN or a non-JSON object is
+    a BadRequest: it takes no seq, is not stored or delivered, and the channel stays usable
+    (the next publication is seq 1, history from 0 answers at once)."""
+    from gateway.errors import BadRequest
+
+    broker, listener = await make_broker()
+    await broker.subscribe("c")
+
+    for bad in ["\ud800", {"k": ["ok", "x\udfff"]}, {"\ud83d": 1}, float("nan"), {1, 2}]:
+        try:
+            await broker.publish("c", bad)
+        except BadRequest:
+            pass
+        else:
+            raise AssertionError(f"{bad!r} was accepted")
+    good = await broker.publish("c", "\U0001f600 fine")
+    await wait_for(lambda: len(listener.publications) == 1, what="the good publication")
+    history = await broker.history("c", Position(good.epoch, 0))
+
+    assert 1 == good.seq
+    assert [good] == listener.publications
+    assert (good,) == history.publications

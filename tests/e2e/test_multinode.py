@@ -190,7 +190,8 @@ async def test_lost_pubsub_messages_are_filled_from_history(nodes, redis_server)
 
 async def test_flushall_resets_subscribers_to_a_new_epoch(nodes, redis_server):
     """FLUSHALL: the next publication starts a new epoch at seq 1, subscribers on every node get a
-    reset to it, and a client resuming from the old epoch gets recovered=false and a reset."""
+    reset to it, and a client resuming from the old epoch gets recovered=false, a reset to the
+    start of the new epoch and its publications, like the subscribers that were connected."""
     a, b = await nodes(2)
 
     async def scenario():
@@ -204,7 +205,7 @@ async def test_flushall_resets_subscribers_to_a_new_epoch(nodes, redis_server):
         await until(lambda: all(len(s.messages) == 4 for s in subs), what="delivery after flush")
         late = Subscriber(a.ws_url, "f")
         reply = await late.start(since={"epoch": old[-1]["epoch"], "seq": 3})
-        await until(lambda: len(late.events) == 2, what="reset for the late client")
+        await until(lambda: len(late.events) == 3, what="reset and message for the late client")
         for s in subs + [late]:
             await s.close()
         return subs, late, reply, old, new
@@ -218,8 +219,10 @@ async def test_flushall_resets_subscribers_to_a_new_epoch(nodes, redis_server):
         s.check_order()
         assert {"type": "reset", "channel": "f", "epoch": new_epoch, "seq": 0} == s.events[-2]
         assert ("after flush", new_epoch, 1) == (s.events[-1]["data"], s.events[-1]["epoch"], s.events[-1]["seq"])
-    assert (False, new_epoch, 1) == (reply["recovered"], reply["epoch"], reply["seq"])
-    assert {"type": "reset", "channel": "f", "epoch": new_epoch, "seq": 1} == late.events[1]
+    assert (False, new_epoch, 0) == (reply["recovered"], reply["epoch"], reply["seq"])
+    assert {"type": "reset", "channel": "f", "epoch": new_epoch, "seq": 0} == late.events[1]
+    assert ("after flush", new_epoch, 1) == (late.events[2]["data"], late.events[2]["epoch"], late.events[2]["seq"])
+    late.check_order()
 
 
 async def test_client_of_a_stopped_node_resumes_on_another(nodes):

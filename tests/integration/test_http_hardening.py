@@ -20,7 +20,12 @@ from twisted.web import resource, server
 from gateway import Config, GatewayService
 from gateway.resource import GatewayResource
 from gateway.testing import DEFAULT_TIMEOUT, WSClient, aio, http, sleep
-from gateway.transports._http import DEFAULT_REQUEST_TIMEOUT, GatewaySite
+from gateway.transports._http import (
+    DEFAULT_REQUEST_TIMEOUT,
+    GatewayHTTPChannel,
+    GatewayRequest,
+    gateway_site,
+)
 from gateway.transports.websocket import GatewayWebSocketFactory
 from tests.integration.conftest import SSEClient
 from tests.integration.rawhttp import (
@@ -58,8 +63,8 @@ async def serve():
         await port.stopListening()
 
 
-def short_deadline_site(gw, request_timeout: float = 0.5, **kwargs) -> GatewaySite:
-    return GatewaySite(GatewayResource(gw.gateway), max_body_size=gw.gateway.config.max_message_size, request_timeout=request_timeout, **kwargs)
+def short_deadline_site(gw, request_timeout: float = 0.5, **kwargs) -> server.Site:
+    return gateway_site(GatewayResource(gw.gateway), max_body_size=gw.gateway.config.max_message_size, request_timeout=request_timeout, **kwargs)
 
 
 def assert_json_error(r: RawResponse, status: int, code: str) -> None:
@@ -406,9 +411,10 @@ async def test_idle_timeout_still_closes_idle_connections(gw, serve):
 
 
 def test_service_site_has_the_defences():
-    """GatewayService serves through a GatewaySite: 30 s deadline, bodies bounded by --max-message-size."""
+    """GatewayService serves with the gateway's channel and request: 30 s deadline, bodies bounded by --max-message-size."""
     svc = GatewayService(Config(listen=(), max_message_size=4096))
-    assert isinstance(svc.site, GatewaySite)
+    assert svc.site.protocol is GatewayHTTPChannel
+    assert svc.site.requestFactory is GatewayRequest
     assert (svc.site.request_timeout, svc.site.max_body_size) == (DEFAULT_REQUEST_TIMEOUT, 4096) == (30.0, 4096)
 
 

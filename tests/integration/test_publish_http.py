@@ -51,6 +51,31 @@ async def test_batch_with_one_bad_item_publishes_nothing(gw):
     assert ok.json()["seq"] == 1
 
 
+async def test_lone_surrogate_is_400_and_a_batch_holding_one_publishes_nothing(gw):
+    """`data` with an unpaired surrogate escape is a 400 bad_request; in a batch, nothing of
+    the batch is published; the channel then carries on at seq 1 and history answers."""
+    sub = await WSClient.connect(gw.ws_url)
+    first = await sub.request({"type": "subscribe", "channel": "s", "id": 1})
+    single = await post(gw, b'{"channel":"s","data":"\\ud800"}')
+    batch = await post(gw, b'{"messages":[{"channel":"s","data":1},{"channel":"s","data":["\\udfff"]}]}')
+    assert (single.status_code, single.json()["error"]["code"]) == (400, "bad_request")
+    assert (batch.status_code, batch.json()["error"]["code"]) == (400, "bad_request")
+    ok = await post(gw, b'{"channel":"s","data":"\\ud83d\\ude00"}')  # an escaped pair is fine
+    assert (ok.status_code, ok.json()["seq"]) == (200, 1)
+    got = await sub.recv()
+    assert (got["type"], got["seq"], got["data"]) == ("message", 1, "\U0001f600")
+    poll = await http("GET", gw.base + "/poll?channel=s&timeout=5&cursor=" + _cursor("s", first["epoch"], 0))
+    assert [m["seq"] for m in poll.json()["messages"]] == [1]
+    await sub.close()
+
+
+def _cursor(channel, epoch, seq):
+    from gateway.core.cursor import encode_cursor
+    from gateway.core.model import Position
+
+    return encode_cursor({channel: Position(epoch, seq)})
+
+
 BAD_BODIES = [
     ("not json", b"{nope"),
     ("not utf8", b'{"channel":"\xff","data":1}'),

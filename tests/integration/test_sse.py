@@ -115,11 +115,14 @@ async def test_cursor_older_than_history_gets_a_reset(gw_factory, sse):
 
 
 async def test_cursor_from_another_epoch_gets_a_reset(gw, sse):
-    """A position in an epoch the channel no longer has is reset to the current top."""
+    """A position in an epoch the channel no longer has is reset to the start of the current
+    epoch, and the publications history holds of it follow from seq 1."""
     pub = await publish(gw, "a", 1)
     stream = await sse(url(gw, "a", since=cursor_of({"a": ("gone", 7)})))
     reset = await aio(stream.event())
-    assert reset["data"] == {"type": "reset", "channel": "a", "epoch": pub.epoch, "seq": 1}
+    assert reset["data"] == {"type": "reset", "channel": "a", "epoch": pub.epoch, "seq": 0}
+    message = await aio(stream.event())
+    assert (message["data"]["type"], message["data"]["seq"], message["data"]["data"]) == ("message", 1, 1)
 
 
 async def test_channel_absent_from_cursor_starts_now_and_unlisted_positions_are_ignored(gw, sse):

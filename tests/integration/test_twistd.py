@@ -99,7 +99,7 @@ def test_twistd_rejects_bad_options_with_a_clear_message():
 
 
 def test_twistd_lists_the_plugin_and_its_options():
-    """`twistd --help` lists gateway; `twistd -n gateway --help` prints the options of PROTOCOL.md section 10."""
+    """`twistd --help` lists gateway; `twistd -n gateway --help` prints the options of docs/protocol.md section 10."""
     twistd_bin = os.path.join(os.path.dirname(sys.executable), "twistd")
     listing = subprocess.run([twistd_bin, "--help"], capture_output=True, text=True, timeout=60).stdout
     assert any(line.split()[:1] == ["gateway"] for line in listing.splitlines())

@@ -34,13 +34,16 @@ async def test_subscribe_since_recovers_missed_messages_in_order(gw):
 
 
 async def test_subscribe_since_unrecoverable_sends_one_reset(gw):
-    """A `since` from another epoch: subscribed with recovered false, then one reset to the latest seq."""
+    """A `since` from another epoch: subscribed with recovered false, then one reset to the start
+    of the current epoch and the publications history holds of it, from seq 1."""
     ws = await WSClient.connect(gw.ws_url)
-    await ws.request({"type": "publish", "channel": "r", "data": 1, "id": 0})
+    await ws.request({"type": "publish", "channel": "r", "data": "kept", "id": 0})
     reply = await subscribe(ws, "r", since={"epoch": "gone", "seq": 7})
-    assert reply["recovered"] is False
+    assert (reply["recovered"], reply["seq"]) == (False, 0)
     reset = await ws.recv()
-    assert reset == {"type": "reset", "channel": "r", "epoch": reply["epoch"], "seq": 1}
+    assert reset == {"type": "reset", "channel": "r", "epoch": reply["epoch"], "seq": 0}
+    message = await ws.recv()
+    assert (message["type"], message["seq"], message["data"]) == ("message", 1, "kept")
     await ws.close()
 
 
@@ -101,7 +104,7 @@ async def test_id_is_echoed_as_given(gw):
 BAD_COMMANDS = [
     ("not json", "{oops", None),
     ("json array", "[1,2]", None),
-    ("nan", '{"type":"publish","channel":"c","data":NaN,"id":1}', None),
+    ("nan", '{"type":"publish","channel":"c","data":NaN,"id":1}', 1),
     ("unknown type", '{"type":"dance","id":7}', 7),
     ("missing type", '{"id":8}', 8),
     ("type not string", '{"type":5,"id":9}', 9),
@@ -116,7 +119,13 @@ BAD_COMMANDS = [
     ("token not string", '{"type":"auth","token":5,"id":18}', 18),
     ("enormous id", json.dumps({"type": "subscribe", "channel": "c", "id": "i" * 100000}), None),
     ("object id", '{"type":"subscribe","channel":"c","id":{"a":1}}', None),
-    ("deep nesting", '{"type":"publish","channel":"c","id":1,"data":' + "[" * 100000 + "]" * 100000 + "}", None),
+    # Refused as a whole, yet the top-level id is still read and echoed.
+    ("deep nesting", '{"type":"publish","channel":"c","id":1,"data":' + "[" * 100000 + "]" * 100000 + "}", 1),
+    ("deep nesting, id last", '{"type":"publish","channel":"c","data":' + '[{"a":"]}"},' * 70 + "0" + "]" * 70 + ',"id":"late"}', "late"),
+    ("number too large", '{"type":"publish","channel":"c","data":' + "9" * 5000 + ',"id":19}', 19),
+    ("lone surrogate in data", '{"type":"publish","channel":"c","data":{"t":"\\ud800"},"id":20}', 20),
+    ("lone surrogate in id", '{"type":"publish","channel":"c","data":1,"id":"\\udc00"}', None),
+    ("lone surrogate in a key", '{"type":"subscribe","channel":"c","\\ud800":1,"id":21}', 21),
 ]
 
 
@@ -133,6 +142,28 @@ async def test_bad_command_gets_bad_request_and_connection_stays_open(gw_factory
     assert isinstance(error["message"], str) and error["message"]
     assert (await subscribe(ws, "still-ok", id="ok"))["type"] == "subscribed"
     await ws.close()
+
+
+async def test_lone_surrogate_publish_takes_no_seq_and_leaves_the_channel_usable(gw):
+    """`"\\ud800"` is valid JSON text but not UTF-8: the publish is a bad_request with its id,
+    live subscribers see nothing (no spurious reset), the next publication is seq 1, and a
+    resume from before it answers at once with exactly that publication."""
+    sub = await WSClient.connect(gw.ws_url)
+    first = await subscribe(sub, "poison")
+    pub = await WSClient.connect(gw.ws_url)
+    await pub.send('{"type":"publish","channel":"poison","data":"\\ud800","id":"bad"}')
+    error = await pub.recv()
+    assert (error["type"], error["code"], error["id"]) == ("error", "bad_request", "bad")
+    ack = await pub.request({"type": "publish", "channel": "poison", "data": "ok", "id": "good"})
+    assert (ack["type"], ack["seq"], ack["epoch"]) == ("ack", 1, first["epoch"])
+    got = await sub.recv()
+    assert (got["type"], got["seq"], got["data"]) == ("message", 1, "ok")
+    late = await WSClient.connect(gw.ws_url)
+    reply = await subscribe(late, "poison", id="r", since={"epoch": first["epoch"], "seq": 0})
+    assert (reply["recovered"], reply["seq"]) == (True, 1)
+    assert (await late.recv())["data"] == "ok"
+    for ws in (sub, pub, late):
+        await ws.close()
 
 
 async def test_duplicate_subscribe_is_bad_request(gw):
@@ -242,6 +273,51 @@ async def test_slow_consumer_is_closed_with_1008(gw_factory):
     code, _ = await aio(asyncio.wait_for(raw.read_until_close(), 10))
     raw.close()
     assert code == 1008
+
+
+async def test_slow_consumer_close_frame_is_sent_ahead_of_queued_publications(gw_factory):
+    """A client that stops reading altogether: once its backlog passes the cap, what was not
+    yet written is dropped and the 1008 close frame goes out next, so when the client reads
+    again it finds the close code and reason after little data (not behind the whole cap)."""
+    import struct
+
+    cap = 2 * 1024 * 1024
+    gw = gw_factory(max_send_buffer=cap)
+    raw = await aio(RawWS.connect(gw.port, rcvbuf=4096))
+    raw.send_frame(0x1, json.dumps({"type": "subscribe", "channel": "stall", "id": 1}).encode())
+    await aio(raw.writer.drain())
+    opcode, reply = await aio(asyncio.wait_for(raw.read_frame(), 5))
+    assert json.loads(reply)["type"] == "subscribed"
+    raw.writer.transport.pause_reading()  # the client stops reading
+    (proto,) = gw.gateway._connections["websocket"]
+    # Pin the server socket's kernel send buffer (Linux autotunes it up to 4 MiB, which
+    # the gateway cannot take back): what comes before the close frame is then the gateway's.
+    import socket
+
+    proto.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+    chunk = "x" * 16000
+    published = 0
+    while proto.state == proto.STATE_OPEN and published < 1000:
+        await gw.bus.publish("stall", chunk)
+        published += 1
+        await sleep(0)
+    assert proto.state == proto.STATE_CLOSING, "the server never closed the stalled client"
+
+    async def read_again():
+        raw.writer.transport.resume_reading()
+        data_bytes = 0
+        while True:
+            opcode, payload = await raw.read_frame()
+            if opcode == 8:
+                return data_bytes, struct.unpack("!H", payload[:2])[0], payload[2:].decode()
+            data_bytes += len(payload)
+
+    before_close, code, reason = await aio(asyncio.wait_for(read_again(), 5))
+    raw.close()
+    assert (code, reason) == (1008, "slow consumer: send buffer full")
+    assert published * len(chunk) > cap
+    # About one Twisted buffer (64 KiB) and the kernels' (~128 KiB here), not the 2 MiB cap.
+    assert before_close < 512 * 1024, f"{before_close} bytes came before the close frame"
 
 
 async def test_origin_not_allowed_is_refused_with_403(gw_factory):

@@ -93,19 +93,25 @@ def test_recovery_from_position_returns_missed_publications():
     assert [p.publication.seq for p in res.publications] == [2, 3]
 
 
-@pytest.mark.parametrize(
-    "since",
-    [Position("other-epoch", 1), Position("e1", 9)],
-    ids=["wrong-epoch", "ahead-of-top"],
-)
-def test_recovery_impossible_reports_not_recovered(since):
-    """A position from another epoch or ahead of the top cannot be continued: recovered is False."""
+def test_recovery_impossible_reports_not_recovered():
+    """A position ahead of the top cannot be continued: recovered is False, reset to the top."""
     bus, broker, _ = make()
     publish_and_deliver(bus, broker, "c")
-    res = result_of(bus.subscribe("c", RecordingSubscriber(), since).ready)
+    res = result_of(bus.subscribe("c", RecordingSubscriber(), Position("e1", 9)).ready)
     assert res.recovered is False
     assert res.top == Position("e1", 1)
     assert res.publications == ()
+
+
+def test_position_in_another_epoch_resets_to_the_epoch_start_and_delivers_it():
+    """A position in another (older) epoch: recovered is False with a reset to (epoch, 0), and the
+    current epoch's publications follow from seq 1 when history still holds them."""
+    bus, broker, _ = make()
+    publish_and_deliver(bus, broker, "c", "x")
+    publish_and_deliver(bus, broker, "c", "y")
+    res = result_of(bus.subscribe("c", RecordingSubscriber(), Position("other-epoch", 1)).ready)
+    assert (res.recovered, res.top) == (False, Position("e1", 0))
+    assert [(p.publication.seq, p.publication.data) for p in res.publications] == [(1, "x"), (2, "y")]
 
 
 def test_recovery_older_than_history_is_not_recovered():
@@ -278,6 +284,21 @@ def test_broker_subscribe_failure_fails_every_pending_subscription():
     assert attempts == ["c", "c"]
 
 
+def test_broker_raising_instead_of_failing_fails_the_subscription():
+    """A broker whose history() raises instead of returning a failed Deferred fails the
+    subscription with `unavailable`; it does not leave it waiting forever."""
+    broker = ManualBroker()
+
+    def raising_history(channel, since):
+        raise RuntimeError("broker bug")
+
+    broker.history = raising_history
+    bus, _, _ = make(broker)
+    sub = bus.subscribe("c", RecordingSubscriber())
+    assert result_of(sub.ready).check(Unavailable)
+    assert bus.channels == []
+
+
 def test_publish_when_broker_down_fails_fast():
     """Publishing while the broker is not ready fails at once with Unavailable."""
     bus, broker, _ = make()
@@ -339,6 +360,46 @@ def test_publish_hook_crashing_before_is_internal_error():
 
 
 
+def test_subscriber_publishing_from_its_callback_keeps_everyone_in_order():
+    """A subscriber that publishes while receiving (the in-memory broker delivers at once) does not
+    make other subscribers see the new publication before the one being delivered."""
+    bus = Bus(InMemoryBroker(), Clock())
+    bus.start()
+
+    class Echo(RecordingSubscriber):
+        def on_publication(self, prepared):
+            super().on_publication(prepared)
+            if prepared.publication.seq == 1:
+                bus.publish("c", "echo")
+
+    echo, other = Echo(), RecordingSubscriber()
+    bus.subscribe("c", echo)
+    bus.subscribe("c", other)
+    result_of(bus.publish("c", "first"))
+    assert [e[0] for e in other.events] == ["message", "message"]
+    assert (echo.seqs, other.seqs) == ([1, 2], [1, 2])
+
+
+def test_publication_buffered_while_subscribing_is_encoded_once():
+    """A publication that reaches live subscribers and, buffered, subscriptions still starting is
+    the very same prepared object for all of them."""
+    bus, broker, _ = make()
+    seen = []
+
+    class Sub(RecordingSubscriber):
+        def on_publication(self, prepared):
+            seen.append(prepared)
+
+    bus.subscribe("c", Sub())
+    broker.hold_history = True
+    starting = [bus.subscribe("c", RecordingSubscriber()) for _ in range(2)]
+    publish_and_deliver(bus, broker, "c")
+    broker.release_history()
+    results = [result_of(sub.ready) for sub in starting]
+    assert [p.publication.seq for r in results for p in r.publications] == [1, 1]
+    assert seen[0] is results[0].publications[0] is results[1].publications[0]
+
+
 def _no_silent_gap(events):
     """Every message follows the previous position by exactly one, or a reset said where to go on from."""
     pos = None
@@ -375,3 +436,140 @@ def test_lossy_delivery_never_produces_a_silent_gap(deliveries, history_size):
     assert final == ("e1", last.seq)
     if history_size >= len(deliveries):
         assert rec.seqs == list(range(1, len(deliveries) + 1))
+
+
+# -- never backwards (docs/protocol.md section 3), under random interleavings ------------------
+
+_STEPS = st.one_of(
+    st.tuples(st.just("publish"), st.sampled_from(["deliver", "lose", "repeat", "late"])),
+    st.tuples(st.just("deliver_late"), st.just(None)),
+    st.tuples(st.just("flush"), st.just(None)),
+    st.tuples(st.just("reconnect"), st.just(None)),
+    st.tuples(st.just("hold_history"), st.just(None)),
+    st.tuples(st.just("release_history"), st.sampled_from([None, "fail"])),
+    st.tuples(st.just("release_one"), st.integers(min_value=0, max_value=10)),
+    st.tuples(st.just("retry_due"), st.just(None)),
+    st.tuples(st.just("subscribe"), st.one_of(st.none(), st.integers(min_value=0, max_value=60), st.just("ahead"))),
+    st.tuples(st.just("cancel"), st.integers(min_value=0, max_value=10)),
+)
+
+
+class _Client:
+    """One subscription seen from its client: the SubscribeResult, then live events."""
+
+    def __init__(self, bus, since):
+        self.since = since
+        self.rec = RecordingSubscriber()
+        self.result = None
+        self.failed = False
+        self.sub = bus.subscribe("c", self.rec, since)
+        self.sub.ready.addCallbacks(self._ready, self._failed)
+
+    def _ready(self, result):
+        assert not self.rec.events, "live delivery before the subscription went live"
+        self.result = result
+
+    def _failed(self, failure):
+        self.failed = True
+
+    def stream(self):
+        """The start position and the events after `subscribed`, as ("message"|"reset", epoch, seq)."""
+        res = self.result
+        start = self.since if res.recovered else res.top
+        events = []
+        if res.recovered is False:
+            events.append(("reset", res.top.epoch, res.top.seq))
+        events += [("message", p.publication.epoch, p.publication.seq) for p in res.publications]
+        events += [(kind, epoch, seq) for kind, _channel, epoch, seq in self.rec.events]
+        return (start.epoch, start.seq), events
+
+
+def _check_never_backwards(start, events):
+    """Never a reset below what was given in the same epoch, never a publication twice, never a
+    silent gap, never back to an epoch that was left; returns the final position."""
+    pos = start
+    given = {start[0]: start[1]}
+    seen, left = set(), set()
+    for kind, epoch, seq in events:
+        assert epoch not in left, f"back to the old epoch {epoch}: {events}"
+        if kind == "reset":
+            assert seq >= given.get(epoch, 0), f"reset to {epoch}:{seq} after {given[epoch]}: {start} {events}"
+        else:
+            assert (epoch, seq) not in seen, f"{epoch}:{seq} delivered twice: {start} {events}"
+            assert (epoch, seq - 1) == pos, f"{epoch}:{seq} does not follow {pos}: {start} {events}"
+            seen.add((epoch, seq))
+        if epoch != pos[0]:
+            left.add(pos[0])
+        pos = (epoch, seq)
+        given[epoch] = max(given.get(epoch, 0), seq)
+    return pos
+
+
+@settings(max_examples=400, deadline=None)
+@given(steps=st.lists(_STEPS, min_size=1, max_size=40), history_size=st.integers(min_value=1, max_value=20))
+def test_random_interleavings_never_go_backwards(steps, history_size):
+    """Random interleavings of publications (delivered, lost, repeated, handed over late), Redis
+    losing its data (a new epoch), broker reconnects, history reads held back, answered out of
+    order, failing and retried, and subscriptions joining (with or without `since`) and leaving:
+    every subscription is never reset backwards within an epoch, never gets a publication
+    twice, never skips silently, never returns to an epoch it left, and ends at the channel's
+    top."""
+    bus, broker, clock = make(ManualBroker(history_size=history_size))
+    clients, published, late = [], [], []
+    for step, arg in steps:
+        if step == "publish":
+            pub = publish_and_deliver(bus, broker, "c", deliver=False)
+            published.append(pub)
+            if arg in ("deliver", "repeat"):
+                broker.deliver(pub)
+            if arg == "repeat":
+                broker.deliver(pub)
+            if arg == "late":
+                late.append(pub)
+        elif step == "deliver_late":
+            for pub in late:
+                broker.deliver(pub)
+            late.clear()
+        elif step == "flush":
+            broker.restart_stream("c")
+        elif step == "reconnect":
+            bus.broker_reconnected()
+        elif step == "hold_history":
+            broker.hold_history = True
+        elif step == "release_history":
+            broker.hold_history = False
+            broker.release_history(Unavailable("down") if arg == "fail" else None)
+        elif step == "release_one" and broker.held:
+            # One answer out of order (Redis answers on several connections).
+            _channel, answer, d = broker.held.pop(arg % len(broker.held))
+            d.callback(answer)
+        elif step == "retry_due":
+            clock.advance(GAP_RETRY_SECONDS)
+        elif step == "subscribe":
+            since = None
+            if arg == "ahead":
+                top = broker.stream("c").top
+                since = Position(top.epoch, top.seq + 2)
+            elif arg is not None and published:
+                since = published[arg % len(published)].position
+            clients.append(_Client(bus, since))
+        elif step == "cancel" and clients:
+            clients[arg % len(clients)].sub.cancel()
+    # Settle: hand over everything, let the node catch up with history.
+    broker.hold_history = False
+    for _ in range(3):
+        broker.release_history()
+        for pub in late:
+            broker.deliver(pub)
+        late.clear()
+        bus.broker_reconnected()
+        clock.advance(GAP_RETRY_SECONDS)
+    top = broker.stream("c").top
+    for client in clients:
+        if client.failed or (not client.sub.active and client.result is None):
+            continue
+        assert client.result is not None, "a subscription never went live"
+        final = _check_never_backwards(*client.stream())
+        if client.sub.active:
+            assert final == (top.epoch, top.seq), client.stream()
+    assert bus.pending_timers == 0

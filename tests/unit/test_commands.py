@@ -170,8 +170,8 @@ def test_invalid_json_is_bad_request(text):
     ids=["NaN", "Infinity", "-Infinity", "data-NaN", "data-Infinity", "nested--Infinity", "id-NaN"],
 )
 def test_nan_and_infinity_are_bad_request(text):
-    """The non-standard JSON constants NaN and Infinity are rejected."""
-    assert ("bad_request", None) == rejection(text)
+    """The non-standard JSON constants NaN and Infinity are rejected (echoing a readable top-level id)."""
+    assert ("bad_request", "r1" if '"id":"r1"' in text else None) == rejection(text)
 
 
 @pytest.mark.parametrize(
@@ -393,3 +393,75 @@ def test_parse_publication_rejects_malformed(obj):
     """parse_publication raises BadRequest for a non-object, a missing field or a bad channel."""
     with pytest.raises(BadRequest):
         parse_publication(obj)
+
+
+# -- the top-level id of a command refused as a whole, and unencodable strings --------
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from gateway.core.commands import top_level_id  # noqa: E402
+from gateway.core.events import encode_json  # noqa: E402
+from gateway.errors import BadRequest as _BadRequest  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ('{"id": 5}', 5),
+        (' {\n"a" : {"id": 1, "x": "}\\"{"} , "id":"two"}', "two"),
+        ('{"a":[[[' + "[" * 500 + "]" * 500 + ']]],"id":3.5}', 3.5),
+        ('{"x":"\\\\","id":"after-escaped-backslash"}', "after-escaped-backslash"),
+        ('{"x":1}', None),
+        ("[1,2]", None),
+        ('"id"', None),
+        ('{"a":[1,2', None),
+        ("{oops", None),
+        (b'{"id":"\xff"}', None),
+        (b'{"id":"bytes"}', "bytes"),
+        ("", None),
+    ],
+)
+def test_top_level_id_reads_only_the_top_level_member(text, expected):
+    assert top_level_id(text) == expected
+
+
+@given(st.dictionaries(st.text(max_size=5), st.recursive(st.none() | st.integers() | st.text(max_size=5), lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=3), c, max_size=3), max_leaves=10), max_size=4), st.one_of(st.integers(), st.text(max_size=8)))
+def test_top_level_id_agrees_with_the_parser(obj, rid):
+    """For any object the scanner finds the same top-level id json.loads does."""
+    import json as _json
+
+    obj = {**obj, "id": rid}
+    text = _json.dumps(obj, ensure_ascii=bool(len(obj) % 2))
+    assert top_level_id(text) == _json.loads(text)["id"]
+
+
+@pytest.mark.parametrize("value", ["\ud800", ["ok", {"k": "\udfff"}], {"\ud83d": 1}, float("nan"), float("inf"), {1}, object()])
+def test_encode_json_refuses_what_cannot_go_on_the_wire(value):
+    with pytest.raises(_BadRequest):
+        encode_json(value)
+
+
+def test_encode_json_accepts_astral_characters_and_matches_dumps():
+    from gateway.core.events import dumps
+
+    value = {"t": "\U0001f600 ünï", "n": [1, 2.5, None, True]}
+    assert encode_json(value) == dumps(value)
+
+
+@pytest.mark.parametrize(
+    "text,rid",
+    [
+        ('{"type":"publish","channel":"c","data":"\\ud800","id":1}', 1),
+        ('{"type":"publish","channel":"c","data":"x","id":"\\udc00"}', None),
+        ('{"type":"publish","channel":"c","data":"\\ud83d\\ude00","id":2}', "ok"),
+    ],
+)
+def test_parse_command_refuses_lone_surrogates_with_the_id_when_it_can(text, rid):
+    if rid == "ok":
+        assert parse_command(text).data == "\U0001f600"
+        return
+    with pytest.raises(CommandError) as info:
+        parse_command(text)
+    assert info.value.error.code == "bad_request"
+    assert info.value.request_id == rid

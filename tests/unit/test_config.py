@@ -1,4 +1,4 @@
-"""Configuration (PROTOCOL.md section 10): defaults, TOML file, command line precedence
+"""Configuration (docs/protocol.md section 10): defaults, TOML file, command line precedence
 and validation with errors that name the option."""
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def fields(config: Config) -> dict:
 
 
 def test_load_config_defaults_match_protocol():
-    """load_config() with nothing given has the defaults of PROTOCOL.md section 10."""
+    """load_config() with nothing given has the defaults of docs/protocol.md section 10."""
     assert SECTION_10_DEFAULTS == fields(load_config())
 
 
@@ -56,7 +56,7 @@ def test_option_table_defaults_match_protocol():
 
 
 def test_option_table_has_every_protocol_option():
-    """Every long option name of PROTOCOL.md section 10 is in the option table (extensions allowed)."""
+    """Every long option name of docs/protocol.md section 10 is in the option table (extensions allowed)."""
     assert set() == SECTION_10_OPTIONS - {o.name for o in OPTIONS}
 
 

@@ -14,7 +14,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.web import resource
 from twisted.web.server import NOT_DONE_YET
 
-from gateway.transports._http import LINGER_TIMEOUT, GatewaySite
+from gateway.transports._http import LINGER_TIMEOUT, gateway_site
 
 
 class Held(resource.Resource):
@@ -53,7 +53,7 @@ class HalfClosable(StringTransport):
 
 
 def connect(root, clock, request_timeout=30.0, max_body_size=1024, timeout=None, transport=None):
-    site = GatewaySite(root, max_body_size=max_body_size, request_timeout=request_timeout, reactor=clock, timeout=timeout)
+    site = gateway_site(root, max_body_size=max_body_size, request_timeout=request_timeout, reactor=clock, timeout=timeout)
     proto = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
     transport = transport or StringTransport()
     proto.makeConnection(transport)

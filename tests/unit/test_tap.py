@@ -1,17 +1,27 @@
-"""``twistd gateway`` options (PROTOCOL.md section 10) parsed into a Config, and the
-service built from them (never started here)."""
+"""``twistd gateway`` options (docs/protocol.md section 10) parsed into a Config, and the
+service built from them (never started here); twistd's Options turn every error into
+one line on stderr and exit status 1."""
 
 from __future__ import annotations
+
+import sys
 
 import pytest
 from twisted.python import usage
 
+import gateway
 from gateway.config import load_config
-from gateway.tap import Options, makeService
+from gateway.tap import GatewayOptions, Options, as_command_line, makeService
 
 
-def parse(*argv: str) -> Options:
-    options = Options()
+@pytest.fixture(autouse=True)
+def _restore_excepthook(monkeypatch):
+    """makeService installs a sys.excepthook (for twistd): put the original back after each test."""
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+
+
+def parse(*argv: str) -> GatewayOptions:
+    options = GatewayOptions()
     options.parseOptions(list(argv))
     return options
 
@@ -129,4 +139,79 @@ def test_make_service_does_not_listen():
 def test_bad_redis_url_is_a_usage_error_at_option_parsing(url, message):
     """A malformed --redis is refused while parsing options, with a message naming the problem."""
     with pytest.raises(usage.UsageError, match=message):
-        Options().parseOptions(["--redis", url])
+        GatewayOptions().parseOptions(["--redis", url])
+
+
+@pytest.mark.parametrize(
+    "argv,expected",
+    [
+        (["--history-size", "0"], "gateway: --history-size: must be > 0"),
+        (["--redis", "http://x"], "gateway: --redis: expected redis://"),
+        (["--nope"], "gateway: option --nope not recognized (see twistd gateway --help)"),
+    ],
+)
+def test_twistd_options_report_one_line_and_exit_1(capfd, argv, expected):
+    """twistd's Options: a bad option is one line on the real stderr (fd 2) and SystemExit(1)."""
+    with pytest.raises(SystemExit) as info:
+        Options().parseOptions(argv)
+    out, err = capfd.readouterr()
+    assert (info.value.code, out) == (1, "")
+    assert err.startswith(expected) and err.count("\n") == 1
+
+
+def test_version_option_prints_the_version(capsys):
+    """--version prints `gateway <version>` and exits 0."""
+    with pytest.raises(SystemExit) as info:
+        Options().parseOptions(["--version"])
+    assert (info.value.code, capsys.readouterr().out) == (0, f"gateway {gateway.__version__}\n")
+
+
+@pytest.mark.parametrize(
+    "argv,expected",
+    [
+        (["--hook", "nope"], "gateway: --hook: unknown hook 'nope'"),
+        (["--listen", "tcp:x"], "gateway: --listen tcp:x: "),
+        (["--listen", "ssl:0:privateKey=/no/such/key.pem"], "gateway: --listen ssl:0:privateKey=/no/such/key.pem: No such file"),
+    ],
+)
+def test_make_service_errors_are_one_line_and_exit_1(capfd, argv, expected):
+    """Errors found while building the service (hooks, endpoints, TLS files) are one line and SystemExit(1)."""
+    options = parse(*argv)
+    with pytest.raises(SystemExit) as info:
+        makeService(options)
+    _, err = capfd.readouterr()
+    assert info.value.code == 1
+    assert err.startswith(expected) and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "message,expected",
+    [
+        ("history-size: must be > 0", "--history-size: must be > 0"),
+        ("listen tcp:x: bad", "--listen tcp:x: bad"),
+        ("config: cannot read f", "--config: cannot read f"),
+        ("give --jwt-secret or --jwt-public-key, not both", "give --jwt-secret or --jwt-public-key, not both"),
+        ("authentication: not yet", "authentication: not yet"),
+    ],
+)
+def test_config_messages_name_the_command_line_option(message, expected):
+    """A config error that starts with an option's long name is shown as --name."""
+    assert as_command_line(message) == expected
+
+
+
+def test_make_service_makes_an_uncaught_listen_error_one_line(capfd):
+    """After makeService, an uncaught ListenError (twistd's privilegedStartService) prints one
+    line instead of a traceback; any other exception still goes to the previous hook."""
+    from gateway.service import ListenError
+
+    seen = []
+    sys.excepthook = lambda *exc_info: seen.append(exc_info[0])
+    makeService(parse("--listen", "tcp:0:interface=127.0.0.1"))
+    makeService(parse("--listen", "tcp:0:interface=127.0.0.1"))  # installed once only
+    error = ListenError("listen tcp:1: Address already in use")
+    sys.excepthook(ListenError, error, None)
+    sys.excepthook(KeyError, KeyError("x"), None)
+    _, err = capfd.readouterr()
+    assert err == "gateway: --listen tcp:1: Address already in use\n"
+    assert seen == [KeyError]
