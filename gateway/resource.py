@@ -20,7 +20,7 @@ from gateway.transports.publish import PublishResource
 from gateway.transports.sse import SSEResource
 from gateway.transports.websocket import websocket_resource
 
-__all__ = ["ENDPOINTS", "GatewayResource", "HealthResource", "IndexResource", "ReadyResource"]
+__all__ = ["GatewayResource", "HealthResource", "ReadyResource"]
 
 
 class HealthResource(JSONResource):
@@ -50,16 +50,6 @@ class ReadyResource(JSONResource):
         return send_json(request, 200, {"status": "ready", "node": gw.config.node_id})
 
 
-ENDPOINTS = ["/ws", "/sse", "/poll", "/publish", "/healthz", "/readyz", "/metrics"]
-
-
-class IndexResource(JSONResource):
-    """``GET /``: what this service is and its endpoints."""
-
-    def render_GET(self, request: Request) -> bytes:
-        return send_json(request, 200, {"service": "gateway", "endpoints": ENDPOINTS})
-
-
 class GatewayResource(resource.Resource):
     """The gateway's resource tree: ``ws``, ``sse``, ``poll``, ``publish``, ``healthz``, ``readyz``, ``metrics``.
 
@@ -84,13 +74,12 @@ class GatewayResource(resource.Resource):
         self.putChild(b"healthz", HealthResource(gateway))
         self.putChild(b"readyz", ReadyResource(gateway))
         self.putChild(b"metrics", MetricsResource(self.registry))
-        self._index = IndexResource()
         self._not_found = NotFoundResource()
 
     def getChild(self, path: bytes, request: Any) -> resource.Resource:
-        # b"": the root itself with a trailing slash (``GET /``), the index.
-        return self._index if path == b"" else self._not_found
+        return self._not_found
 
     def render(self, request: Request) -> bytes | int:
-        # Mounted without a trailing slash (``/realtime``): the index.
-        return self._index.render(request)
+        # The bare root (``/realtime`` when mounted there) is no endpoint: a 404
+        # like ``/`` and every unknown path, whatever the method.
+        return self._not_found.render(request)

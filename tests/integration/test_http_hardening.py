@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import os
 import tempfile
 import time
@@ -468,7 +467,7 @@ async def test_malformed_request_gets_400_json(gw):
 
 async def test_endpoint_fixes_hold_in_a_foreign_site(serve):
     """Mounted under /realtime of a plain server.Site: HEAD is no 500, /ws is 426 / 405 / version-checked,
-    a declared oversize body is 413, the index answers GET only."""
+    a declared oversize body is 413, the bare root is a 404 for every method."""
     svc = GatewayService(Config(listen=(), max_message_size=1024))
     svc.startService()
     try:
@@ -481,15 +480,16 @@ async def test_endpoint_fixes_hold_in_a_foreign_site(serve):
             post_ws = await aio(exchange(port, request_bytes("POST", "/realtime/ws")))
             v8 = await aio(exchange(port, request_bytes("GET", "/realtime/ws", ws_headers(**{"Sec-WebSocket-Version": "8"}))))
             big = await aio(exchange(port, request_bytes("POST", "/realtime/publish", {"Content-Length": "2000"}, b"x" * 2000)))
-            index = await aio(exchange(port, request_bytes("GET", "/realtime")))
-            index_post = await aio(exchange(port, request_bytes("POST", "/realtime/")))
+            root_get = await aio(exchange(port, request_bytes("GET", "/realtime")))
+            root_post = await aio(exchange(port, request_bytes("POST", "/realtime")))
+            slash_post = await aio(exchange(port, request_bytes("POST", "/realtime/")))
         assert (head.status, head.header("allow")) == (405, "OPTIONS, POST")
         assert plain.status == 426 and plain.json()["error"]["code"] == "bad_request"
         assert (post_ws.status, post_ws.header("allow")) == (405, "GET")
         assert (v8.status, v8.header("sec-websocket-version")) == (426, "13")
         assert big.status == 413 and big.json()["error"]["code"] == "too_large"
-        assert index.status == 200 and "/ws" in json.loads(index.body)["endpoints"]
-        assert index_post.status == 405
+        assert [r.status for r in (root_get, root_post, slash_post)] == [404, 404, 404]
+        assert root_post.json()["error"]["code"] == "not_found"
         assert not errors.events, "\n".join(errors.texts())
     finally:
         await svc.stopService()

@@ -28,7 +28,6 @@ PATHS = {
 
 CORS = {"/sse", "/poll", "/publish"}
 SERVED = {
-    "/": {"GET", "HEAD"},
     "/ws": {"GET"},
     "/sse": {"GET", "OPTIONS"},
     "/poll": {"GET", "OPTIONS"},
@@ -40,8 +39,8 @@ SERVED = {
 
 
 def expected_status(method: str, endpoint: str) -> int:
-    if endpoint == "/nonexistent":
-        return 404
+    if endpoint in ("/", "/nonexistent"):
+        return 404  # the bare root is no endpoint either
     if method not in SERVED[endpoint]:
         return 405
     if endpoint == "/ws":
