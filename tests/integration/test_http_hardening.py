@@ -27,6 +27,7 @@ from gateway.transports._http import (
 )
 from gateway.transports.websocket import GatewayWebSocketFactory
 from tests.integration.conftest import SSEClient
+from tests.integration.test_tls import tls_node  # noqa: F401 - fixture
 from tests.integration.rawhttp import (
     LoggedErrors,
     RawResponse,
@@ -493,3 +494,26 @@ async def test_endpoint_fixes_hold_in_a_foreign_site(serve):
         assert not errors.events, "\n".join(errors.texts())
     finally:
         await svc.stopService()
+
+
+# -- TLS: refusals written through the TLS layer ------------------------------------------
+
+
+async def test_refusals_reach_the_client_over_tls(tls_node):
+    """Over an ssl: listener the early 413 and the 426 arrive whole (no half-close under TLS)."""
+    base, _, context = tls_node
+    port = int(base.rsplit(":", 1)[1])
+
+    async def ask(data: bytes) -> RawResponse:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
+        try:
+            writer.write(data)
+            await writer.drain()
+            return await read_response(reader)
+        finally:
+            writer.close()
+
+    big = await aio(ask(request_bytes("POST", "/publish", {"Content-Length": "1000000000"}) + b"{"))
+    assert_json_error(big, 413, "too_large")
+    plain = await aio(ask(request_bytes("GET", "/ws")))
+    assert_json_error(plain, 426, "bad_request")
