@@ -26,8 +26,8 @@ from gateway.transports._http import (
     gateway_site,
 )
 from gateway.transports.websocket import GatewayWebSocketFactory
+from tests.integration import test_tls
 from tests.integration.conftest import SSEClient
-from tests.integration.test_tls import tls_node  # noqa: F401 - fixture
 from tests.integration.rawhttp import (
     LoggedErrors,
     RawResponse,
@@ -37,6 +37,9 @@ from tests.integration.rawhttp import (
     read_response,
     request_bytes,
 )
+
+# The TLS node fixture of test_tls.py, available here as ``tls``.
+tls = test_tls.tls_node
 
 APP = "https://app.example"
 EVIL = "https://evil.example"
@@ -499,9 +502,9 @@ async def test_endpoint_fixes_hold_in_a_foreign_site(serve):
 # -- TLS: refusals written through the TLS layer ------------------------------------------
 
 
-async def test_refusals_reach_the_client_over_tls(tls_node):
+async def test_refusals_reach_the_client_over_tls(tls):
     """Over an ssl: listener the early 413 and the 426 arrive whole (no half-close under TLS)."""
-    base, _, context = tls_node
+    base, _, context = tls
     port = int(base.rsplit(":", 1)[1])
 
     async def ask(data: bytes) -> RawResponse:
