@@ -1,4 +1,6 @@
-"""Shared HTTP plumbing: JSON bodies, JSON errors, method dispatch without HTML pages."""
+"""Shared HTTP plumbing: JSON bodies, JSON errors, method dispatch without HTML pages,
+and the gateway's own Site (:func:`gateway_site`, :func:`make_site`): a channel and a
+request class that bound how requests arrive (docs/protocol.md section 2)."""
 
 from __future__ import annotations
 

@@ -245,3 +245,21 @@ def test_twisted_web_answers_say_server_gateway():
     out = transport.value()
     assert b"\r\nServer: gateway\r\n" in out
     assert b"Twisted" not in out
+
+
+class Broken(resource.Resource):
+    isLeaf = True
+
+    def render(self, request):
+        raise RuntimeError("a bug")
+
+
+def test_resource_that_raises_gets_a_json_500_not_an_html_page():
+    """A resource raising past its own handling: JSON `internal`, not twisted.web's HTML page."""
+    clock = MemoryReactorClock()
+    proto, transport = connect(Broken(), clock)
+    proto.dataReceived(REQUEST)
+    out = transport.value()
+    assert status_of(out) == 500
+    assert body_of(out)["error"]["code"] == "internal"
+    assert b"<html" not in out
