@@ -227,14 +227,14 @@ class GatewayWebSocketProtocol(WebSocketServerProtocol):
         """Send one JSON event, if the connection is still open."""
         if self.state == WebSocketProtocol.STATE_OPEN:
             data = dumps(event)
-            self._send((data, None), len(data))
+            self._enqueue((data, None), len(data))
 
     def send_publication(self, prepared: PreparedPublication) -> None:
         """Send a prepared ``message`` frame (shared by every subscriber)."""
         if self.state == WebSocketProtocol.STATE_OPEN:
-            self._send((prepared.payload, prepared), len(prepared.payload))
+            self._enqueue((prepared.payload, prepared), len(prepared.payload))
 
-    def _send(self, message: tuple[bytes, PreparedPublication | None], size: int) -> None:
+    def _enqueue(self, message: tuple[bytes, PreparedPublication | None], size: int) -> None:
         if not self._out.offer(message, size, self.factory.gateway.config.max_send_buffer):
             self._slow_consumer()
 
