@@ -355,7 +355,7 @@ class SSESubscriber(asyncio.Protocol):
                 return
             if headers.get(b"transfer-encoding", b"").lower() == b"chunked":
                 self._chunked = Dechunker()
-            # The stream opens only once every subscription is live (PROTOCOL.md 5).
+            # The stream opens only once every subscription is live (docs/protocol.md section 5).
             self.sub._set_ready()
         if self._chunked is not None:
             data = self._chunked.feed(data)
@@ -408,7 +408,7 @@ class PollSubscriber(asyncio.Protocol):
     """Polls one after the other on one keep-alive connection.
 
     The first poll has ``timeout=0``: it answers at once with the cursor at "now"
-    (PROTOCOL.md 6), after which the subscriber counts as ready and polls with
+    (docs/protocol.md section 6), after which the subscriber counts as ready and polls with
     that cursor, so nothing published afterwards is missed.
     """
 

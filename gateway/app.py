@@ -135,7 +135,7 @@ class Gateway:
     # -- policy ------------------------------------------------------------
 
     def origin_allowed(self, origin: str) -> bool:
-        """PROTOCOL.md section 8: every origin when none are configured."""
+        """docs/protocol.md section 8: every origin when none are configured."""
         allowed = self.config.allowed_origin
         return not allowed or origin in allowed
 

@@ -38,7 +38,7 @@ __all__ = [
     "Unavailable",
 ]
 
-# WebSocket close codes of PROTOCOL.md section 4.
+# WebSocket close codes of docs/protocol.md section 4.
 CLOSE_GOING_AWAY = 1001
 CLOSE_UNSUPPORTED_DATA = 1003
 CLOSE_INVALID_PAYLOAD = 1007

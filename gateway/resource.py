@@ -1,4 +1,4 @@
-"""``GatewayResource``: every endpoint of PROTOCOL.md section 2 as one twisted.web tree.
+"""``GatewayResource``: every endpoint of docs/protocol.md section 2 as one twisted.web tree.
 
 Mount it at the root of a Site or under any path of an existing one::
 

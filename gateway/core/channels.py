@@ -1,4 +1,4 @@
-"""Channel names and permission patterns (PROTOCOL.md sections 1 and 8)."""
+"""Channel names and permission patterns (docs/protocol.md sections 1 and 8)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Parsing of client commands (PROTOCOL.md section 4) into typed values.
+"""Parsing of client commands (docs/protocol.md section 4) into typed values.
 
 Everything a client sends passes through :func:`parse_command`, which either returns
 one of the command classes below or raises a :class:`~gateway.errors.GatewayError`

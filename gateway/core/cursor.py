@@ -1,6 +1,6 @@
 """Cursors: base64url (no padding) of the JSON ``{"<channel>": ["<epoch>", <seq>]}``.
 
-The encoding is part of the protocol (PROTOCOL.md section 1) so that client libraries
+The encoding is part of the protocol (docs/protocol.md section 1) so that client libraries
 can build a cursor from positions they tracked on another transport.
 """
 

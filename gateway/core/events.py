@@ -1,4 +1,4 @@
-"""Server events (PROTOCOL.md section 3) and their encodings.
+"""Server events (docs/protocol.md section 3) and their encodings.
 
 A publication is encoded once per node (:class:`PreparedPublication`); transports
 derive their own framing from that one encoding and cache it on the object, so

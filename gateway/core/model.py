@@ -45,7 +45,7 @@ class Publication:
         return Position(self.epoch, self.seq)
 
     def to_event(self) -> dict[str, Any]:
-        """The ``message`` server event of PROTOCOL.md section 3."""
+        """The ``message`` server event of docs/protocol.md section 3."""
         event: dict[str, Any] = {
             "type": "message",
             "channel": self.channel,

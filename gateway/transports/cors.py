@@ -1,4 +1,4 @@
-"""CORS for the browser-facing HTTP endpoints (PROTOCOL.md section 8).
+"""CORS for the browser-facing HTTP endpoints (docs/protocol.md section 8).
 
 ``GET /sse``, ``GET /poll`` and ``POST /publish`` answer CORS following
 ``config.allowed_origin``:

@@ -1,4 +1,4 @@
-"""Long-polling (PROTOCOL.md section 6): ``GET /poll``.
+"""Long-polling (docs/protocol.md section 6): ``GET /poll``.
 
 A poll is a :class:`~gateway.transports.sse.ChannelSetRequest` that answers once:
 with every event already there after the cursor, else with the first live one,

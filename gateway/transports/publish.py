@@ -1,4 +1,4 @@
-"""``POST /publish`` (PROTOCOL.md section 7): single and batch publications over HTTP."""
+"""``POST /publish`` (docs/protocol.md section 7): single and batch publications over HTTP."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Server-Sent Events (PROTOCOL.md section 5): ``GET /sse``, and the base it shares
+"""Server-Sent Events (docs/protocol.md section 5): ``GET /sse``, and the base it shares
 with long-polling.
 
 Theory of operation

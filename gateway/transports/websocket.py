@@ -1,4 +1,4 @@
-"""WebSocket transport (PROTOCOL.md section 4): Autobahn on twisted.web.
+"""WebSocket transport (docs/protocol.md section 4): Autobahn on twisted.web.
 
 A thin adaptor: Autobahn callbacks go in, :mod:`gateway.core.commands` parses them,
 the :class:`~gateway.core.session.Session` keeps per-connection state, the

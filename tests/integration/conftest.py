@@ -121,7 +121,7 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = DEFAULT_TIM
 
 
 def cursor_of(positions: dict[str, tuple[str, int]]) -> str:
-    """Build a cursor the way a client library would (PROTOCOL.md section 1)."""
+    """Build a cursor the way a client library would (docs/protocol.md section 1)."""
     raw = json.dumps({c: [e, s] for c, (e, s) in positions.items()}, separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 

@@ -1,4 +1,4 @@
-"""CORS on /sse, /poll and /publish (PROTOCOL.md section 8), over real sockets."""
+"""CORS on /sse, /poll and /publish (docs/protocol.md section 8), over real sockets."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""GET /poll (PROTOCOL.md section 6) over real sockets with the httpx client."""
+"""GET /poll (docs/protocol.md section 6) over real sockets with the httpx client."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""GET /sse (PROTOCOL.md section 5) over real sockets with the httpx client."""
+"""GET /sse (docs/protocol.md section 5) over real sockets with the httpx client."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""WebSocket protocol (PROTOCOL.md section 4) over real sockets: commands, recovery,
+"""WebSocket protocol (docs/protocol.md section 4) over real sockets: commands, recovery,
 errors, close codes, limits, heartbeats, slow consumers."""
 
 from __future__ import annotations

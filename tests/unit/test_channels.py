@@ -1,4 +1,4 @@
-"""Channel names (PROTOCOL.md section 1) and permission patterns (section 8)."""
+"""Channel names (docs/protocol.md section 1) and permission patterns (section 8)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""WebSocket command parsing (PROTOCOL.md section 4): typed values, echoed ids and
+"""WebSocket command parsing (docs/protocol.md section 4): typed values, echoed ids and
 ``bad_request`` for everything malformed."""
 
 from __future__ import annotations

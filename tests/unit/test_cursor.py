@@ -1,4 +1,4 @@
-"""Cursors (PROTOCOL.md section 1): base64url without padding of the UTF-8 JSON
+"""Cursors (docs/protocol.md section 1): base64url without padding of the UTF-8 JSON
 ``{"<channel>": ["<epoch>", <seq>]}``, at most 4,096 characters."""
 
 from __future__ import annotations

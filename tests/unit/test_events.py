@@ -1,4 +1,4 @@
-"""Server events (PROTOCOL.md section 3) and replies (section 4)."""
+"""Server events (docs/protocol.md section 3) and replies (section 4)."""
 
 from __future__ import annotations
 

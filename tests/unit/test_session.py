@@ -9,7 +9,7 @@ from gateway.errors import BadRequest
 
 
 def test_default_limit_is_protocol_limit():
-    """By default a session holds at most 1,000 subscriptions (PROTOCOL.md section 4)."""
+    """By default a session holds at most 1,000 subscriptions (docs/protocol.md section 4)."""
     assert (1000, 1000) == (MAX_SUBSCRIPTIONS, Session().max_subscriptions)
 
 

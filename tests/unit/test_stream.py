@@ -1,4 +1,4 @@
-"""Stream: seq assignment, bounded history and recovery decisions (PROTOCOL.md
+"""Stream: seq assignment, bounded history and recovery decisions (docs/protocol.md
 sections 1 and 3), driven with explicit ``now`` values instead of a clock."""
 
 from __future__ import annotations
