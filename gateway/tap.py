@@ -9,10 +9,14 @@ stderr naming the option, and exit status 1, whatever phase they happen in:
 * building the service (a ``--listen`` that does not parse, a missing TLS key or
   certificate, an unknown ``--hook``): :func:`makeService` does the same;
 * listening (a port in use, no permission): twistd binds in
-  ``privilegedStartService`` after :func:`makeService` returned and lets the
-  exception end the process (after removing its pid file), so
-  :func:`makeService` installs a ``sys.excepthook`` that prints a
-  :class:`~gateway.service.ListenError` as one line instead of a traceback.
+  ``privilegedStartService`` after :func:`makeService` returned, and without
+  ``-n`` only after it has gone into the background, where an error reaches the
+  terminal as twistd's own two-line "An error has occurred" report.  So
+  :func:`makeService` first tries each TCP or TLS port with a throwaway socket
+  (:func:`probe_listen`) and reports one that cannot be bound right away; for what
+  can still fail later (the port taken in between), it installs a
+  ``sys.excepthook`` that prints a :class:`~gateway.service.ListenError` as one
+  line instead of a traceback.
 
 ``sys.__stderr__`` is used because twistd replaces ``sys.stderr`` with its log
 (which goes to stdout under ``-n``).
@@ -20,7 +24,9 @@ stderr naming the option, and exit status 1, whatever phase they happen in:
 
 from __future__ import annotations
 
+import errno
 import re
+import socket
 import sys
 from typing import Any, NoReturn
 
@@ -132,6 +138,55 @@ def _one_line_listen_errors() -> None:
     sys.excepthook = excepthook
 
 
+_UNESCAPED_COLON = re.compile(r"(?<!\\):")
+
+
+def tcp_address(description: str) -> tuple[str, int] | None:
+    """The (interface, port) a ``tcp:``, ``tcp6:`` or ``ssl:`` listen description binds,
+    or None for other endpoint types and for port 0 (any free port)."""
+    parts = _UNESCAPED_COLON.split(description)
+    kind = parts[0].strip().lower()
+    if kind not in ("tcp", "tcp6", "ssl"):
+        return None
+    positional: list[str] = []
+    named: dict[str, str] = {}
+    for part in parts[1:]:
+        key, eq, value = part.partition("=")
+        if eq:
+            named[key.strip().lower()] = value.replace("\\:", ":")
+        else:
+            positional.append(part)
+    try:
+        port = int(named.get("port", positional[0] if positional else "0"))
+    except ValueError:
+        return None
+    if port == 0:
+        return None
+    return named.get("interface", "::" if kind == "tcp6" else ""), port
+
+
+def probe_listen(description: str) -> str | None:
+    """Bind and close a socket where ``description`` will listen; the problem, or None.
+
+    Only "address in use" and "permission denied" are reported: anything else is left
+    for the real listen, which names it too.
+    """
+    address = tcp_address(description)
+    if address is None:
+        return None
+    interface, port = address
+    family = socket.AF_INET6 if ":" in interface else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # As Twisted's listening sockets do, so a port in TIME_WAIT is not "in use".
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((interface, port))
+        except OSError as e:
+            if e.errno in (errno.EADDRINUSE, errno.EACCES):
+                return e.strerror
+    return None
+
+
 def makeService(options: GatewayOptions) -> service.IService:
     """Build the node's service from parsed options (twistd calls this)."""
     from gateway.service import GatewayService
@@ -140,5 +195,9 @@ def makeService(options: GatewayOptions) -> service.IService:
         svc = GatewayService(options.config)
     except ConfigError as e:
         fail(str(e))
+    for description in options.config.listen:
+        problem = probe_listen(description)
+        if problem is not None:
+            fail(f"listen {description}: {problem}")
     _one_line_listen_errors()
     return svc

@@ -129,6 +129,26 @@ def test_port_in_use_is_one_line_and_the_pidfile_is_removed(tmp_path):
     assert not pidfile.exists()
 
 
+def test_port_in_use_is_one_line_without_nodaemon_too(tmp_path):
+    """Without -n twistd goes into the background before it listens; a port in use is
+    still found before that: one line on the terminal, exit status 1, no daemon left."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        pidfile, logfile = tmp_path / "gw.pid", tmp_path / "gw.log"
+        proc = subprocess.run(
+            [TWISTD, f"--pidfile={pidfile}", f"--logfile={logfile}", "gateway", "--listen", f"tcp:{port}:interface=127.0.0.1"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    line = assert_one_line_error(proc, f"--listen tcp:{port}:interface=127.0.0.1:", "in use")
+    assert line.startswith("gateway: ")
+    assert not pidfile.exists()
+
+
 def test_second_listen_in_use_is_one_line(tmp_path):
     """With two --listen endpoints, the one that cannot listen is the one named."""
     with socket.socket() as taken:

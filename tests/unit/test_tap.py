@@ -215,3 +215,39 @@ def test_make_service_makes_an_uncaught_listen_error_one_line(capfd):
     _, err = capfd.readouterr()
     assert err == "gateway: --listen tcp:1: Address already in use\n"
     assert seen == [KeyError]
+
+
+# -- probing listen addresses before twistd goes into the background ------------------
+
+import socket as _socket  # noqa: E402
+
+from gateway.tap import probe_listen, tcp_address  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    "description,expected",
+    [
+        ("tcp:8080", ("", 8080)),
+        ("tcp:8080:interface=127.0.0.1", ("127.0.0.1", 8080)),
+        ("tcp:port=81:interface=\\:\\:1", ("::1", 81)),
+        ("ssl:8443:privateKey=k.pem:certKey=c.pem", ("", 8443)),
+        ("tcp6:8081", ("::", 8081)),
+        ("tcp:0:interface=127.0.0.1", None),
+        ("unix:/run/gw.sock", None),
+        ("systemd:domain=INET:index=0", None),
+    ],
+)
+def test_tcp_address_of_a_listen_description(description, expected):
+    assert tcp_address(description) == expected
+
+
+def test_probe_listen_finds_a_port_in_use_and_leaves_a_free_one_free():
+    with _socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert "in use" in (probe_listen(f"tcp:{port}:interface=127.0.0.1") or "")
+    # Closed again: the probe itself does not hold the port.
+    assert probe_listen(f"tcp:{port}:interface=127.0.0.1") is None
+    with _socket.socket() as again:
+        again.bind(("127.0.0.1", port))
