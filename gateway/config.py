@@ -61,7 +61,19 @@ OPTIONS: tuple[Option, ...] = (
     Option("redis", str, None, "Share channels through Redis: redis://[[USER]:PASSWORD@]HOST[:PORT][/DB][?prefix=P] (default: in-process bus).", metavar="URL"),
     Option("jwt-secret", str, None, "HS256 secret for JWT authentication.", metavar="SECRET"),
     Option("jwt-public-key", str, None, "PEM public key file for RS256/ES256 JWT authentication.", metavar="FILE"),
+    Option("jwt-secret-file", str, None, "File holding the HS256 secret (instead of --jwt-secret, which ps shows).", metavar="FILE"),
+    Option("jwt-audience", str, None, "Required JWT aud claim.", metavar="AUD"),
+    Option("jwt-issuer", str, None, "Required JWT iss claim.", metavar="ISS"),
+    Option("jwt-leeway", float, 5.0, "Seconds of clock skew allowed on exp, nbf and iat.", metavar="SECONDS", check=(lambda v: v >= 0, "must be >= 0")),
     Option("api-key", str, (), "API key for backends: publish and subscribe everywhere (repeatable).", True, "KEY"),
+    Option("api-key-file", str, None, "File of API keys, one per line (instead of --api-key).", metavar="FILE"),
+    Option("authenticator", str, (), "Authenticator plugin NAME[:ARGS] from the plugins package (repeatable).", True, "AUTH"),
+    Option("auth-url", str, None, "Authenticate with your backend: POST the request's cookies and Authorization to URL.", metavar="URL"),
+    Option("auth-cache", float, 30.0, "Seconds an --auth-url answer is cached per credential.", metavar="SECONDS", check=(lambda v: v >= 0, "must be >= 0")),
+    Option("auth-timeout", float, 10.0, "Seconds a WebSocket may take to authenticate (auth command) when the upgrade carried no token.", metavar="SECONDS", check=(_positive, "must be > 0")),
+    Option("revocation-ttl", float, 86400.0, "Seconds POST /disconnect keeps refusing an identity's earlier tokens.", metavar="SECONDS", check=(_positive, "must be > 0")),
+    Option("publish-rate", float, None, "Publications per second (bursts of as many) per connection, identity, API key or client address (default: unlimited).", metavar="N", check=(_positive, "must be > 0")),
+    Option("max-connections", int, None, "Open WebSockets, SSE streams and held polls per node (default: unlimited).", metavar="N", check=(_positive, "must be > 0")),
     Option("allowed-origin", str, (), "Browser origin allowed to connect (repeatable; default: every origin).", True, "ORIGIN"),
     Option("history-size", int, 1000, "Publications kept per channel for resume.", metavar="N", check=(_positive, "must be > 0")),
     Option("history-ttl", float, 300.0, "Seconds a publication is kept for resume.", metavar="SECONDS", check=(_positive, "must be > 0")),
@@ -87,7 +99,19 @@ class Config:
     redis: str | None = None
     jwt_secret: str | None = None
     jwt_public_key: str | None = None
+    jwt_secret_file: str | None = None
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    jwt_leeway: float = 5.0
     api_key: tuple[str, ...] = ()
+    api_key_file: str | None = None
+    authenticator: tuple[str, ...] = ()
+    auth_url: str | None = None
+    auth_cache: float = 30.0
+    auth_timeout: float = 10.0
+    revocation_ttl: float = 86400.0
+    publish_rate: float | None = None
+    max_connections: int | None = None
     allowed_origin: tuple[str, ...] = ()
     history_size: int = 1000
     history_ttl: float = 300.0

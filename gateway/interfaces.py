@@ -128,3 +128,49 @@ class IPublishHookFactory(Interface):
 
 
 __all__ += ["IPublishHook", "IPublishHookFactory"]
+
+
+class IAuthenticator(Interface):
+    """Turns what a request presents into an identity (docs/protocol.md section 8).
+
+    The node asks its authenticators in order; the first that recognises one of the
+    presented credentials decides.
+    """
+
+    def authenticate(credentials):  # type: ignore[no-untyped-def]
+        """Check ``credentials`` (a :class:`~gateway.core.auth.Credentials`).
+
+        Returns a Deferred (or a plain value) of:
+
+        * an :class:`~gateway.core.auth.Identity` when a presented credential is
+          this authenticator's and valid;
+        * None when none of them is for it (the next authenticator is asked).
+
+        Fails with :class:`~gateway.errors.Unauthorized` for a credential that is
+        this authenticator's but invalid or expired, :class:`~gateway.errors.Forbidden`
+        for an identity it refuses, and :class:`~gateway.errors.Unavailable` when it
+        cannot decide now (its backend is down): never an open door.
+        """
+
+
+class IAuthenticatorFactory(Interface):
+    """An authenticator type that operators select with ``--authenticator NAME[:ARGS]``.
+
+    Shaped like Twisted's ``ICheckerFactory``; provide it (and ``twisted.plugin.IPlugin``)
+    from a ``gateway_*.py`` module of the plugins package, as publish hooks are.
+    """
+
+    authType = Attribute("The name used in --authenticator, e.g. 'jwt'.")
+    authHelp = Attribute("One paragraph on what the authenticator does.")
+    argStringFormat = Attribute("What goes after the colon, or '' when nothing.")
+
+    def make_authenticator(argstring, config, reactor):  # type: ignore[no-untyped-def]
+        """Return an :class:`IAuthenticator` for ``argstring`` ('' when none).
+
+        Raises:
+            ValueError: with a message for the operator when the arguments or the
+                configuration are unusable.
+        """
+
+
+__all__ += ["IAuthenticator", "IAuthenticatorFactory"]

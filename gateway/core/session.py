@@ -1,16 +1,20 @@
 """Per-connection session state, shared by every transport.
 
 Theory of operation: a transport creates one :class:`Session` per client connection
-(WebSocket) or request (SSE, poll).  The session knows who the client is and which
-channels it holds, and enforces the per-connection limits; it does no I/O and holds
-opaque subscription handles that the transport created through the bus.
+(WebSocket) or request (SSE, poll, publish).  The session knows who the client is
+(its :class:`~gateway.core.auth.Identity`, with its permissions and deadline) and
+which channels it holds, and enforces the per-connection limits and permissions; it
+does no I/O and holds opaque subscription handles that the transport created
+through the bus.  The I/O around it (the expiry timer, revocation, rate limits) is
+:class:`gateway.transports._session.ClientSession`, also one for every transport.
 """
 
 from __future__ import annotations
 
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
-from gateway.errors import BadRequest
+from gateway.core.auth import OPEN, Identity
+from gateway.errors import BadRequest, Unauthorized
 
 __all__ = ["Session", "MAX_SUBSCRIPTIONS"]
 
@@ -26,12 +30,31 @@ class Session(Generic[S]):
         max_subscriptions: the most channels one connection may hold.
     """
 
-    def __init__(self, max_subscriptions: int = MAX_SUBSCRIPTIONS) -> None:
+    def __init__(self, max_subscriptions: int = MAX_SUBSCRIPTIONS, identity: Identity | None = OPEN) -> None:
         self.max_subscriptions = max_subscriptions
-        self.identity: str | None = None
-        self.authenticated = False
-        self.claims: dict[str, Any] = {}
+        # None until authenticated (a WebSocket waiting for its auth command).
+        self.identity: Identity | None = identity
         self._subscriptions: dict[str, S] = {}
+
+    @property
+    def authenticated(self) -> bool:
+        return self.identity is not None
+
+    def authenticate(self, identity: Identity) -> None:
+        """Set the identity, or replace it on a refresh (same ``sub``, else :class:`Forbidden`
+        and the old identity stays)."""
+        if self.identity is not None and self.identity is not OPEN:
+            self.identity.check_refresh(identity)
+        self.identity = identity
+
+    def check_publish(self, channel: str) -> None:
+        """Raise :class:`Forbidden` unless the identity may publish to ``channel``."""
+        self._require().check_publish(channel)
+
+    def _require(self) -> Identity:
+        if self.identity is None:
+            raise Unauthorized("authenticate first")
+        return self.identity
 
     def __len__(self) -> int:
         return len(self._subscriptions)
@@ -41,7 +64,9 @@ class Session(Generic[S]):
         return list(self._subscriptions)
 
     def check_subscribe(self, channel: str) -> None:
-        """Raise :class:`BadRequest` unless ``channel`` may be added now."""
+        """Raise :class:`BadRequest` unless ``channel`` may be added now, :class:`Forbidden`
+        unless the identity may subscribe to it."""
+        self._require().check_subscribe(channel)
         if channel in self._subscriptions:
             raise BadRequest(f"already subscribed to {channel!r}")
         if len(self._subscriptions) >= self.max_subscriptions:

@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.bus import SubscribeResult, Subscription
+from gateway.core.auth import OPEN
 from gateway.core.commands import (
     Auth,
     CommandError,
@@ -85,7 +86,7 @@ class GatewayWebSocketProtocol(WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         gateway = self.factory.gateway
-        self.session = Session(max_subscriptions=gateway.config.max_subscriptions)
+        self.session = Session(max_subscriptions=gateway.config.max_subscriptions, identity=OPEN)
         gateway.connection_opened("websocket", self)
         self._heartbeat_call = gateway.reactor.callLater(gateway.config.heartbeat, self._heartbeat)
         transport: Any = self.transport
@@ -201,7 +202,7 @@ class GatewayWebSocketProtocol(WebSocketServerProtocol):
         self.send_event(error_event(error, command.id))
 
     def _publish(self, command: Publish) -> None:
-        identity = self.session.identity if self.session else None
+        identity = self.session.identity.sender if self.session and self.session.identity else None
         d = self.factory.gateway.publish(command.channel, command.data, identity)
         d.addCallbacks(self._published, self._publish_failed, callbackArgs=(command,), errbackArgs=(command,))
 
@@ -217,9 +218,8 @@ class GatewayWebSocketProtocol(WebSocketServerProtocol):
 
     def _auth(self, session: Session, command: Auth) -> None:
         # No authenticator is configured yet: every token is accepted, anonymously.
-        session.identity = None
-        session.authenticated = True
-        self.send_event(reply("authenticated", command.id, sub=session.identity))
+        session.authenticate(OPEN)
+        self.send_event(reply("authenticated", command.id, sub=None))
 
     # -- output -------------------------------------------------------------
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from gateway.core.session import MAX_SUBSCRIPTIONS, Session
-from gateway.errors import BadRequest
+from gateway.core.auth import OPEN, Identity
+from gateway.errors import BadRequest, Forbidden, Unauthorized
 
 
 def test_default_limit_is_protocol_limit():
@@ -13,10 +14,37 @@ def test_default_limit_is_protocol_limit():
     assert (1000, 1000) == (MAX_SUBSCRIPTIONS, Session().max_subscriptions)
 
 
-def test_new_session_is_anonymous_and_empty():
-    """A new session has no identity, is not authenticated and holds no channel."""
+def test_new_session_is_open_and_empty():
+    """Without authentication configured a session is OPEN (every channel) and holds no channel."""
     s: Session[str] = Session()
-    assert (None, False, {}, [], 0) == (s.identity, s.authenticated, s.claims, s.channels, len(s))
+    assert (OPEN, True, [], 0) == (s.identity, s.authenticated, s.channels, len(s))
+
+
+def test_unauthenticated_session_may_do_nothing_until_it_authenticates():
+    s: Session[str] = Session(identity=None)
+    with pytest.raises(Unauthorized):
+        s.check_subscribe("a")
+    with pytest.raises(Unauthorized):
+        s.check_publish("a")
+    s.authenticate(Identity(sub="alice", subscribe=("room:*",), publish=("room:1",)))
+    s.check_subscribe("room:7")
+    s.check_publish("room:1")
+    with pytest.raises(Forbidden):
+        s.check_subscribe("other")
+    with pytest.raises(Forbidden):
+        s.check_publish("room:2")
+
+
+def test_refresh_keeps_the_sub_or_is_refused_and_the_old_identity_stays():
+    s: Session[str] = Session(identity=None)
+    old = Identity(sub="alice", subscribe=("a",), exp=100.0)
+    s.authenticate(old)
+    new = Identity(sub="alice", subscribe=("a", "b"), exp=200.0)
+    s.authenticate(new)
+    assert s.identity is new
+    with pytest.raises(Forbidden):
+        s.authenticate(Identity(sub="mallory", subscribe=("*",), exp=300.0))
+    assert s.identity is new
 
 
 def test_add_up_to_the_limit():

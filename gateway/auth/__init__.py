@@ -1,0 +1,156 @@
+"""Authentication: the node's chain of authenticators (docs/protocol.md section 8).
+
+:class:`AuthChain` is what every transport calls: ``authenticate(credentials)`` gives
+a Deferred of an :class:`~gateway.core.auth.Identity`, or fails with
+:class:`~gateway.errors.Unauthorized` (401 / close 4001), :class:`~gateway.errors.Forbidden`
+(403 / close 4003) or :class:`~gateway.errors.Unavailable` (503).  With no
+authenticator configured every request is :data:`~gateway.core.auth.OPEN`.
+
+The built-in authenticators live beside this module (:mod:`gateway.auth.jwt`,
+:mod:`gateway.auth.apikey`) and are exposed as plugins like any other.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from gateway.core.auth import OPEN, Credentials, Identity
+from gateway.errors import Forbidden, GatewayError, Unauthorized, Unavailable
+
+__all__ = ["AuthChain", "Revocations"]
+
+
+class Revocations(Protocol):
+    """Where revoked identities are looked up (see :mod:`gateway.auth.revocation`)."""
+
+    def is_revoked(self, identity: Identity) -> bool | defer.Deferred[bool]:
+        """True when ``identity``'s token was issued at or before its ``sub`` was revoked."""
+
+
+class AuthChain:
+    """The node's authenticators, asked in order.
+
+    Args:
+        authenticators: :class:`~gateway.interfaces.IAuthenticator` providers.
+        now: the wall clock (seconds since the Unix epoch), for ``exp``.
+        revocations: where revoked identities are looked up, or None.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        authenticators: Sequence[Any] = (),
+        now: Callable[[], float] = time.time,
+        revocations: Revocations | None = None,
+    ) -> None:
+        self.authenticators = list(authenticators)
+        self.now = now
+        self.revocations = revocations
+
+    @property
+    def configured(self) -> bool:
+        """True when requests must authenticate (some authenticator is configured)."""
+        return bool(self.authenticators)
+
+    def authenticate(self, credentials: Credentials) -> defer.Deferred[Identity]:
+        """The identity ``credentials`` prove (see the module docstring)."""
+        if not self.configured:
+            return defer.succeed(OPEN)
+        if not credentials.presented() and not credentials.cookies:
+            return defer.fail(Unauthorized("authentication required"))
+        return defer.ensureDeferred(self._authenticate(credentials))
+
+    async def _authenticate(self, credentials: Credentials) -> Identity:
+        refusal: GatewayError | None = None
+        for authenticator in self.authenticators:
+            try:
+                identity = await defer.maybeDeferred(authenticator.authenticate, credentials)
+            except GatewayError as e:
+                if isinstance(e, (Forbidden, Unavailable)):
+                    raise
+                refusal = refusal or e
+                continue
+            except Exception:
+                self._log.failure("authenticator {auth!r} failed", Failure(), auth=authenticator)
+                raise Unavailable("authentication is not available") from None
+            if identity is None:
+                continue
+            return await self.check(identity)
+        raise refusal or Unauthorized("no valid credentials")
+
+    async def check(self, identity: Identity) -> Identity:
+        """Refuse an expired or revoked identity (also used again on refresh)."""
+        if identity.expired(self.now()):
+            raise Unauthorized("the token has expired")
+        if self.revocations is not None and identity.sub is not None:
+            revoked = await defer.maybeDeferred(self.revocations.is_revoked, identity)
+            if revoked:
+                raise Forbidden("this identity was revoked")
+        return identity
+
+
+def _read_secret_file(path: str, option: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as e:
+        raise ValueError(f"{option}: cannot read {path}: {e.strerror}") from None
+
+
+def auth_chain_from_config(config: Any, reactor: Any = None, environ: Any = None) -> AuthChain:
+    """The node's :class:`AuthChain` for ``config``: API keys first, then JWT, then
+    ``--authenticator`` plugins and ``--auth-url``.
+
+    Secrets may also come from files (``--jwt-secret-file``, ``--api-key-file``: one
+    key a line) and the environment (``GATEWAY_JWT_SECRET``, ``GATEWAY_API_KEYS``:
+    keys separated by commas or whitespace), so they need not be on the command line
+    that ``ps`` shows.
+
+    Raises:
+        ValueError: naming the option whose value cannot be used.
+    """
+    import os
+
+    from gateway.auth.apikey import APIKeyAuthenticator
+    from gateway.auth.jwt import JWTAuthenticator
+
+    env = os.environ if environ is None else environ
+    authenticators: list[Any] = []
+
+    keys = list(config.api_key)
+    if config.api_key_file:
+        keys += [line.strip() for line in _read_secret_file(config.api_key_file, "--api-key-file").splitlines() if line.strip()]
+    keys += [k for k in env.get("GATEWAY_API_KEYS", "").replace(",", " ").split() if k]
+    if keys:
+        authenticators.append(APIKeyAuthenticator(keys))
+
+    secret = config.jwt_secret
+    if secret is None and config.jwt_secret_file:
+        secret = _read_secret_file(config.jwt_secret_file, "--jwt-secret-file").strip()
+        if not secret:
+            raise ValueError(f"--jwt-secret-file: {config.jwt_secret_file} is empty")
+    if secret is None and env.get("GATEWAY_JWT_SECRET"):
+        secret = env["GATEWAY_JWT_SECRET"]
+    public_key = None
+    if config.jwt_public_key:
+        public_key = _read_secret_file(config.jwt_public_key, "--jwt-public-key")
+    if secret is not None and public_key is not None:
+        raise ValueError("give a JWT secret or --jwt-public-key, not both")
+    if secret is not None or public_key is not None:
+        try:
+            authenticators.append(
+                JWTAuthenticator(secret, public_key, config.jwt_audience, config.jwt_issuer, config.jwt_leeway)
+            )
+        except ValueError as e:
+            raise ValueError(f"--jwt-public-key: {e}" if public_key is not None else f"--jwt-secret: {e}") from None
+    return AuthChain(authenticators)
+
+
+__all__ += ["auth_chain_from_config"]
