@@ -142,6 +142,23 @@ class Gateway:
             return len(self._connections[transport])
         return sum(len(c) for c in self._connections.values())
 
+    # -- limits (--publish-rate, --max-connections) ----------------------------
+
+    def check_publish_rate(self, key: str) -> None:
+        """Take one publication from ``key``'s token bucket (``ws:<conn id>``,
+        ``sub:<sub>``, ``key:<api key digest>``, ``addr:<client address>``).
+
+        Raises:
+            RateLimited: over ``--publish-rate`` (its ``retry_after`` says when to retry).
+        """
+
+    def check_connection_limit(self) -> None:
+        """Before accepting a WebSocket, SSE stream or held poll.
+
+        Raises:
+            Unavailable: the node holds ``--max-connections`` already.
+        """
+
     # -- identities (revocation) ---------------------------------------------
 
     def identity_opened(self, sub: str, session: Any) -> None:
