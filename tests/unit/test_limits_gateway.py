@@ -123,3 +123,19 @@ def test_metrics_without_limits():
     assert "gateway_publish_rate +Inf" in text
     assert 'gateway_publish_rate_limited_total{transport="websocket"} 0.0' in text
     assert 'gateway_connections_refused_total{reason="max_connections"} 0.0' in text
+
+
+def test_websocket_factory_without_the_endpoint_refuses_beyond_max_connections():
+    """onConnect itself refuses with 503 (a factory mounted without WebSocketEndpoint)."""
+    from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+
+    from gateway.transports.websocket import GatewayWebSocketFactory
+
+    gw = gateway(max_connections=1)
+    proto = GatewayWebSocketFactory(gw).buildProtocol(None)
+    request = ConnectionRequest("tcp4:127.0.0.1:1", {}, "127.0.0.1", "/ws", {}, 13, "", [], [])
+    assert proto.onConnect(request) is None
+    gw.connection_opened("websocket", object())
+    with pytest.raises(ConnectionDeny) as e:
+        proto.onConnect(request)
+    assert (e.value.code, e.value.reason) == (503, "too many connections")
