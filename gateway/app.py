@@ -17,10 +17,12 @@ from gateway.broker import broker_from_config
 from gateway.bus import Bus
 from gateway.config import Config, ConfigError
 from gateway.core.model import Publication
-from gateway.errors import Unavailable
+from gateway.core.ratelimit import BucketSet
+from gateway.errors import RateLimited, Unavailable
 from gateway.hooks import load_hooks
 from gateway.interfaces import IBroker, IPublishHook
 from gateway.metrics import Stats
+from gateway.metrics_limits import LimitStats
 
 __all__ = ["Gateway"]
 
@@ -76,6 +78,12 @@ class Gateway:
         # Open sessions by identity (sub), for revocation.
         self._by_sub: dict[str, set[Any]] = {}
         self.stats = Stats()
+        self.limit_stats = LimitStats()
+        # --publish-rate: WebSocket connections and HTTP publishers in separate sets,
+        # so a flood of HTTP client addresses cannot evict a connection's bucket.
+        rate = config.publish_rate
+        self._ws_buckets = BucketSet(rate) if rate else None
+        self._http_buckets = BucketSet(rate) if rate else None
         try:
             hooks = load_hooks(config.hook)
         except ValueError as e:
@@ -146,18 +154,44 @@ class Gateway:
 
     def check_publish_rate(self, key: str) -> None:
         """Take one publication from ``key``'s token bucket (``ws:<conn id>``,
-        ``sub:<sub>``, ``key:<api key digest>``, ``addr:<client address>``).
+        ``sub:<sub>``, ``key:<api key digest>``, ``addr:<client address>``; see
+        :func:`gateway.core.ratelimit.http_rate_key`).  ``--publish-rate N`` allows
+        N a second with bursts of N (docs/protocol.md section 8); a WebSocket calls
+        :meth:`forget_publish_rate` when it closes.  A ``ws:`` key counts as a
+        WebSocket publication in ``/metrics``, any other as ``POST /publish``.
 
         Raises:
             RateLimited: over ``--publish-rate`` (its ``retry_after`` says when to retry).
         """
+        websocket = key.startswith("ws:")
+        buckets = self._ws_buckets if websocket else self._http_buckets
+        if buckets is None:
+            return
+        wait = buckets.take(key, self.reactor.seconds())
+        if wait:
+            self.limit_stats.rate_limited["websocket" if websocket else "publish"] += 1
+            raise RateLimited(
+                f"over the publish rate limit of {self.config.publish_rate:g} per second: retry in {wait:.3g} s",
+                retry_after=wait,
+            )
+
+    def forget_publish_rate(self, key: str) -> None:
+        """Drop ``key``'s bucket (a WebSocket that closed: ``ws:<conn id>``)."""
+        for buckets in (self._ws_buckets, self._http_buckets):
+            if buckets is not None:
+                buckets.forget(key)
 
     def check_connection_limit(self) -> None:
-        """Before accepting a WebSocket, SSE stream or held poll.
+        """Before accepting a WebSocket, SSE stream or held poll (not a publish):
+        ``--max-connections`` counts what is open on this node.
 
         Raises:
             Unavailable: the node holds ``--max-connections`` already.
         """
+        limit = self.config.max_connections
+        if limit is not None and self.connection_count() >= limit:
+            self.limit_stats.connections_refused["max_connections"] += 1
+            raise Unavailable("too many connections")
 
     # -- identities (revocation) ---------------------------------------------
 

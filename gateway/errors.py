@@ -92,8 +92,15 @@ class TooLarge(GatewayError):
 
 
 class RateLimited(GatewayError):
+    """Over a rate limit; ``retry_after`` is the seconds until a retry can succeed
+    (HTTP answers carry it as ``Retry-After``, rounded up to whole seconds)."""
+
     code = "rate_limited"
     http_status = 429
+
+    def __init__(self, message: str = "", retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class Internal(GatewayError):

@@ -11,6 +11,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from twisted.web.server import Request
 
+from gateway.metrics_limits import limit_metrics
 from gateway.transports._http import JSONResource
 
 if TYPE_CHECKING:
@@ -48,6 +49,7 @@ class _GatewayCollector(Collector):
         yield GaugeMetricFamily("gateway_broker_up", "1 while the message bus can take publications.", value=1 if self.gateway.bus.is_ready() else 0)
         yield GaugeMetricFamily("gateway_channels", "Channels with local subscribers.", value=len(self.gateway.bus.channels))
         yield GaugeMetricFamily("gateway_subscriptions", "Local subscriptions.", value=self.gateway.bus.subscriber_count())
+        yield from limit_metrics(self.gateway)
 
 
 def make_registry(gateway: Gateway) -> CollectorRegistry:

@@ -16,6 +16,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.server import Request
 
 from gateway.core.events import dumps
+from gateway.core.ratelimit import retry_after_header
 from gateway.errors import BadRequest, GatewayError, Internal, NotFound, TooLarge
 
 __all__ = ["JSONResource", "NotFoundResource", "json_body", "error_body", "send_json", "send_error"]
@@ -42,6 +43,9 @@ def send_json(request: Request, status: int, obj: Any) -> bytes:
 
 
 def send_error(request: Request, error: GatewayError) -> bytes:
+    retry_after = getattr(error, "retry_after", None)
+    if retry_after is not None:
+        request.setHeader(b"retry-after", b"%d" % retry_after_header(retry_after))
     return send_json(request, error.http_status, error_body(error))
 
 
@@ -161,12 +165,18 @@ def single_param(params: dict[str, list[str]], name: str) -> str | None:
     return values[0]
 
 
+def client_host(request: Request) -> str:
+    """The client's address (host) for per-address limits; ``"local"`` on a UNIX socket."""
+    host = getattr(request.getClientAddress(), "host", None)
+    return host if isinstance(host, str) and host else "local"
+
+
 def is_gone(request: Request) -> bool:
     """True once ``request`` can take no more output (finished or client gone)."""
     return bool(request.finished or getattr(request, "_disconnected", False))
 
 
-__all__ += ["MAX_QUERY_LENGTH", "query_params", "single_param", "is_gone"]
+__all__ += ["MAX_QUERY_LENGTH", "query_params", "single_param", "is_gone", "client_host"]
 
 
 # -- our own Site: channel, request and the defences that need them -------------

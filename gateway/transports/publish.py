@@ -11,8 +11,9 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from gateway.core.commands import loads_strict, parse_publication
 from gateway.core.model import Publication
+from gateway.core.ratelimit import http_rate_key
 from gateway.errors import BadRequest, Forbidden, GatewayError, Internal, TooLarge
-from gateway.transports._http import error_body, finish_json
+from gateway.transports._http import client_host, error_body, finish_json
 from gateway.transports.cors import CORSResource, apply_cors
 
 if TYPE_CHECKING:
@@ -75,6 +76,7 @@ class PublishResource(CORSResource):
         if len(body) > limit:
             raise TooLarge(f"body larger than {limit} bytes")
         batch, items = parse_publish_body(body)
+        self.gateway.check_publish_rate(http_rate_key(None, client_host(request)))
         d = self._publish_all(items)
         d.addCallbacks(self._done, self._failed, callbackArgs=(request, batch), errbackArgs=(request,))
         return NOT_DONE_YET

@@ -43,6 +43,7 @@ from gateway.errors import (
     GatewayError,
     Internal,
     NotFound,
+    Unavailable,
 )
 from gateway.transports._backpressure import HeldMessages
 
@@ -76,6 +77,10 @@ class GatewayWebSocketProtocol(WebSocketServerProtocol):
             raise ConnectionDeny(426, "only Sec-WebSocket-Version: 13 is supported")
         if gateway.draining:
             raise ConnectionDeny(503, "node is draining")
+        try:
+            gateway.check_connection_limit()
+        except Unavailable as e:
+            raise ConnectionDeny(503, e.message) from None
         # Every header an origin can come in (Autobahn reads Sec-WebSocket-Origin
         # for hybi versions below 13), not only the one Autobahn used.
         origins = {request.origin or None, request.headers.get("origin"), request.headers.get("sec-websocket-origin")}
@@ -123,6 +128,7 @@ class GatewayWebSocketProtocol(WebSocketServerProtocol):
             for sub in session.clear():
                 sub.cancel()
             self.factory.gateway.connection_closed("websocket", self)
+            self.factory.gateway.forget_publish_rate(f"ws:{id(self)}")
 
     # -- heartbeat ------------------------------------------------------------
     # Our own timer rather than Autobahn's autoPing: txaio's batched timers round
@@ -202,6 +208,7 @@ class GatewayWebSocketProtocol(WebSocketServerProtocol):
         self.send_event(error_event(error, command.id))
 
     def _publish(self, command: Publish) -> None:
+        self.factory.gateway.check_publish_rate(f"ws:{id(self)}")
         identity = self.session.identity.sender if self.session and self.session.identity else None
         d = self.factory.gateway.publish(command.channel, command.data, identity)
         d.addCallbacks(self._published, self._publish_failed, callbackArgs=(command,), errbackArgs=(command,))

@@ -190,3 +190,4 @@ class WebSocketEndpoint(resource.Resource):
                 raise Forbidden("origin not allowed")
         if self.gateway.draining:
             raise Unavailable("node is draining")
+        self.gateway.check_connection_limit()
