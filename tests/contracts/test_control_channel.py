@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from twisted.internet import defer
 
 from gateway.broker.redis import RedisBroker
 from gateway.errors import BadRequest, Unavailable
@@ -111,7 +110,7 @@ async def test_redis_control_channel_is_resubscribed_after_a_pubsub_reconnect(re
     """After Redis drops the pub/sub connections, each node subscribes to the control channel again."""
     started: list[Any] = []
     try:
-        (a, la), (b, lb) = [await _redis_broker(redis_server, started) for _ in range(2)]
+        (a, la), (_, lb) = [await _redis_broker(redis_server, started) for _ in range(2)]
 
         redis_server.command("CLIENT", "KILL", "TYPE", "pubsub")
         await wait_for(lambda: _numsub(redis_server, a) == 0, what="pub/sub connections dropped")
@@ -140,6 +139,5 @@ async def test_redis_control_message_while_redis_is_down_fails_fast(redis_server
             await d
         assert [] == listener.controls
     finally:
-        for broker in started:
-            await broker.stop()
-        await defer.succeed(None)
+        for started_broker in started:
+            await started_broker.stop()
