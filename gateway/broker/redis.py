@@ -28,7 +28,7 @@ arrived during the resubscribe are handed over after that call.  ``subscribe``
 fails at once while Redis is unreachable, and waits (up to the command timeout)
 while only the pub/sub connection is coming back.
 
-*Control messages.*  :meth:`RedisBroker.publish_control` ``PUBLISH``\es a JSON
+*Control messages.*  :meth:`RedisBroker.publish_control` ``PUBLISH``\\es a JSON
 object on ``{prefix}:<db>:control``, which every node's pub/sub connection
 subscribes to on each (re)connect, before :meth:`RedisBroker.start` reports the
 node started; they go to the listener's ``control_received``.  They are not
