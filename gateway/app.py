@@ -13,6 +13,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from gateway.auth import auth_chain_from_config
+from gateway.auth.revocation import Revoker, revocations_for
 from gateway.broker import broker_from_config
 from gateway.bus import Bus
 from gateway.config import Config, ConfigError
@@ -90,6 +91,10 @@ class Gateway:
             raise ConfigError(str(e)) from None
         self.bus = Bus(broker or broker_from_config(config, reactor), reactor)
         self.bus.hooks.extend([_CountPublications(self.stats), *hooks])
+        # Revocation (POST /disconnect): the store the auth chain asks, and the bus' control messages.
+        self.revoker = Revoker(self, revocations_for(self.bus.broker, reactor))
+        self.auth.revocations = self.revoker.store
+        self.bus.on_control = self.revoker.control_received
         self.draining = False
         self._connections: dict[str, set[Any]] = {"websocket": set(), "sse": set(), "poll": set()}
         self._drained: list[defer.Deferred[None]] = []

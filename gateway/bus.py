@@ -146,6 +146,8 @@ class Bus:
         self._prepared: dict[str, dict[tuple[str, int], PreparedPublication]] = {}
         # IPublishHook providers, run around every publish in order.
         self.hooks: list[Any] = []
+        # Called with each control message from the broker (set by the Gateway).
+        self.on_control: Any = None
 
     # -- lifecycle --------------------------------------------------------
 
@@ -241,6 +243,14 @@ class Bus:
 
     def broker_reconnected(self) -> None:
         self._run(self._sequencer.broker_reconnected())
+
+    def control_received(self, message: dict[str, Any]) -> None:
+        if self.on_control is None:
+            return
+        try:
+            self.on_control(message)
+        except Exception:
+            self._log.failure("handling a control message failed: {message!r}", message=message)
 
     # -- carrying out the sequencer's actions ---------------------------------
 

@@ -26,6 +26,14 @@ class IBrokerListener(Interface):
         :meth:`IBroker.history` and fill what it missed.
         """
 
+    def control_received(message):  # type: ignore[no-untyped-def]
+        """A control message (a JSON object, e.g. ``{"type": "revoke", "sub": "alice"}``)
+        sent with :meth:`IBroker.publish_control` by some node, this one included.
+
+        At most once per node: control messages are not stored, so one sent while
+        this node's delivery connection is down is lost.
+        """
+
 
 class IBroker(Interface):
     """Orders, stores and fans out publications for one node.
@@ -90,6 +98,17 @@ class IBroker(Interface):
 
     def unsubscribe(channel):  # type: ignore[no-untyped-def]
         """Stop node-level delivery of ``channel``. Returns a Deferred."""
+
+    def publish_control(message):  # type: ignore[no-untyped-def]
+        """Send ``message`` (a JSON-encodable dict) to every node's listener
+        (``control_received``), this node's included, on a channel of its own that
+        every node listens to once its :meth:`start` fired ready (no
+        :meth:`subscribe` needed).
+
+        Returns:
+            Deferred firing with None once the message is handed to delivery, or
+            failing with :class:`~gateway.errors.Unavailable` (nothing sent).
+        """
 
 
 class IPublishHook(Interface):

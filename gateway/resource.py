@@ -15,6 +15,7 @@ from twisted.web.server import Request
 from gateway.app import Gateway
 from gateway.metrics import MetricsResource, make_registry
 from gateway.transports._http import JSONResource, NotFoundResource, send_json
+from gateway.transports.disconnect import DisconnectResource
 from gateway.transports.poll import PollResource
 from gateway.transports.publish import PublishResource
 from gateway.transports.sse import SSEResource
@@ -74,6 +75,7 @@ class GatewayResource(resource.Resource):
         self.putChild(b"healthz", HealthResource(gateway))
         self.putChild(b"readyz", ReadyResource(gateway))
         self.putChild(b"metrics", MetricsResource(self.registry))
+        self.putChild(b"disconnect", DisconnectResource(gateway))
         self._not_found = NotFoundResource()
 
     def getChild(self, path: bytes, request: Any) -> resource.Resource:

@@ -138,6 +138,7 @@ class ManualBroker:
         self.hold_history = False
         self.held: list[tuple[str, Any, defer.Deferred[Any]]] = []
         self.history_calls: list[tuple[str, Any]] = []
+        self.control_messages: list[Any] = []
         self._epochs = 0
 
     def stream(self, channel: str) -> Any:
@@ -196,6 +197,16 @@ class ManualBroker:
 
     def unsubscribe(self, channel: str) -> defer.Deferred[None]:
         self.subscribed.discard(channel)
+        return defer.succeed(None)
+
+    def publish_control(self, message: Any) -> defer.Deferred[None]:
+        """Record ``message`` in :attr:`control_messages` and hand it to the listener at once."""
+        from gateway.errors import Unavailable
+
+        if not self.ready:
+            return defer.fail(Unavailable("broker down"))
+        self.control_messages.append(message)
+        self.listener.control_received(json.loads(json.dumps(message)))
         return defer.succeed(None)
 
 

@@ -6,6 +6,7 @@ Redis broker, so the bus cannot tell them apart.
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from zope.interface import implementer
 from gateway.core.events import encode_json
 from gateway.core.model import HistoryResult, Position, Publication
 from gateway.core.stream import Stream
-from gateway.errors import BadRequest
+from gateway.errors import BadRequest, Unavailable
 from gateway.interfaces import IBroker, IBrokerListener
 
 __all__ = ["InMemoryBroker", "new_epoch"]
@@ -111,6 +112,18 @@ class InMemoryBroker:
 
     def unsubscribe(self, channel: str) -> defer.Deferred[None]:
         self._subscribed.discard(channel)
+        return defer.succeed(None)
+
+    def publish_control(self, message: dict[str, Any]) -> defer.Deferred[None]:
+        """Deliver ``message`` to this node's listener (the only node), as a fresh
+        copy decoded from its JSON, exactly as the Redis broker would."""
+        try:
+            encoded = encode_json(message)
+        except BadRequest:
+            return defer.fail()
+        if self._listener is None:
+            return defer.fail(Unavailable("control: the broker is not running"))
+        self._listener.control_received(json.loads(encoded))
         return defer.succeed(None)
 
     # -- housekeeping -----------------------------------------------------

@@ -28,6 +28,12 @@ arrived during the resubscribe are handed over after that call.  ``subscribe``
 fails at once while Redis is unreachable, and waits (up to the command timeout)
 while only the pub/sub connection is coming back.
 
+*Control messages.*  :meth:`RedisBroker.publish_control` ``PUBLISH``\\es a JSON
+object on ``{prefix}:<db>:control``, which every node's pub/sub connection
+subscribes to on each (re)connect, before :meth:`RedisBroker.start` reports the
+node started; they go to the listener's ``control_received``.  They are not
+stored: a node whose pub/sub connection is down when one is sent misses it.
+
 *Publisher order.*  Redis runs the commands of one connection in the order they
 were sent, but nothing orders commands sent on two connections of the pool.  So
 a channel's publishes all go out on one connection: the one the channel's name
@@ -60,6 +66,9 @@ Keys, under a configurable prefix (``redis://host:port/db?prefix=gw``, default
     {prefix}:{<channel>}:hist   list of entries, oldest first
     {prefix}:<db>:pub:<channel> pub/sub channel (pub/sub ignores the db number,
                                 so it is part of the name)
+    {prefix}:<db>:control       pub/sub channel of control messages (revocation),
+                                subscribed by every node's pub/sub connection
+    {prefix}:{rev:<sub>}        a revoked identity (see gateway.auth.revocation)
 
 Memory is bounded by the history settings: each history list holds at most
 ``history_size`` entries none older than ``history_ttl`` (trimmed on every
@@ -298,6 +307,9 @@ class RedisBroker:
         self._hist_fmt = prefix + ":{{{}}}:hist"
         self._pub_prefix = f"{prefix}:{self.url.db}:pub:"
         self._pub_prefix_bytes = self._pub_prefix.encode()
+        self._control_channel = f"{prefix}:{self.url.db}:control"
+        self._control_channel_bytes = self._control_channel.encode()
+        self._rev_fmt = prefix + ":{{rev:{}}}"
         self._history_ms = str(math.ceil(history_ttl * 1000))
         self._history_expiry = str(math.ceil(history_ttl) + HISTORY_EXPIRY_MARGIN)
         self._meta_expiry = str(int(max(STREAM_IDLE_SECONDS, math.ceil(2 * history_ttl))))
@@ -349,10 +361,21 @@ class RedisBroker:
         """The Redis pub/sub channel carrying ``channel``'s publications."""
         return self._pub_prefix + channel
 
+    @property
+    def control_channel(self) -> str:
+        """The Redis pub/sub channel carrying control messages between nodes."""
+        return self._control_channel
+
+    def revocation_key(self, sub: str) -> str:
+        """The Redis key holding ``sub``'s revocation (hash-tagged by identity)."""
+        return self._rev_fmt.format(sub)
+
     # -- lifecycle ------------------------------------------------------------
 
     def start(self, listener: IBrokerListener) -> defer.Deferred[None]:
-        """Connect in the background; fires once ready, or after ``connect_timeout`` if not."""
+        """Connect in the background; fires once ready (a command connection is up and
+        the pub/sub connection listens to the control channel), or after
+        ``connect_timeout`` if not."""
         self._listener = listener
         self._stopping = False
         endpoint = HostnameEndpoint(self._reactor, self.url.host, self.url.port, timeout=self.connect_timeout)
@@ -370,6 +393,11 @@ class RedisBroker:
         self._start_timer = self._reactor.callLater(self.connect_timeout, self._start_done)
         self._log.info("connecting to {url}", url=self.name)
         return self._started
+
+    def _maybe_started(self) -> None:
+        # Started once publishes can be made durable and control messages arrive.
+        if self._started is not None and self.is_ready() and self._resubscribed_conn is not None:
+            self._start_done()
 
     def _start_done(self) -> None:
         if self._start_timer is not None and self._start_timer.active():
@@ -425,8 +453,7 @@ class RedisBroker:
             else:
                 self._log.info("connected to {url}; node ready", url=self.name)
             self._down_since = None
-            if self._started is not None:
-                self._start_done()
+            self._maybe_started()
         else:
             self._down_since = now
             if not self._stopping:
@@ -467,6 +494,7 @@ class RedisBroker:
             self._buffered = []
         channels = sorted(self._channels)
         ds = [self._timed(conn.subscribe(self.pubsub_channel(c))) for c in channels]
+        ds.append(self._timed(conn.subscribe(self._control_channel)))
         ds.append(self._timed(defer.maybeDeferred(conn.execute_command, "PING")))
         d = defer.gatherResults(ds, consumeErrors=True)
         d.addCallbacks(self._resubscribed, self._resubscribe_failed, (conn, len(channels)), errbackArgs=(conn,))
@@ -480,6 +508,7 @@ class RedisBroker:
         if reconnected:
             self._log.info("pub/sub connection back; resubscribed to {count} channel(s)", count=count)
         self._finish_reconnect()
+        self._maybe_started()
         waiters, self._subscribe_waiters = self._subscribe_waiters, []
         for waiter in waiters:
             if not waiter.called:
@@ -558,6 +587,21 @@ class RedisBroker:
         d = self._timed(defer.maybeDeferred(conn.eval, script, keys, args))
         d.addErrback(self._unavailable, what)
         return d
+
+    def execute(self, what: str, command: str, *args: Any) -> defer.Deferred[Any]:
+        """Run one Redis command on a live command connection, with the command
+        deadline; fails at once with :class:`~gateway.errors.Unavailable` while
+        Redis is unreachable (``what`` names it in logs and errors)."""
+        conn = self._connection()
+        if conn is None:
+            return defer.fail(Unavailable(f"{what}: Redis is not reachable"))
+        d = self._timed(defer.maybeDeferred(conn.execute_command, command, *args))
+        d.addErrback(self._unavailable, what)
+        return d
+
+    def eval(self, what: str, script: bytes, keys: list[str], args: list[Any]) -> defer.Deferred[Any]:
+        """Run a Lua script as :meth:`execute` runs a command."""
+        return self._eval(what, script, keys, args)
 
     def _unavailable(self, failure: Failure, what: str) -> Failure:
         if failure.check(Unavailable):
@@ -652,6 +696,14 @@ class RedisBroker:
         d.addErrback(lambda f: self._log.warn("unsubscribe {channel} failed: {error}", channel=channel, error=f.getErrorMessage()))
         return d.addCallback(lambda _: None)
 
+    def publish_control(self, message: dict[str, Any]) -> defer.Deferred[None]:
+        """``PUBLISH`` ``message`` on the control channel every node listens to."""
+        try:
+            body = encode_json(message, "control message")
+        except BadRequest:
+            return defer.fail()
+        return self.execute("control", "PUBLISH", self._control_channel, body).addCallback(lambda _: None)
+
     @property
     def subscribed_channels(self) -> frozenset[str]:
         """Channels delivered to this node (for tests and metrics)."""
@@ -667,6 +719,9 @@ class RedisBroker:
             return
         if isinstance(redis_channel, str):
             redis_channel = redis_channel.encode()
+        if redis_channel == self._control_channel_bytes:
+            self._control_received(message)
+            return
         if not redis_channel.startswith(self._pub_prefix_bytes):
             return
         channel = redis_channel[len(self._pub_prefix_bytes) :].decode()
@@ -679,6 +734,18 @@ class RedisBroker:
             self._log.failure("undecodable message on {channel}: {message!r}", channel=channel, message=message[:200])
             return
         self._listener.publication_received(pub)
+
+
+    def _control_received(self, message: bytes) -> None:
+        try:
+            decoded = json.loads(message)
+        except ValueError:
+            decoded = None
+        if not isinstance(decoded, dict):
+            self._log.warn("undecodable control message: {message!r}", message=message[:200])
+            return
+        if self._listener is not None:
+            self._listener.control_received(decoded)
 
 
 def _text(value: Any) -> str:

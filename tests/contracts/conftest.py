@@ -19,12 +19,16 @@ class RecordingListener:
     def __init__(self) -> None:
         self.publications: list[Any] = []
         self.reconnects = 0
+        self.controls: list[Any] = []
 
     def publication_received(self, publication: Any) -> None:
         self.publications.append(publication)
 
     def broker_reconnected(self) -> None:
         self.reconnects += 1
+
+    def control_received(self, message: Any) -> None:
+        self.controls.append(message)
 
 
 @pytest.fixture(params=["memory", "redis"])
