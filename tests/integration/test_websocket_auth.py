@@ -553,13 +553,11 @@ async def test_authenticator_down_at_auth_is_unavailable_and_the_client_may_retr
 
 
 async def test_client_gone_while_the_upgrade_is_checked_leaves_nothing_open(hs_gw, later):
-    reader, writer = await aio(asyncio.open_connection("127.0.0.1", hs_gw.port))
+    _, writer = await aio(asyncio.open_connection("127.0.0.1", hs_gw.port))
     writer.write(
-        (
-            "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-            "Authorization: Bearer t\r\n\r\n"
-        ).encode()
+        b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        b"Authorization: Bearer t\r\n\r\n"
     )
     await wait_until(lambda: bool(later.pending))
     writer.close()
