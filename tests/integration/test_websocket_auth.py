@@ -584,3 +584,30 @@ async def test_without_auth_configured_nothing_changes(gw):
     assert (await ws.request({"type": "auth", "token": "x", "id": 1})) == {"type": "authenticated", "id": 1, "sub": None}
     await ws.close()
 
+
+
+class RevokedSubs:
+    """A revocation store that refuses the listed subs (the real one is another module's)."""
+
+    def __init__(self, *subs: str) -> None:
+        self.subs = set(subs)
+
+    def is_revoked(self, identity: Identity) -> bool:
+        return identity.sub in self.subs
+
+
+async def test_revoked_identity_at_the_upgrade_closes_4003(hs_gw):
+    hs_gw.gateway.auth.revocations = RevokedSubs("alice")
+    ws = await Events.connect(hs_gw.ws_url, **bearer(hs256(sub="alice")))
+    assert (await ws.closed()) == (4003, "this identity was revoked")
+    bob = await Events.connect(hs_gw.ws_url, **bearer(hs256(sub="bob")))
+    await assert_works(bob)
+    await bob.close()
+
+
+async def test_revoked_identity_in_the_first_auth_is_forbidden_and_4003(hs_gw):
+    hs_gw.gateway.auth.revocations = RevokedSubs("alice")
+    ws = await Events.connect(hs_gw.ws_url)
+    await ws.send({"type": "auth", "token": hs256(sub="alice"), "id": 1})
+    assert (await ws.closed())[0] == 4003
+    assert ws.replies(1)[0]["code"] == "forbidden"
