@@ -135,12 +135,20 @@ async def assert_works(ws: Events, channel: str = "room:1", rid: Any = "check") 
     assert answer["type"] == "subscribed", answer
 
 
+async def assert_is(ws: Events, sub: str, channel: str = "room:me") -> None:
+    """The connection acts as ``sub``: its publications carry ``from: sub``."""
+    await assert_works(ws, channel, "me")
+    await ws.request({"type": "publish", "channel": channel, "data": "me?", "id": "me-pub"})
+    await wait_until(lambda: bool(ws.messages(channel)))
+    assert ws.messages(channel)[0]["from"] == sub
+
+
 # -- where the token comes from ------------------------------------------------
 
 
 async def test_token_in_authorization_header_hs256(hs_gw):
     ws = await Events.connect(hs_gw.ws_url, **bearer(hs256()))
-    await assert_works(ws)
+    await assert_is(ws, "alice")
     await ws.close()
 
 
@@ -150,7 +158,7 @@ async def test_token_in_query_parameter_rs256(gw_factory, tmp_path):
     gw = gw_factory(jwt_public_key=str(key_file), jwt_leeway=0.0)
     token = jwt.encode(claims(), RSA_KEY, algorithm="RS256")
     ws = await Events.connect(f"{gw.ws_url}?token={token}")
-    await assert_works(ws)
+    await assert_is(ws, "alice")
     await ws.close()
 
 
@@ -160,7 +168,7 @@ async def test_token_in_cookie_es256(gw_factory, tmp_path):
     gw = gw_factory(jwt_public_key=str(key_file), jwt_leeway=0.0)
     token = jwt.encode(claims(), EC_KEY, algorithm="ES256")
     ws = await Events.connect(gw.ws_url, additional_headers={"Cookie": f"theme=dark; gateway_token={token}"})
-    await assert_works(ws)
+    await assert_is(ws, "alice")
     await ws.close()
 
 
@@ -417,6 +425,7 @@ async def test_refresh_across_the_old_exp_with_publications_flowing(hs_gw):
         await sleep(0.02)  # pace: about 50 publications a second
     await wait_until(lambda: len(sub.messages("room:flow")) >= n, 5.0 * F, "every publication")
     assert refreshed and sub.replies("r")[0]["type"] == "authenticated"
+    assert sub.replies("r")[0]["sub"] == "alice" and sub.replies("r")[0]["exp"] > old_exp_at + 50
     assert [m["seq"] for m in sub.messages("room:flow")] == list(range(1, n + 1))
     assert sub.closed_at is None
     await assert_works(sub, "room:after", "after")
