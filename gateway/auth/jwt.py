@@ -68,7 +68,16 @@ class JWTAuthenticator:
                 self._key = load_pem_public_key(public_key.encode("utf-8"))  # type: ignore[union-attr]
             except (ValueError, TypeError) as e:
                 raise ValueError(f"not a PEM public key: {e}") from None
-            self.algorithms = list(_ASYMMETRIC)
+            from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+            # Only the algorithm of the key's type: pyjwt raises TypeError (not an
+            # InvalidTokenError) for an RS256 token checked with an EC key.
+            if isinstance(self._key, rsa.RSAPublicKey):
+                self.algorithms = ["RS256"]
+            elif isinstance(self._key, ec.EllipticCurvePublicKey):
+                self.algorithms = ["ES256"]
+            else:
+                raise ValueError("not an RSA or EC public key")
 
     def authenticate(self, credentials: Credentials) -> Identity | None:
         candidates = [c for c in credentials.presented() if _looks_like_jwt(c)]

@@ -4,10 +4,40 @@ A thin adaptor: Autobahn callbacks go in, :mod:`gateway.core.commands` parses th
 the :class:`~gateway.core.session.Session` keeps per-connection state, the
 :class:`~gateway.bus.Bus` does the work, and replies go back out.  Heartbeats and
 the slow-consumer policy live here, on the reactor's clock.
+
+Authentication (docs/protocol.md sections 4 and 8), when the node has an
+authenticator configured:
+
+* At the upgrade, ``onConnect`` gathers the credentials (``Authorization``,
+  ``token=``, the cookies, ``Origin``) and, when any came, returns the Deferred of
+  their authentication, so the 101 answer waits for it and no command can arrive
+  before the connection knows who it is.  A refused ``Authorization: Bearer`` or
+  ``token=`` is a close 4001 right after the upgrade (a revoked identity 4003);
+  refused cookies alone are not, since a browser sends a stale ``gateway_token``
+  cookie whatever the page does: the connection then waits for an ``auth``
+  command like one that presented nothing.  An authenticator that is down refuses
+  the upgrade with 503 (fail closed).
+* Without an identity the connection must send ``auth`` within
+  ``--auth-timeout`` seconds; any other command first, or nothing, is 4001.  A
+  refused first ``auth`` is the error ``unauthorized`` (``forbidden`` for a revoked
+  identity) and close 4001 (4003); ``unavailable`` leaves it open to try again
+  within the timeout.
+* ``auth`` on an authenticated connection is a refresh: the same ``sub`` moves the
+  deadline to the new ``exp``; another ``sub`` is ``forbidden``, and a token that
+  is refused (invalid, expired) is ``unauthorized``; in both cases the connection
+  keeps its old identity and deadline, so the client can still try again before
+  that deadline.
+* Commands that arrive while an ``auth`` is being checked (an authenticator that
+  answers later, e.g. ``--auth-url``) wait for it and then run in order, so a
+  client may send ``auth`` and its subscriptions without waiting for the reply.
+* The :class:`~gateway.transports._session.ClientSession` closes the connection at
+  the identity's ``exp`` (4001, :meth:`GatewayWebSocketProtocol.expired`) and when
+  it is revoked (4003, :meth:`GatewayWebSocketProtocol.revoked`).
 """
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -18,7 +48,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.bus import SubscribeResult, Subscription
-from gateway.core.auth import OPEN
+from gateway.core.auth import OPEN, Credentials, Identity
 from gateway.core.commands import (
     Auth,
     CommandError,
@@ -37,19 +67,72 @@ from gateway.core.events import (
 from gateway.core.model import Position, Publication
 from gateway.core.session import Session
 from gateway.errors import (
+    CLOSE_FORBIDDEN,
     CLOSE_GOING_AWAY,
+    CLOSE_NOT_AUTHENTICATED,
     CLOSE_POLICY,
     CLOSE_UNSUPPORTED_DATA,
+    Forbidden,
     GatewayError,
     Internal,
     NotFound,
+    Unauthorized,
     Unavailable,
 )
 from gateway.transports._backpressure import HeldMessages
+from gateway.transports._session import ClientSession
 
-__all__ = ["GatewayWebSocketFactory", "GatewayWebSocketProtocol", "websocket_resource"]
+__all__ = ["GatewayWebSocketFactory", "GatewayWebSocketProtocol", "upgrade_credentials", "websocket_resource"]
 
 _WS_FORM = "ws"
+# Commands held while an auth command is being checked; a client that sends more
+# than this before the answer is closed with 1008.
+MAX_HELD_COMMANDS = 1000
+# A close frame's reason is at most 123 bytes (RFC 6455 section 5.5).
+_MAX_REASON = 123
+
+
+def _cookies(header: str | None) -> dict[str, str]:
+    """The ``name=value`` pairs of a ``Cookie`` header (malformed pairs skipped)."""
+    cookies: dict[str, str] = {}
+    for part in (header or "").split(";"):
+        name, sep, value = part.partition("=")
+        name, value = name.strip(), value.strip()
+        if sep and name and name not in cookies:
+            if len(value) >= 2 and value[0] == value[-1] == '"':
+                value = value[1:-1]
+            cookies[name] = value
+    return cookies
+
+
+def upgrade_credentials(request: Any) -> Credentials:
+    """What an upgrade request (Autobahn's ``ConnectionRequest``) presents: the
+    ``Authorization`` header, the first ``token=`` query parameter, the cookies and
+    the ``Origin``."""
+    headers = request.headers or {}
+    tokens = (request.params or {}).get("token") or []
+    return Credentials(
+        transport="websocket",
+        authorization=headers.get("authorization"),
+        token=tokens[0] if tokens else None,
+        cookies=_cookies(headers.get("cookie")),
+        origin=headers.get("origin"),
+    )
+
+
+def _exp(identity: Identity) -> dict[str, Any]:
+    """The ``exp`` field of an ``authenticated`` reply (absent without one)."""
+    if identity.exp is None:
+        return {}
+    exp = identity.exp
+    return {"exp": int(exp) if float(exp).is_integer() else exp}
+
+
+def _reason(text: str) -> bytes:
+    raw = text.encode("utf-8")
+    if len(raw) <= _MAX_REASON:
+        return raw
+    return raw[: _MAX_REASON - 3].decode("utf-8", "ignore").encode("utf-8") + b"..."
 
 
 class GatewayWebSocketProtocol(WebSocketServerProtocol):
@@ -61,6 +144,17 @@ class GatewayWebSocketProtocol(WebSocketServerProtocol):
     def __init__(self) -> None:
         super().__init__()
         self.session: Session | None = None
+        # The session's clock-and-node side (expiry, revocation); from onOpen to onClose.
+        self.client: ClientSession | None = None
+        # What the upgrade's credentials came to: an identity, or a refusal that
+        # closes the connection once open, or (cookies only) a note for the 4001.
+        self._upgrade_identity: Identity | None = None
+        self._upgrade_refusal: GatewayError | None = None
+        self._upgrade_note: str | None = None
+        self._origin: str | None = None
+        self._auth_timer: Any = None
+        # Commands received while an auth command is being checked, or None.
+        self._held: deque[bytes] | None = None
         # Replies and publications, held back whole while the client is not reading.
         self._out = HeldMessages(self._write_message)
         self._heartbeat_call: Any = None
@@ -77,21 +171,56 @@ class GatewayWebSocketProtocol(WebSocketServerProtocol):
             raise ConnectionDeny(426, "only Sec-WebSocket-Version: 13 is supported")
         if gateway.draining:
             raise ConnectionDeny(503, "node is draining")
-        try:
-            gateway.check_connection_limit()
-        except Unavailable as e:
-            raise ConnectionDeny(503, e.message) from None
         # Every header an origin can come in (Autobahn reads Sec-WebSocket-Origin
         # for hybi versions below 13), not only the one Autobahn used.
         origins = {request.origin or None, request.headers.get("origin"), request.headers.get("sec-websocket-origin")}
         origins.discard(None)
         if any(not gateway.origin_allowed(origin) for origin in origins):
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
-        return None
+        try:
+            gateway.check_connection_limit()
+        except GatewayError as e:
+            raise ConnectionDeny(e.http_status, e.message) from None
+        if not gateway.auth.configured:
+            return None
+        credentials = upgrade_credentials(request)
+        self._origin = credentials.origin
+        if credentials.anonymous:
+            return None
+        explicit = credentials.bearer is not None or credentials.token is not None
+        d = gateway.auth.authenticate(credentials)
+        d.addCallbacks(self._upgrade_authenticated, self._upgrade_refused, errbackArgs=(explicit,))
+        return d
+
+    def _upgrade_authenticated(self, identity: Identity) -> None:
+        if self.state == WebSocketProtocol.STATE_CLOSED:
+            # The client went away while its credentials were checked.
+            raise ConnectionDeny(ConnectionDeny.BAD_REQUEST, "connection lost")
+        self._upgrade_identity = identity
+
+    def _upgrade_refused(self, failure: Failure, explicit: bool) -> None:
+        if self.state == WebSocketProtocol.STATE_CLOSED:
+            raise ConnectionDeny(ConnectionDeny.BAD_REQUEST, "connection lost")
+        error = failure.value
+        if isinstance(error, Unauthorized):
+            if explicit:
+                self._upgrade_refusal = error
+            else:
+                self._upgrade_note = error.message
+            return
+        if isinstance(error, Forbidden):
+            self._upgrade_refusal = error
+            return
+        if not isinstance(error, Unavailable):
+            self._log.failure("authenticating a WebSocket upgrade failed", failure)
+        # Fail closed: no upgrade while credentials cannot be checked.
+        raise ConnectionDeny(ConnectionDeny.SERVICE_UNAVAILABLE, "authentication is not available")
 
     def onOpen(self) -> None:
         gateway = self.factory.gateway
-        self.session = Session(max_subscriptions=gateway.config.max_subscriptions, identity=OPEN)
+        configured = gateway.auth.configured
+        self.session = Session(max_subscriptions=gateway.config.max_subscriptions, identity=None if configured else OPEN)
+        self.client = ClientSession(gateway, self, self.session, now=gateway.auth.now)
         gateway.connection_opened("websocket", self)
         self._heartbeat_call = gateway.reactor.callLater(gateway.config.heartbeat, self._heartbeat)
         transport: Any = self.transport
@@ -104,11 +233,35 @@ class GatewayWebSocketProtocol(WebSocketServerProtocol):
                 transport.registerProducer(self._out, True)
             except Exception:  # pragma: no cover - transports without producers
                 self._log.debug("no producer support on {transport!r}", transport=transport)
+        if configured:
+            self._open_authentication()
+
+    def _open_authentication(self) -> None:
+        """Apply what the upgrade's credentials came to, or start the auth timeout."""
+        refusal, identity = self._upgrade_refusal, self._upgrade_identity
+        self._upgrade_refusal = self._upgrade_identity = None
+        if refusal is not None:
+            self._refuse(refusal)
+            return
+        if identity is not None:
+            self._set_identity(identity)
+            return
+        gateway = self.factory.gateway
+        self._auth_timer = gateway.reactor.callLater(gateway.config.auth_timeout, self._auth_timed_out)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if isBinary:
             self._close(CLOSE_UNSUPPORTED_DATA, "binary frames are not supported: send JSON text")
             return
+        if self._held is not None:
+            if len(self._held) >= MAX_HELD_COMMANDS:
+                self._close(CLOSE_POLICY, "too many commands before the auth answer")
+                return
+            self._held.append(payload)
+            return
+        self._safe_handle(payload)
+
+    def _safe_handle(self, payload: bytes) -> None:
         try:
             self._handle(payload)
         except Exception:
@@ -123,6 +276,11 @@ class GatewayWebSocketProtocol(WebSocketServerProtocol):
         if self._heartbeat_call is not None and self._heartbeat_call.active():
             self._heartbeat_call.cancel()
         self._heartbeat_call = None
+        self._cancel_auth_timer()
+        self._held = None
+        client, self.client = self.client, None
+        if client is not None:
+            client.close()
         session, self.session = self.session, None
         if session is not None:
             for sub in session.clear():
@@ -159,6 +317,11 @@ class GatewayWebSocketProtocol(WebSocketServerProtocol):
         except CommandError as e:
             self.send_event(error_event(e.error, e.request_id))
             return
+        if not session.authenticated and not isinstance(command, Auth):
+            note = self._upgrade_note
+            message = "authenticate first: send an auth command" + (f" ({note})" if note else "")
+            self._close(CLOSE_NOT_AUTHENTICATED, message)
+            return
         try:
             if isinstance(command, Subscribe):
                 self._subscribe(session, command)
@@ -168,7 +331,7 @@ class GatewayWebSocketProtocol(WebSocketServerProtocol):
                     sub.cancel()
                 self.send_event(reply("unsubscribed", command.id, channel=command.channel))
             elif isinstance(command, Publish):
-                self._publish(command)
+                self._publish(session, command)
             elif isinstance(command, Auth):
                 self._auth(session, command)
         except GatewayError as e:
@@ -207,10 +370,13 @@ class GatewayWebSocketProtocol(WebSocketServerProtocol):
             error = Internal("internal error")
         self.send_event(error_event(error, command.id))
 
-    def _publish(self, command: Publish) -> None:
-        self.factory.gateway.check_publish_rate(f"ws:{id(self)}")
-        identity = self.session.identity.sender if self.session and self.session.identity else None
-        d = self.factory.gateway.publish(command.channel, command.data, identity)
+    def _publish(self, session: Session, command: Publish) -> None:
+        session.check_publish(command.channel)
+        gateway = self.factory.gateway
+        gateway.check_publish_rate(f"ws:{id(self)}")
+        # `from` is the token's sub, never anything the client sent.
+        sender = session.identity.sender if session.identity is not None else None
+        d = gateway.publish(command.channel, command.data, sender)
         d.addCallbacks(self._published, self._publish_failed, callbackArgs=(command,), errbackArgs=(command,))
 
     def _published(self, pub: Publication, command: Publish) -> None:
@@ -224,9 +390,99 @@ class GatewayWebSocketProtocol(WebSocketServerProtocol):
             self.send_event(error_event(Internal("internal error"), command.id))
 
     def _auth(self, session: Session, command: Auth) -> None:
-        # No authenticator is configured yet: every token is accepted, anonymously.
-        session.authenticate(OPEN)
-        self.send_event(reply("authenticated", command.id, sub=None))
+        gateway = self.factory.gateway
+        if not gateway.auth.configured:
+            # No authenticator configured: every token is accepted, anonymously.
+            session.authenticate(OPEN)
+            self.send_event(reply("authenticated", command.id, sub=None))
+            return
+        # Only the command's token: cookies and headers of the upgrade do not
+        # stand in for a token the client chose to send.
+        credentials = Credentials(transport="websocket", token=command.token, origin=self._origin)
+        self._held = deque()
+        d = gateway.auth.authenticate(credentials)
+        d.addCallbacks(self._authenticated, self._auth_refused, callbackArgs=(command,), errbackArgs=(command,))
+        d.addErrback(self._auth_answer_failed)
+        d.addBoth(self._release_held)
+
+    def _authenticated(self, identity: Identity, command: Auth) -> None:
+        session = self.session
+        if session is None or self.state != WebSocketProtocol.STATE_OPEN:
+            return
+        try:
+            self._set_identity(identity)
+        except GatewayError as e:
+            # A refresh with another sub: the old identity and deadline stay.
+            self.send_event(error_event(e, command.id))
+            return
+        self.send_event(reply("authenticated", command.id, sub=identity.sub, **_exp(identity)))
+
+    def _auth_refused(self, failure: Failure, command: Auth) -> None:
+        session = self.session
+        if session is None or self.state != WebSocketProtocol.STATE_OPEN:
+            return
+        if isinstance(failure.value, GatewayError):
+            error: GatewayError = failure.value
+        else:
+            self._log.failure("authenticating an auth command failed", failure)
+            error = Unavailable("authentication is not available")
+        self.send_event(error_event(error, command.id))
+        if session.authenticated:
+            # A refused refresh: the connection keeps its identity and deadline.
+            return
+        if isinstance(error, (Unauthorized, Forbidden)):
+            self._refuse(error)
+        # Unavailable: still unauthenticated; the auth timeout runs on.
+
+    def _auth_answer_failed(self, failure: Failure) -> None:
+        self._log.failure("handling an auth answer failed", failure)
+
+    def _release_held(self, _: Any) -> None:
+        held, self._held = self._held, None
+        while held:
+            if self.state != WebSocketProtocol.STATE_OPEN:
+                return
+            self._safe_handle(held.popleft())
+            if self._held is not None:
+                # Another auth command is being checked: the rest waits behind it.
+                self._held.extend(held)
+                return
+
+    def _set_identity(self, identity: Identity) -> None:
+        """Authenticate or refresh (ClientSession moves the deadline).
+
+        Raises:
+            Forbidden: a refresh with another ``sub``.
+        """
+        assert self.client is not None
+        self.client.authenticate(identity)
+        self._cancel_auth_timer()
+        self._upgrade_note = None
+
+    def _refuse(self, error: GatewayError) -> None:
+        code = CLOSE_FORBIDDEN if isinstance(error, Forbidden) else CLOSE_NOT_AUTHENTICATED
+        self._close(code, error.message)
+
+    def _auth_timed_out(self) -> None:
+        self._auth_timer = None
+        if self.session is not None and not self.session.authenticated:
+            seconds = self.factory.gateway.config.auth_timeout
+            self._close(CLOSE_NOT_AUTHENTICATED, f"no auth command within {seconds:g}s")
+
+    def _cancel_auth_timer(self) -> None:
+        if self._auth_timer is not None and self._auth_timer.active():
+            self._auth_timer.cancel()
+        self._auth_timer = None
+
+    # -- ClientSession callbacks -------------------------------------------
+
+    def expired(self) -> None:
+        """The identity's ``exp`` passed without a refresh: close 4001."""
+        self._close(CLOSE_NOT_AUTHENTICATED, "the token expired")
+
+    def revoked(self) -> None:
+        """The identity was revoked (POST /disconnect): close 4003."""
+        self._close(CLOSE_FORBIDDEN, "the identity was revoked")
 
     # -- output -------------------------------------------------------------
 
@@ -279,7 +535,8 @@ class GatewayWebSocketProtocol(WebSocketServerProtocol):
     def _close(self, code: int, reason: str) -> None:
         # sendClose() refuses 1001/1003/1008 (it only allows 1000 and 3000-4999).
         if self.state == WebSocketProtocol.STATE_OPEN:
-            self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8"), isReply=False)
+            self._held = None
+            self.sendCloseFrame(code=code, reasonUtf8=_reason(reason), isReply=False)
 
     def going_away(self) -> None:
         """Close with 1001: the node is shutting down; reconnect elsewhere and resume."""

@@ -16,7 +16,7 @@ hands Autobahn only a well-formed RFC 6455 handshake:
   given twice), a fragment in the URI, a repeated subprotocol: ``400``;
 * an ``Origin`` (or ``Sec-WebSocket-Origin``) not allowed by ``--allowed-origin``:
   ``403``;
-* a draining node: ``503``.
+* a draining node, or one at ``--max-connections``: ``503``.
 
 Extension offers (``Sec-WebSocket-Extensions``) are dropped before the handshake
 reaches Autobahn, since the gateway negotiates none (see
