@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 import jwt as pyjwt
 from zope.interface import implementer
 
@@ -104,17 +105,8 @@ class JWTAuthenticator:
             except pyjwt.InvalidTokenError as e:
                 refusal = refusal or Unauthorized(f"invalid token: {str(e)[:120]}")
                 continue
-            identity = identity_from_claims(claims)
-            if identity.exp is not None:
-                # Honour the leeway at the deadline as pyjwt did at the check.
-                return Identity(
-                    sub=identity.sub,
-                    kind=identity.kind,
-                    subscribe=identity.subscribe,
-                    publish=identity.publish,
-                    exp=identity.exp + self.leeway,
-                    iat=identity.iat,
-                )
-            return identity
+            # The deadline honours the leeway as pyjwt did at the check; ``exp``
+            # itself (what the client is told) stays the token's.
+            return attrs.evolve(identity_from_claims(claims), grace=self.leeway)
         assert refusal is not None
         raise refusal

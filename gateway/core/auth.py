@@ -61,6 +61,7 @@ class Identity:
         everything: may subscribe and publish on every channel (open or API key).
         exp: when it stops being valid, in seconds since the Unix epoch, or None.
         iat: when its token was issued (for revocation), or None.
+        grace: seconds past ``exp`` it is still honoured (the JWT clock-skew leeway).
     """
 
     sub: str | None = None
@@ -70,6 +71,7 @@ class Identity:
     everything: bool = False
     exp: float | None = None
     iat: float | None = None
+    grace: float = 0.0
 
     def may_subscribe(self, channel: str) -> bool:
         return self.everything or any(pattern_matches(p, channel) for p in self.subscribe)
@@ -91,10 +93,10 @@ class Identity:
         """Seconds until ``exp`` (0 when past), or None when it does not expire."""
         if self.exp is None:
             return None
-        return max(0.0, self.exp - now)
+        return max(0.0, self.exp + self.grace - now)
 
     def expired(self, now: float) -> bool:
-        return self.exp is not None and now >= self.exp
+        return self.exp is not None and now >= self.exp + self.grace
 
     def check_refresh(self, new: Identity) -> None:
         """Raise :class:`Forbidden` unless ``new`` may replace this identity on a live

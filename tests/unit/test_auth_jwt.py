@@ -51,7 +51,9 @@ def test_hs256_token_gives_its_identity():
     exp = int(time.time()) + 60
     token = jwt.encode({"sub": "alice", "subscribe": ["a:*"], "publish": ["a:1"], "exp": exp, "iat": exp - 60}, SECRET, "HS256")
     who = JWTAuthenticator(secret=SECRET, leeway=5).authenticate(creds(token))
-    assert (who.sub, who.subscribe, who.publish, who.exp, who.iat) == ("alice", ("a:*",), ("a:1",), exp + 5, exp - 60)
+    assert (who.sub, who.subscribe, who.publish, who.exp, who.iat) == ("alice", ("a:*",), ("a:1",), exp, exp - 60)
+    # The leeway extends the deadline, not the exp the client is told.
+    assert who.seconds_left(exp) == 5 and not who.expired(exp + 4.9) and who.expired(exp + 5)
 
 
 def test_rs256_and_es256_with_a_public_key(rsa_key, ec_key):
