@@ -66,7 +66,8 @@ def _header(request: Request, name: bytes) -> str | None:
 
 def _cookies(request: Request) -> dict[str, str]:
     # twisted.web parsed the Cookie headers into received_cookies (bytes to bytes).
-    return {k.decode("latin-1"): v.decode("latin-1") for k, v in (request.received_cookies or {}).items()}
+    cookies = getattr(request, "received_cookies", None) or {}
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in cookies.items()}
 
 
 def credentials_from_request(request: Request, transport: str, jsonp: bool = False) -> Credentials:

@@ -230,7 +230,8 @@ class ChannelSetRequest:
         try:
             for channel in self.channels:
                 identity.check_subscribe(channel)
-            session = ClientSession(self.gateway, self, Session(MAX_CHANNELS, identity=None))
+            # The deadline runs on the clock the authenticators judged exp by.
+            session = ClientSession(self.gateway, self, Session(MAX_CHANNELS, identity=None), now=self.gateway.auth.now)
             self.session = session
             session.authenticate(identity)
         except GatewayError as e:
