@@ -134,9 +134,16 @@ def assert_json_error(status: int, body: Any, want_status: int, code: str) -> No
 # -- token sources ---------------------------------------------------------------
 
 
+FORGED = "another-secret-that-is-long-enough-for-hs256-xx"
+
+
 @pytest.mark.parametrize("source", ["header", "query", "cookie"])
 async def test_sse_takes_the_token_from_header_query_or_cookie(auth_gw, sse, source):
-    """SSE authenticates with Authorization: Bearer, token= or the gateway_token cookie."""
+    """SSE authenticates with Authorization: Bearer, token= or the gateway_token cookie
+    (and a forged token through the same source is a 401)."""
+    suffix, headers = presented(source, token(key=FORGED))
+    refused = await sse(auth_gw.base + "/sse?channel=room:1" + suffix, headers)
+    assert_json_error(refused.status, await aio(refused.body()), 401, "unauthorized")
     suffix, headers = presented(source, token())
     stream = await open_ok(sse, auth_gw, "channel=room:1" + suffix, headers)
     await auth_gw.gateway.publish("room:1", {"n": 1})
@@ -146,7 +153,11 @@ async def test_sse_takes_the_token_from_header_query_or_cookie(auth_gw, sse, sou
 
 @pytest.mark.parametrize("source", ["header", "query", "cookie"])
 async def test_poll_takes_the_token_from_header_query_or_cookie(auth_gw, source):
-    """Long-poll authenticates with Authorization: Bearer, token= or the gateway_token cookie."""
+    """Long-poll authenticates with Authorization: Bearer, token= or the gateway_token cookie
+    (and a forged token through the same source is a 401)."""
+    suffix, headers = presented(source, token(key=FORGED))
+    r = await poll(auth_gw, "channel=room:1&timeout=0" + suffix, headers)
+    assert_json_error(r.status_code, r.json(), 401, "unauthorized")
     await auth_gw.gateway.publish("room:1", "x")
     suffix, headers = presented(source, token())
     r = await poll(auth_gw, "channel=room:1&timeout=0" + suffix, headers)
@@ -156,7 +167,11 @@ async def test_poll_takes_the_token_from_header_query_or_cookie(auth_gw, source)
 
 @pytest.mark.parametrize("source", ["header", "query", "cookie"])
 async def test_publish_takes_the_token_from_header_query_or_cookie(auth_gw, source):
-    """POST /publish authenticates with Authorization: Bearer, token= or the gateway_token cookie."""
+    """POST /publish authenticates with Authorization: Bearer, token= or the gateway_token cookie
+    (and a forged token through the same source is a 401)."""
+    suffix, headers = presented(source, token(key=FORGED))
+    r = await publish(auth_gw, {"channel": "room:1", "data": 0}, headers, query="?" + suffix.lstrip("&") if suffix else "")
+    assert_json_error(r.status_code, r.json(), 401, "unauthorized")
     suffix, headers = presented(source, token())
     r = await publish(auth_gw, {"channel": "room:1", "data": 1}, headers, query="?" + suffix.lstrip("&") if suffix else "")
     assert r.status_code == 200, r.text
@@ -207,7 +222,7 @@ def _bad_tokens(rsa_key) -> dict[str, str]:
     now = int(time.time())
     base = claims()
     return {
-        "wrong signature": token(key="another-secret-that-is-long-enough-for-hs256-xx"),
+        "wrong signature": token(key=FORGED),
         "alg none": hand_made({"alg": "none", "typ": "JWT"}, base),
         "expired": token(lifetime=-30),
         "not yet valid": token(nbf=now + 3600),
@@ -491,7 +506,7 @@ async def test_sse_refresh_across_expiry_misses_nothing(auth_gw, sse):
     last_id: str | None = None
     last_seq = None
     try:
-        while True:
+        while last_seq is None or not seqs or seqs[-1] < last_seq:
             headers = bearer(short_token())
             if last_id is not None:
                 headers["Last-Event-ID"] = last_id
@@ -517,9 +532,8 @@ async def test_sse_refresh_across_expiry_misses_nothing(auth_gw, sse):
                 if last_seq is not None and seqs[-1] >= last_seq:
                     break
             await aio(stream.close())
-            if last_seq is not None and seqs and seqs[-1] >= last_seq:
-                break
             if expiries >= 2 and last_seq is None:
+                assert publisher is not None
                 last_seq = await publisher.stop()
     finally:
         if publisher is not None and publisher._loop.running:
@@ -540,7 +554,7 @@ async def test_poll_refresh_across_expiry_misses_nothing(auth_gw):
     refused = 0
     last_seq = None
     try:
-        while True:
+        while last_seq is None or not seqs or seqs[-1] < last_seq:
             query = "channel=room:1&timeout=10" + ("&cursor=" + cursor if cursor else "")
             r = await poll(auth_gw, query, bearer(current))
             if r.status_code == 401:
@@ -554,8 +568,6 @@ async def test_poll_refresh_across_expiry_misses_nothing(auth_gw):
             body = r.json()
             seqs.extend(m["seq"] for m in body["messages"])
             cursor = body["cursor"]
-            if last_seq is not None and (seqs and seqs[-1] >= last_seq):
-                break
     finally:
         if publisher._loop.running:
             await publisher.stop()
