@@ -218,9 +218,14 @@ class ChannelSetRequest:
         self.request.notifyFinish().addBoth(self._finished)
         d = authenticate_request(self.gateway, self.request, self.transport, self.jsonp)
         d.addCallbacks(self._authenticated, self._auth_failed)
+        d.addErrback(self._crashed)
 
     def _auth_failed(self, failure: Failure) -> None:
         self._fail(as_gateway_error(failure))
+
+    def _crashed(self, failure: Failure) -> None:
+        self._log.failure("starting a {transport} request failed", failure, transport=self.transport)
+        self._fail(Internal("internal error"))
 
     def _authenticated(self, identity: Identity) -> None:
         """Check every channel's permission (403 naming it), start the session
