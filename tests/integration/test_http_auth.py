@@ -332,7 +332,9 @@ async def test_forbidden_batch_item_publishes_nothing(auth_gw):
 
 
 async def test_api_key_has_full_access(auth_gw, sse):
-    """An API key subscribes and publishes on every channel, with no from."""
+    """An API key subscribes and publishes on every channel, with no from; a wrong key is a 401."""
+    r = await publish(auth_gw, {"channel": "secret", "data": 0}, bearer("not-" + API_KEY))
+    assert_json_error(r.status_code, r.json(), 401, "unauthorized")
     stream = await open_ok(sse, auth_gw, "channel=admin&channel=secret", bearer(API_KEY))
     r = await publish(auth_gw, {"channel": "secret", "data": 1}, bearer(API_KEY))
     assert r.status_code == 200
