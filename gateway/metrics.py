@@ -9,10 +9,18 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
-from twisted.web.server import Request
+from twisted.python.failure import Failure
+from twisted.web.server import NOT_DONE_YET, Request
 
+from gateway.core.auth import Identity
+from gateway.errors import Forbidden
 from gateway.metrics_limits import limit_metrics
-from gateway.transports._http import JSONResource
+from gateway.transports._auth import (
+    api_keys_configured,
+    as_gateway_error,
+    authenticate_request,
+)
+from gateway.transports._http import JSONResource, is_gone, send_error
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -59,13 +67,48 @@ def make_registry(gateway: Gateway) -> CollectorRegistry:
 
 
 class MetricsResource(JSONResource):
-    """``GET /metrics``: Prometheus text exposition."""
+    """``GET /metrics``: Prometheus text exposition.
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    When the node has any API key configured, a scrape must present one
+    (docs/protocol.md section 8): no or invalid credentials are a JSON 401, any other
+    identity (a user's token) a 403.  Without API keys it is open, as on a private
+    network.
+
+    Args:
+        registry: what to expose.
+        gateway: the node whose authentication guards it; None for no guard.
+    """
+
+    def __init__(self, registry: CollectorRegistry, gateway: Gateway | None = None) -> None:
         super().__init__()
         self.registry = registry
+        self.gateway = gateway
 
-    def render_GET(self, request: Request) -> bytes:
+    def render_GET(self, request: Request) -> bytes | int:
+        gateway = self.gateway
+        if gateway is None or not api_keys_configured(gateway):
+            return self._exposition(request)
+        d = authenticate_request(gateway, request, "metrics")
+        d.addCallback(self._authorised, request)
+        d.addErrback(self._refused, request)
+        return NOT_DONE_YET
+
+    def _exposition(self, request: Request) -> bytes:
         body = generate_latest(self.registry)
         request.setHeader(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
         return body
+
+    def _authorised(self, identity: Identity, request: Request) -> None:
+        if identity.kind != "api-key":
+            raise Forbidden("/metrics needs an API key")
+        if is_gone(request):
+            return
+        body = self._exposition(request)
+        request.setHeader(b"content-length", str(len(body)).encode("ascii"))
+        request.write(body)
+        request.finish()
+
+    def _refused(self, failure: Failure, request: Request) -> None:
+        if not is_gone(request):
+            request.write(send_error(request, as_gateway_error(failure)))
+            request.finish()

@@ -74,7 +74,7 @@ class GatewayResource(resource.Resource):
         self.putChild(b"publish", PublishResource(gateway))
         self.putChild(b"healthz", HealthResource(gateway))
         self.putChild(b"readyz", ReadyResource(gateway))
-        self.putChild(b"metrics", MetricsResource(self.registry))
+        self.putChild(b"metrics", MetricsResource(self.registry, gateway))
         self.putChild(b"disconnect", DisconnectResource(gateway))
         self._not_found = NotFoundResource()
 

@@ -9,6 +9,11 @@ when the request arrived), so the next poll continues without a gap.
 Polls keep no state on the server between requests: the cursor is all of it, so
 any node can answer any poll and no sticky sessions are needed.
 
+Authentication is the shared step of :class:`~gateway.transports.sse.ChannelSetRequest`;
+a held poll whose token expires is answered at that moment with its cursor, and one
+whose identity is revoked gets a 403.  A JSONP poll authenticates only with its
+``token=`` parameter, never with cookies or ``Authorization``.
+
 JSONP (``callback=NAME``) wraps every answer, errors included, as ``NAME(<json>);``
 with status 200, because a script tag cannot read a status.
 """
@@ -17,15 +22,22 @@ from __future__ import annotations
 
 import math
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.logger import Logger
 from twisted.web.server import NOT_DONE_YET, Request
 
 from gateway.core.events import dumps
-from gateway.errors import BadRequest, GatewayError, Internal, Unavailable
+from gateway.errors import (
+    BadRequest,
+    Forbidden,
+    GatewayError,
+    Internal,
+    Unauthorized,
+    Unavailable,
+)
+from gateway.transports._auth import respond, respond_error
 from gateway.transports._http import (
-    error_body,
     is_gone,
     query_params,
     single_param,
@@ -37,9 +49,6 @@ from gateway.transports.sse import (
     parse_channels,
     parse_cursor,
 )
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["DEFAULT_TIMEOUT", "MAX_TIMEOUT", "CALLBACK_RE", "PollResource", "HeldPoll", "parse_timeout"]
 
@@ -74,25 +83,6 @@ def poll_body(messages: list[bytes], cursor: str) -> bytes:
     return b'{"messages":[' + b",".join(messages) + b'],"cursor":' + dumps(cursor) + b"}"
 
 
-def respond(request: Request, status: int, body: bytes, callback: str | None) -> None:
-    """Write a poll answer (JSON, or JSONP when ``callback`` is set) and finish."""
-    if is_gone(request):
-        return
-    if callback is None:
-        request.setResponseCode(status)
-        request.setHeader(b"content-type", b"application/json")
-    else:
-        request.setResponseCode(200)
-        request.setHeader(b"content-type", b"application/javascript")
-        body = callback.encode("ascii") + b"(" + body + b");"
-    # Stops a browser from running a JSON answer as a script of another type.
-    request.setHeader(b"x-content-type-options", b"nosniff")
-    request.setHeader(b"cache-control", b"no-store")
-    request.setHeader(b"content-length", str(len(body)).encode("ascii"))
-    request.write(body)
-    request.finish()
-
-
 class HeldPoll(ChannelSetRequest):
     """One ``GET /poll``: answered with the first events, or held until some come.
 
@@ -108,6 +98,10 @@ class HeldPoll(ChannelSetRequest):
         self.timeout = timeout
         self.callback = callback
         self._timer: Any = None
+
+    @property
+    def jsonp(self) -> bool:
+        return self.callback is not None
 
     def _open(self, first: list[Event]) -> None:
         if first or self.timeout == 0:
@@ -135,12 +129,29 @@ class HeldPoll(ChannelSetRequest):
         respond(self.request, 200, body, self.callback)
 
     def _refuse(self, error: GatewayError) -> None:
-        respond(self.request, error.http_status, dumps(error_body(error)), self.callback)
+        respond_error(self.request, error, self.callback)
 
     def _on_release(self) -> None:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+
+    def expired(self) -> None:
+        """The token expired while held: answered now with its cursor (the next
+        request with that token is a 401)."""
+        if self.released:
+            return
+        if not self.opened:
+            self._fail(Unauthorized("the token has expired"))
+            return
+        self._answer([])
+
+    def revoked(self) -> None:
+        """The identity was revoked: a 403."""
+        if self.released:
+            return
+        self.release()
+        respond_error(self.request, Forbidden("this identity was revoked"), self.callback)
 
     def going_away(self) -> None:
         """Answer now with the current cursor (the node is draining)."""
@@ -168,11 +179,10 @@ class PollResource(CORSResource):
         try:
             self._start(request, params, callback)
         except GatewayError as e:
-            respond(request, e.http_status, dumps(error_body(e)), callback)
+            respond_error(request, e, callback)
         except Exception:
             self._log.failure("error starting a poll")
-            error = Internal("internal error")
-            respond(request, error.http_status, dumps(error_body(error)), callback)
+            respond_error(request, Internal("internal error"), callback)
         return NOT_DONE_YET
 
     def _start(self, request: Request, params: dict[str, list[str]], callback: str | None) -> None:

@@ -1,23 +1,33 @@
-"""``POST /publish`` (docs/protocol.md section 7): single and batch publications over HTTP."""
+"""``POST /publish`` (docs/protocol.md section 7): single and batch publications over HTTP.
+
+A publish is authenticated like every HTTP request (``Authorization``, ``token=``,
+the ``gateway_token`` cookie: docs/protocol.md section 8).  Every item of a batch
+must be permitted before anything is published (a 403 names the first refused
+item); the request then takes one token from its ``--publish-rate`` bucket (per
+token ``sub``, API key or client address; a 429 with ``Retry-After`` beyond it).
+Each publication's ``from`` is the token's ``sub``, never anything the client sent.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET, Request
 
+from gateway.core.auth import Identity
 from gateway.core.commands import loads_strict, parse_publication
 from gateway.core.model import Publication
-from gateway.core.ratelimit import http_rate_key
 from gateway.errors import BadRequest, Forbidden, GatewayError, Internal, TooLarge
-from gateway.transports._http import client_host, error_body, finish_json
+from gateway.transports._auth import (
+    authenticate_request,
+    publish_rate_key,
+    respond_error,
+)
+from gateway.transports._http import finish_json
 from gateway.transports.cors import CORSResource, apply_cors
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["PublishResource", "MAX_BATCH"]
 
@@ -76,17 +86,28 @@ class PublishResource(CORSResource):
         if len(body) > limit:
             raise TooLarge(f"body larger than {limit} bytes")
         batch, items = parse_publish_body(body)
-        self.gateway.check_publish_rate(http_rate_key(None, client_host(request)))
-        d = self._publish_all(items)
+        d = authenticate_request(self.gateway, request, "publish")
+        d.addCallback(self._authenticated, request, batch, items)
         d.addCallbacks(self._done, self._failed, callbackArgs=(request, batch), errbackArgs=(request,))
         return NOT_DONE_YET
 
+    def _authenticated(self, identity: Identity, request: Request, batch: bool, items: list[tuple[str, Any]]) -> Any:
+        """Every item permitted (else 403 naming it; nothing published), the rate
+        limit taken (else 429), then publish with ``from`` = the identity's sender."""
+        for i, (channel, _) in enumerate(items):
+            try:
+                identity.check_publish(channel)
+            except Forbidden as e:
+                raise Forbidden(f"messages[{i}]: {e.message}" if batch else e.message) from None
+        self.gateway.check_publish_rate(publish_rate_key(self.gateway, request, identity))
+        return self._publish_all(items, identity.sender)
+
     @defer.inlineCallbacks
-    def _publish_all(self, items: list[tuple[str, Any]]) -> Any:
+    def _publish_all(self, items: list[tuple[str, Any]], sender: str | None = None) -> Any:
         results: list[dict[str, Any]] = []
         for channel, data in items:
             try:
-                pub = yield self.gateway.publish(channel, data)
+                pub = yield self.gateway.publish(channel, data, sender)
             except GatewayError as e:
                 e.partial_results = results  # type: ignore[attr-defined]
                 raise
@@ -102,8 +123,5 @@ class PublishResource(CORSResource):
         else:
             self._log.failure("publish failed", failure)
             error = Internal("internal error")
-        body = error_body(error)
         partial = getattr(error, "partial_results", None)
-        if partial:
-            body["results"] = partial
-        finish_json(request, error.http_status, body)
+        respond_error(request, error, extra={"results": partial} if partial else None)

@@ -8,6 +8,14 @@ channels*, positioned by a cursor.  :class:`ChannelSetRequest` is that shared
 part (poll.py builds on it, as Nchan builds its EventSource subscriber on its
 long-poll one):
 
+0. the request is authenticated (docs/protocol.md section 8: ``Authorization``,
+   ``token=``, cookies; a JSONP poll only ``token=``), and its identity must be
+   permitted to subscribe to every listed channel, else the answer is a JSON 401,
+   403 (naming the channel) or 503 and nothing is subscribed.  The identity lives
+   in a :class:`~gateway.transports._session.ClientSession` until the request
+   ends: at its ``exp`` the subclass's ``expired()`` is called (an SSE stream
+   sends ``event: error`` ``unauthorized`` and ends; a held poll is answered with
+   its cursor), and on revocation ``revoked()`` (``forbidden``; a held poll 403);
 1. the request's channels are subscribed on the bus, each from its position in
    the cursor when it has one, else from "now";
 2. nothing is written until *every* subscription is live, so errors (503 when the
@@ -40,11 +48,21 @@ from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET, Request
 
 from gateway.bus import SubscribeResult, Subscription
+from gateway.core.auth import Identity
 from gateway.core.channels import validate_channel
 from gateway.core.cursor import MAX_CURSOR_LENGTH, decode_cursor, encode_cursor
 from gateway.core.events import PreparedPublication, dumps, reset_event
 from gateway.core.model import Position
-from gateway.errors import BadRequest, GatewayError, Internal, Unavailable
+from gateway.core.session import Session
+from gateway.errors import (
+    BadRequest,
+    Forbidden,
+    GatewayError,
+    Internal,
+    Unauthorized,
+    Unavailable,
+)
+from gateway.transports._auth import as_gateway_error, authenticate_request
 from gateway.transports._backpressure import SendBuffer
 from gateway.transports._http import (
     error_body,
@@ -53,6 +71,7 @@ from gateway.transports._http import (
     send_json,
     single_param,
 )
+from gateway.transports._session import ClientSession
 from gateway.transports.cors import CORSResource, apply_cors
 
 if TYPE_CHECKING:
@@ -137,7 +156,8 @@ class ChannelSetRequest:
 
     Subclasses implement :meth:`_open` (every subscription is live; the first
     events are given), :meth:`_deliver` (a live event after that),
-    :meth:`_refuse` (an error before opening) and :meth:`going_away`.
+    :meth:`_refuse` (an error before opening), :meth:`going_away`,
+    :meth:`expired` and :meth:`revoked`.
 
     Args:
         gateway: the node.
@@ -178,13 +198,53 @@ class ChannelSetRequest:
         self._resets: list[Event] = []
         self._backlog: list[Event] = []
         self._live: list[Event] = []
+        self.session: ClientSession | None = None
 
     # -- lifecycle ------------------------------------------------------------
 
+    @property
+    def jsonp(self) -> bool:
+        """True when only ``token=`` may authenticate the request (a JSONP poll)."""
+        return False
+
     def start(self) -> None:
-        """Register with the gateway and subscribe every channel."""
+        """Register with the gateway, authenticate, then subscribe every channel.
+
+        Raises:
+            Unavailable: the node holds ``--max-connections`` already.
+        """
+        self.gateway.check_connection_limit()
         self.gateway.connection_opened(self.transport, self)
         self.request.notifyFinish().addBoth(self._finished)
+        d = authenticate_request(self.gateway, self.request, self.transport, self.jsonp)
+        d.addCallbacks(self._authenticated, self._auth_failed)
+        d.addErrback(self._crashed)
+
+    def _auth_failed(self, failure: Failure) -> None:
+        self._fail(as_gateway_error(failure))
+
+    def _crashed(self, failure: Failure) -> None:
+        self._log.failure("starting a {transport} request failed", failure, transport=self.transport)
+        self._fail(Internal("internal error"))
+
+    def _authenticated(self, identity: Identity) -> None:
+        """Check every channel's permission (403 naming it), start the session
+        (deadline, revocation), then subscribe."""
+        if self.released:
+            return
+        try:
+            for channel in self.channels:
+                identity.check_subscribe(channel)
+            # The deadline runs on the clock the authenticators judged exp by.
+            session = ClientSession(self.gateway, self, Session(MAX_CHANNELS, identity=None), now=self.gateway.auth.now)
+            self.session = session
+            session.authenticate(identity)
+        except GatewayError as e:
+            self._fail(e)
+            return
+        self._subscribe_all()
+
+    def _subscribe_all(self) -> None:
         bus = self.gateway.bus
         for channel in self.channels:
             if self.released:
@@ -208,6 +268,8 @@ class ChannelSetRequest:
             sub.cancel()
         self._live.clear()
         try:
+            if self.session is not None:
+                self.session.close()
             self._on_release()
         finally:
             self.gateway.connection_closed(self.transport, self)
@@ -312,6 +374,14 @@ class ChannelSetRequest:
     def going_away(self) -> None:
         raise NotImplementedError
 
+    def expired(self) -> None:
+        """The identity's ``exp`` passed (called by the :class:`ClientSession`)."""
+        raise NotImplementedError
+
+    def revoked(self) -> None:
+        """The identity was revoked (called by the :class:`ClientSession`)."""
+        raise NotImplementedError
+
 
 def _sse_block(kind: bytes, payload: bytes) -> bytes:
     return b"event: " + kind + b"\ndata: " + payload + b"\n\n"
@@ -403,6 +473,32 @@ class SSEStream(ChannelSetRequest):
             self._buffer = None
             if self.request.channel is not None:
                 self.request.unregisterProducer()
+
+    def expired(self) -> None:
+        """The token expired: ``event: error`` ``unauthorized``, and the stream ends."""
+        self._end_with_error(Unauthorized("the token has expired"))
+
+    def revoked(self) -> None:
+        """The identity was revoked: ``event: error`` ``forbidden``, and the stream ends."""
+        self._end_with_error(Forbidden("this identity was revoked"))
+
+    def _end_with_error(self, error: GatewayError) -> None:
+        # The error event has no id: line, so the client's Last-Event-ID stays at
+        # its last event and it resumes from there with a fresh token.
+        if self.released:
+            return
+        if not self.opened:
+            self._fail(error)
+            return
+        if is_gone(self.request):
+            self.release()
+            return
+        self._write(_sse_block(b"error", dumps({"type": "error", "code": error.code, "message": error.message})))
+        if self.released:
+            # Dropped as a slow consumer meanwhile.
+            return
+        self.release()
+        self.request.finish()
 
     def going_away(self) -> None:
         """End the stream (the node is draining); the client resumes elsewhere."""
