@@ -3,7 +3,6 @@ the reactor clean (no delayed calls left behind by the gateway)."""
 
 from __future__ import annotations
 
-import pytest
 import pytest_twisted
 
 from gateway.testing import start_gateway, sleep

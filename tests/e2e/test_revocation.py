@@ -17,11 +17,6 @@ SECRET = "a-test-secret-of-at-least-32-bytes!!"
 KEY = "backend-key"
 
 
-@pytest.fixture(autouse=True)
-def _auth_enforced(monkeypatch):
-    monkeypatch.setattr("gateway.app.AUTH_ENFORCED", True)
-
-
 def make_token(sub: str = "alice", iat: float | None = None) -> str:
     payload: dict[str, Any] = {"sub": sub, "subscribe": ["*"], "publish": ["*"]}
     if iat is not None:

@@ -9,7 +9,6 @@ import time
 from typing import Any
 
 import jwt
-import pytest
 
 from gateway.testing import WSClient, aio, http
 from tests.e2e.support import TIMEOUT_FACTOR, wait_for
@@ -17,11 +16,6 @@ from tests.integration.conftest import SSEClient
 
 SECRET = "a-test-secret-of-at-least-32-bytes!!"
 KEY = "backend-key"
-
-
-@pytest.fixture(autouse=True)
-def _auth_enforced(monkeypatch):
-    monkeypatch.setattr("gateway.app.AUTH_ENFORCED", True)
 
 
 def make_token(sub: str = "alice", iat: float | None = None) -> str:

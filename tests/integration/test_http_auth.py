@@ -76,13 +76,7 @@ def hand_made(header: dict[str, Any], payload: dict[str, Any], sign: Any = None)
 
 
 @pytest.fixture
-def enforce(monkeypatch):
-    """Let the gateway start with authentication options (docs: AUTH_ENFORCED)."""
-    monkeypatch.setattr("gateway.app.AUTH_ENFORCED", True)
-
-
-@pytest.fixture
-def auth_gw(enforce, gw_factory):
+def auth_gw(gw_factory):
     """A node with an HS256 secret and an API key, no clock-skew leeway."""
     return gw_factory(jwt_secret=SECRET, jwt_leeway=0.0, api_key=(API_KEY,))
 
@@ -252,7 +246,7 @@ async def test_invalid_tokens_are_401_json(auth_gw, sse, rsa_key, endpoint):
 
 
 @pytest.mark.parametrize("kind", ["rsa", "ec"])
-async def test_public_key_tokens_and_algorithm_confusion(enforce, gw_factory, sse, tmp_path, rsa_key, ec_key, kind):
+async def test_public_key_tokens_and_algorithm_confusion(gw_factory, sse, tmp_path, rsa_key, ec_key, kind):
     """With --jwt-public-key, RS256/ES256 tokens work; an HS256 token signed with the
     public key's PEM as the secret (algorithm confusion) and alg none are 401."""
     private = rsa_key if kind == "rsa" else ec_key
@@ -359,7 +353,7 @@ async def test_metrics_needs_an_api_key_when_keys_are_configured(auth_gw):
     assert r.headers["content-type"].startswith("text/plain")
 
 
-async def test_metrics_open_without_api_keys(enforce, gw_factory):
+async def test_metrics_open_without_api_keys(gw_factory):
     """With JWT but no API key configured, /metrics stays open (a private network)."""
     gw = gw_factory(jwt_secret=SECRET)
     r = await http("GET", gw.base + "/metrics")
@@ -449,7 +443,7 @@ async def test_connection_limit_refuses_streams_and_polls(auth_gw, sse, monkeypa
 # -- CORS with cookies -------------------------------------------------------------
 
 
-async def test_listed_origin_may_send_the_cookie(enforce, gw_factory, sse):
+async def test_listed_origin_may_send_the_cookie(gw_factory, sse):
     """A listed origin gets Access-Control-Allow-Credentials with cookie-authenticated answers."""
     gw = gw_factory(jwt_secret=SECRET, allowed_origin=(APP,))
     headers = {**cookie(token()), "Origin": APP}

@@ -77,7 +77,7 @@ def test_twistd_config_file_and_command_line_precedence(tmp_path):
     """Options come from --config TOML; the command line wins over the file."""
     port = free_port()
     cfg = tmp_path / "gateway.toml"
-    cfg.write_text(f'listen = ["tcp:1:interface=127.0.0.1"]\nmax-message-size = 300\nnode-id = "from-file"\n')
+    cfg.write_text('listen = ["tcp:1:interface=127.0.0.1"]\nmax-message-size = 300\nnode-id = "from-file"\n')
     proc = twistd("--config", str(cfg), "--listen", f"tcp:{port}:interface=127.0.0.1")
     try:
         base = f"http://127.0.0.1:{port}"

@@ -63,11 +63,6 @@ def forged(header: dict[str, Any], payload: dict[str, Any], key: bytes | None) -
     return f"{signing_input}.{b64(signature)}"
 
 
-@pytest.fixture(autouse=True)
-def enforced(monkeypatch):
-    monkeypatch.setattr("gateway.app.AUTH_ENFORCED", True)
-
-
 @pytest.fixture
 def hs_gw(gw_factory):
     return gw_factory(jwt_secret=SECRET, jwt_leeway=0.0, api_key=(API_KEY,))

@@ -33,8 +33,7 @@ def clock():
 
 
 @pytest.fixture
-def gateway(monkeypatch, clock):
-    monkeypatch.setattr("gateway.app.AUTH_ENFORCED", True)
+def gateway(clock):
     gw = Gateway(Config(jwt_secret=SECRET, jwt_leeway=0.0), reactor=clock)
     gw.auth.now = clock.seconds
     gw.start()

@@ -79,11 +79,6 @@ class Conn:
         self.proto.connectionLost(Failure(ConnectionDone()))
 
 
-@pytest.fixture(autouse=True)
-def enforced(monkeypatch):
-    monkeypatch.setattr("gateway.app.AUTH_ENFORCED", True)
-
-
 @pytest.fixture
 def clock():
     c = MemoryReactorClock()
