@@ -130,7 +130,11 @@ def api_keys_from_config(config: Any, environ: Any = None) -> list[str]:
     keys = list(config.api_key)
     if config.api_key_file:
         text = read_secret_file(config.api_key_file, "--api-key-file")
-        keys += [line.strip() for line in text.splitlines() if line.strip()]
+        from_file = [line.strip() for line in text.splitlines() if line.strip()]
+        if not from_file:
+            # An operator who meant to require keys must not get an open node.
+            raise ValueError(f"--api-key-file: {config.api_key_file} holds no key")
+        keys += from_file
     keys += [k for k in env.get("GATEWAY_API_KEYS", "").replace(",", " ").split() if k]
     return keys
 
