@@ -222,11 +222,8 @@ def _connections_to(port: int) -> list:
 
     out = []
     for selectable in reactor.getReaders():
-        try:
-            peer = selectable.getPeer()
-        except Exception:  # noqa: BLE001 - listening ports, wakers
-            continue
-        if getattr(peer, "port", None) == port:
+        get_peer = getattr(selectable, "getPeer", None)  # connections have one; ports, wakers not
+        if get_peer is not None and getattr(get_peer(), "port", None) == port:
             out.append(selectable)
     return out
 

@@ -87,7 +87,7 @@ def test_an_answer_is_reused_until_the_cache_time_has_passed():
 
 def test_refusals_are_cached_too_and_raised_afresh():
     """A 401 and a 403 are remembered; each request gets its own exception."""
-    auth, agent, clock = make(cache=30)
+    auth, agent, _clock = make(cache=30)
     results(auth.authenticate(tok("x")))
     agent.answer(0, 401, b"")
     results(auth.authenticate(tok("y")))
@@ -102,7 +102,7 @@ def test_refusals_are_cached_too_and_raised_afresh():
 def test_an_identity_past_its_exp_is_not_served_from_the_cache():
     """A cached identity whose exp has passed (wall clock) is asked for again."""
     wall = [1000.0]
-    auth, agent, clock = make(cache=300, now=lambda: wall[0])
+    auth, agent, _clock = make(cache=300, now=lambda: wall[0])
     results(auth.authenticate(tok("a")))
     agent.answer(0, 200, {"sub": "alice", "exp": 1010})
     wall[0] = 1009.0
@@ -113,7 +113,7 @@ def test_an_identity_past_its_exp_is_not_served_from_the_cache():
 
 
 def test_cache_zero_asks_every_time():
-    auth, agent, clock = make(cache=0)
+    auth, agent, _clock = make(cache=0)
     for i in range(3):
         results(auth.authenticate(tok("a")))
         agent.answer(i, 200, {"sub": "alice"})
@@ -123,7 +123,7 @@ def test_cache_zero_asks_every_time():
 def test_concurrent_requests_for_one_credential_share_a_call():
     """Two waiters for one credential, one for another: two backend calls; a waiter
     that gave up (cancelled) does not disturb the others."""
-    auth, agent, clock = make(cache=0)
+    auth, agent, _clock = make(cache=0)
     a1 = auth.authenticate(tok("a"))
     a2 = results(auth.authenticate(tok("a")))
     b = results(auth.authenticate(tok("b")))
@@ -137,7 +137,7 @@ def test_concurrent_requests_for_one_credential_share_a_call():
 
 def test_the_cache_is_bounded_least_recently_used_first():
     """max_cached=2: a third credential pushes out the least recently used one."""
-    auth, agent, clock = make(cache=60, max_cached=2)
+    auth, agent, _clock = make(cache=60, max_cached=2)
     for i, value in enumerate(("a", "b")):
         results(auth.authenticate(tok(value)))
         agent.answer(i, 200, {"sub": value})
@@ -164,7 +164,7 @@ def test_no_answer_within_the_timeout_is_unavailable_for_every_waiter():
 
 
 def test_an_oversized_answer_is_cut_off_and_unavailable():
-    auth, agent, clock = make()
+    auth, agent, _clock = make()
     out = results(auth.authenticate(tok("a")))
     response = agent.answer(0, 200, b"{" + b" " * MAX_ANSWER + b"}")
     assert out[0].check(Unavailable)
@@ -173,7 +173,7 @@ def test_an_oversized_answer_is_cut_off_and_unavailable():
 
 def test_stop_cancels_calls_in_flight():
     """On stop, a call still waiting for the backend ends unavailable, no timer left."""
-    auth, agent, clock = make()
+    auth, _agent, clock = make()
     out = results(auth.authenticate(tok("a")))
     auth.stop()
     assert out[0].check(Unavailable)
