@@ -218,12 +218,11 @@ async def test_http_authenticator_plugin_with_arguments(backend):
 
 
 def _connections_to(port: int) -> list:
-    from twisted.internet import reactor
+    from twisted.internet import reactor, tcp
 
     out = []
     for selectable in reactor.getReaders():
-        get_peer = getattr(selectable, "getPeer", None)  # connections have one; ports, wakers not
-        if get_peer is not None and getattr(get_peer(), "port", None) == port:
+        if isinstance(selectable, tcp.Client) and selectable.getPeer().port == port:
             out.append(selectable)
     return out
 
