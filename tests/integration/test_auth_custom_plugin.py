@@ -63,16 +63,27 @@ MYAUTH = textwrap.dedent(
 )
 
 
-def write_plugin(folder):
+def readme_example() -> str:
+    """The authenticator example of plugins/README.md."""
+    import pathlib
+    import re
+
+    text = (pathlib.Path(__file__).resolve().parents[2] / "plugins" / "README.md").read_text()
+    (block,) = [b for b in re.findall(r"```python\n(.*?)\n```", text, re.DOTALL) if "IAuthenticatorFactory" in b]
+    return block
+
+
+def write_plugin(folder, source=MYAUTH):
     (folder / "gateway_plugins").mkdir()  # no __init__.py: Twisted's alternate plugin package
-    (folder / "gateway_plugins" / "gateway_myauth.py").write_text(MYAUTH)
+    (folder / "gateway_plugins" / "gateway_myauth.py").write_text(source)
 
 
-@pytest.fixture
-def installed(tmp_path, monkeypatch):
+@pytest.fixture(params=["test", "readme"])
+def installed(tmp_path, monkeypatch, request):
     """The folder on sys.path, and the plugin package's path extended as it would have
-    been had the folder been on sys.path when the package was imported."""
-    write_plugin(tmp_path)
+    been had the folder been on sys.path when the package was imported; with this
+    module's plugin, then with the example of plugins/README.md."""
+    write_plugin(tmp_path, MYAUTH if request.param == "test" else readme_example())
     monkeypatch.syspath_prepend(str(tmp_path))
     package = plugin_package()
     extra = [p for p in pluginPackagePaths(PLUGIN_PACKAGE) if p.startswith(str(tmp_path))]
