@@ -247,3 +247,17 @@ def test_a_bad_auth_url_is_a_config_error_naming_the_option(monkeypatch):
     monkeypatch.setattr("gateway.app.AUTH_ENFORCED", True)
     with pytest.raises(ConfigError, match="^--auth-url: not an http"):
         Gateway(load_config({"auth-url": "ftp://example.com/"}))
+
+
+async def test_a_cached_answer_runs_out_after_the_cache_time(backend, make_auth):
+    """Over real sockets and the real clock: reused within --auth-cache, asked again after."""
+    from gateway.testing import sleep
+
+    cache = 1.0 * TIMEOUT_FACTOR
+    auth = make_auth(cache=cache)
+    for _ in range(2):
+        assert (await auth.authenticate(token("ok"))).sub == "alice"
+    assert len(backend.received) == 1
+    await sleep(cache + 0.1)  # the cache time itself is what is tested
+    assert (await auth.authenticate(token("ok"))).sub == "alice"
+    assert len(backend.received) == 2
