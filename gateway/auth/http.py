@@ -45,7 +45,7 @@ from twisted.internet import defer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
+from twisted.web.client import Agent, HTTPConnectionPool, RequestNotSent, ResponseDone, ResponseNeverReceived
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer
@@ -208,6 +208,7 @@ class HTTPAuthenticator:
         # key -> the Deferreds waiting for the one call in flight
         self._waiting: dict[str, list[defer.Deferred[Identity]]] = {}
         self._calls: set[defer.Deferred[Any]] = set()
+        self._stopping = False
         self.backend_calls = 0
 
     # -- IAuthenticator --------------------------------------------------------
@@ -258,6 +259,8 @@ class HTTPAuthenticator:
         if isinstance(result, Failure):
             if result.check(Unauthorized, Forbidden):
                 self._remember(key, result.value)
+            elif self._stopping and result.check(defer.CancelledError):
+                result = Failure(Unavailable("the node is stopping"))
             elif result.check(defer.TimeoutError, defer.CancelledError):
                 self._log.warn("authentication backend {url} did not answer in time", url=_where(self.url))
                 result = Failure(Unavailable("the authentication backend did not answer in time"))
@@ -281,8 +284,18 @@ class HTTPAuthenticator:
     async def _ask(self, credentials: Credentials) -> Identity:
         self.backend_calls += 1
         headers = Headers({b"Content-Type": [b"application/json"], b"Accept": [b"application/json"]})
-        response = await self.agent.request(b"POST", self.url.encode("ascii"), headers, _Body(request_body(credentials)))
-        body = await _read_limited(response, MAX_ANSWER)
+        body = request_body(credentials)
+        try:
+            response = await self.agent.request(b"POST", self.url.encode("ascii"), headers, _Body(body))
+        except (ResponseNeverReceived, RequestNotSent) as e:
+            # A kept-alive connection the backend closed meanwhile: Twisted retries only
+            # idempotent methods by itself.  This POST only asks a question; ask it
+            # once more, on a new connection (not when the call itself was cancelled:
+            # the deadline passed, or the node is stopping).
+            if any(reason.check(defer.CancelledError) for reason in getattr(e, "reasons", ())):
+                raise
+            response = await self.agent.request(b"POST", self.url.encode("ascii"), headers, _Body(body))
+        answer = await _read_limited(response, MAX_ANSWER)
         status = response.code
         if status == 401:
             raise Unauthorized("not authenticated by the application")
@@ -293,7 +306,7 @@ class HTTPAuthenticator:
             raise Unavailable("the authentication backend is not available")
         reason = "not a JSON object"
         try:
-            claims = json.loads(body)
+            claims = json.loads(answer)
             if isinstance(claims, dict):
                 return identity_from_claims(claims)
         except ValueError:  # UnicodeDecodeError and JSONDecodeError included
@@ -310,6 +323,7 @@ class HTTPAuthenticator:
     def stop(self) -> defer.Deferred[None]:
         """Cancel the calls in flight (their waiters get ``unavailable``) and close
         the pooled connections."""
+        self._stopping = True
         for call in list(self._calls):
             call.cancel()
         if self.pool is None:

@@ -194,3 +194,38 @@ def test_the_cache_key_is_a_digest_of_the_credential_only():
 def test_only_http_urls(url):
     with pytest.raises(ValueError, match="not an http"):
         HTTPAuthenticator(url, Clock(), agent=FakeAgent())
+
+
+@pytest.mark.parametrize("error", ["never-received", "not-sent"])
+def test_a_connection_the_backend_closed_meanwhile_is_retried_once(error):
+    """A kept-alive connection that died under the request (ResponseNeverReceived,
+    RequestNotSent) is asked again once on a new one; a second failure is unavailable."""
+    from twisted.web.client import RequestNotSent, ResponseNeverReceived
+
+    def failure():
+        return ResponseNeverReceived([Failure(ConnectionError("closed"))]) if error == "never-received" else RequestNotSent()
+
+    auth, agent, _clock = make()
+    out = results(auth.authenticate(tok("a")))
+    agent.calls[0][1].errback(failure())
+    assert len(agent.calls) == 2 and out == []
+    agent.answer(1, 200, {"sub": "alice"})
+    assert out[0].sub == "alice"
+    again = results(auth.authenticate(tok("b")))
+    agent.calls[2][1].errback(failure())
+    agent.calls[3][1].errback(failure())
+    assert len(agent.calls) == 4
+    assert again[0].check(Unavailable)
+
+
+def test_a_cancelled_call_is_not_retried():
+    """When the deadline cancels the request (Agent then fails it with
+    ResponseNeverReceived(CancelledError)), it is not asked again."""
+    from twisted.web.client import ResponseNeverReceived
+
+    auth, agent, clock = make(timeout=5)
+    out = results(auth.authenticate(tok("a")))
+    agent.calls[0][1].errback(ResponseNeverReceived([Failure(defer.CancelledError())]))
+    assert len(agent.calls) == 1
+    assert out[0].check(Unavailable)
+    assert clock.getDelayedCalls() == []
