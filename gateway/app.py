@@ -98,8 +98,15 @@ class Gateway:
         return self.bus.start()
 
     def stop(self) -> defer.Deferred[None]:
-        """Stop the bus; call after :meth:`drain`."""
-        return self.bus.stop()
+        """Stop the bus and the authenticators (their connections); call after :meth:`drain`."""
+
+        async def stop() -> None:
+            try:
+                await self.bus.stop()
+            finally:
+                await self.auth.stop()
+
+        return defer.ensureDeferred(stop())
 
     def drain(self, timeout: float | None = None) -> defer.Deferred[None]:
         """Refuse new clients and tell every connected one to go (WebSocket 1001,

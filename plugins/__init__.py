@@ -1,4 +1,4 @@
-"""Gateway plugins: publish hooks, discovered with twisted.plugin's path rules.
+"""Gateway plugins: publish hooks and authenticators, discovered with twisted.plugin's path rules.
 
 Installed as the package ``gateway_plugins`` (this folder is ``plugins/`` in the
 repository only).  Drop a ``gateway_*.py`` module here, or in a ``gateway_plugins``

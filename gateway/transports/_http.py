@@ -479,7 +479,15 @@ def make_site(resource: Any, config: Any, reactor: Any = None, request_timeout: 
     :class:`GatewayRequest`, with ``max_body_size`` and ``request_timeout``
     attributes) to have them too.
     """
-    return gateway_site(resource, max_body_size=config.max_message_size, request_timeout=request_timeout, reactor=reactor)
+    from gateway.auth.redact import access_log_formatter
+
+    return gateway_site(
+        resource,
+        max_body_size=config.max_message_size,
+        request_timeout=request_timeout,
+        reactor=reactor,
+        logFormatter=access_log_formatter,
+    )
 
 
 __all__ += [
