@@ -127,8 +127,6 @@ def test_a_dropped_in_authenticator_beside_the_builtin_ones(installed):
 def test_its_argument_errors_name_authenticator(installed, monkeypatch):
     from gateway.app import Gateway
     from gateway.config import ConfigError
-
-    monkeypatch.setattr("gateway.app.AUTH_ENFORCED", True)
     with pytest.raises(ConfigError, match=r"^--authenticator myauth: myauth needs PASSWORD,ROOM$"):
         Gateway(load_config({"authenticator": ["myauth:only-password"]}), reactor=Clock())
 

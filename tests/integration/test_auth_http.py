@@ -230,7 +230,6 @@ def _connections_to(port: int) -> list:
 async def test_the_node_closes_its_backend_connections_when_it_stops(backend, monkeypatch):
     """A running gateway with --auth-url keeps a persistent connection to the backend;
     stopping the node closes it."""
-    monkeypatch.setattr("gateway.app.AUTH_ENFORCED", True)
     running = start_gateway(auth_url=backend.url, drain_timeout=2.0)
     try:
         assert (await running.gateway.auth.authenticate(token("ok"))).sub == "alice"
@@ -243,8 +242,6 @@ async def test_the_node_closes_its_backend_connections_when_it_stops(backend, mo
 def test_a_bad_auth_url_is_a_config_error_naming_the_option(monkeypatch):
     """--auth-url that is not http(s) stops start-up with one line naming it."""
     from gateway.app import Gateway
-
-    monkeypatch.setattr("gateway.app.AUTH_ENFORCED", True)
     with pytest.raises(ConfigError, match="^--auth-url: not an http"):
         Gateway(load_config({"auth-url": "ftp://example.com/"}))
 

@@ -35,7 +35,6 @@ def as_text(event: dict) -> str:
 
 
 async def test_secrets_and_tokens_never_appear_in_the_log(tmp_path, monkeypatch):
-    monkeypatch.setattr("gateway.app.AUTH_ENFORCED", True)
     keys = tmp_path / "keys"
     keys.write_text(SECRETS["file_key"] + "\n")
     secret = tmp_path / "jwt-secret"

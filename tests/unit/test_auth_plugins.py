@@ -158,8 +158,6 @@ def test_chain_order_api_keys_jwt_plugins_then_auth_url():
 def test_bad_authenticator_is_a_one_line_config_error(spec, message, monkeypatch):
     """The Gateway refuses to start with a ConfigError of one line naming --authenticator."""
     from gateway.app import Gateway
-
-    monkeypatch.setattr("gateway.app.AUTH_ENFORCED", True)
     with pytest.raises(ConfigError, match=message) as info:
         Gateway(load_config({"authenticator": [spec]}), reactor=Clock())
     assert "\n" not in str(info.value)

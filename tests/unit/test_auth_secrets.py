@@ -158,8 +158,6 @@ def test_secrets_from_a_toml_file(tmp_path):
 
 def test_gateway_start_up_error_for_a_secret_file_is_a_config_error(tmp_path, monkeypatch):
     from gateway.app import Gateway
-
-    monkeypatch.setattr("gateway.app.AUTH_ENFORCED", True)
     with pytest.raises(ConfigError, match="^--jwt-secret-file: cannot read"):
         Gateway(load_config({"jwt-secret-file": str(tmp_path / "nope")}), reactor=Clock())
 
