@@ -168,6 +168,7 @@ def start_gateway(
     name: str,
     redis_url: str | None,
     env: dict[str, str] | None = None,
+    extra: list[str] | None = None,
 ) -> dict[str, Any]:
     port = free_port()
     logfile = os.path.join(tmp, f"gateway-{name}.log")
@@ -177,6 +178,7 @@ def start_gateway(
     ]  # fmt: skip
     if redis_url:
         argv += ["--redis", redis_url]
+    argv += extra or []
     proc = children.popen(
         f"gateway-{name}",
         argv,
@@ -258,8 +260,8 @@ def metric_deliveries(port: int) -> dict[str, float]:
 class Publisher(WSConnection):
     """Publishes over its own WebSocket and matches acks to sends."""
 
-    def __init__(self, port: int) -> None:
-        super().__init__(LOOPBACK, port)
+    def __init__(self, port: int, token: str | None = None) -> None:
+        super().__init__(LOOPBACK, port, "/ws" if token is None else f"/ws?token={token}")
         self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.sent: dict[int, int] = {}
         self.ack_us = array("q")
@@ -389,6 +391,7 @@ def spawn_workers(
     channel: str,
     warmup_count: int,
     max_time: float,
+    sub_token: str | None = None,
 ) -> list[Worker]:
     n = args.subscribers
     k = max(1, min(args.clients, n))
@@ -402,6 +405,8 @@ def spawn_workers(
             "--warmup-count", str(warmup_count), "--samples", samples, "--max-time", str(max_time),
             "--connect-concurrency", str(args.connect_concurrency), "--poll-timeout", str(args.poll_timeout),
         ]  # fmt: skip
+        if sub_token is not None:
+            argv += ["--token", sub_token]
         proc = children.popen(
             f"client-{w}",
             argv,
@@ -532,18 +537,21 @@ async def run_bench(
         log(
             f"note: measuring the working tree with uncommitted changes in {source['uncommitted']}"
         )
+    auth_args, sub_token, pub_token = auth_setup(args.auth, tmp)
+    if args.auth != "none":
+        log(f"authentication: {args.auth} JWT on the upgrade (token=)")
     if args.redis:
         redis = start_redis(children, tmp)
         redis_url = f"redis://{LOOPBACK}:{redis['port']}/0"
         log(f"redis-server pid {redis['pid']} on port {redis['port']}")
-        node_a = start_gateway(children, tmp, "a", redis_url, env)
-        node_b = start_gateway(children, tmp, "b", redis_url, env)
+        node_a = start_gateway(children, tmp, "a", redis_url, env, auth_args)
+        node_b = start_gateway(children, tmp, "b", redis_url, env, auth_args)
         pub_node, sub_node = node_a, node_b
         log(
             f"gateway nodes: A (publisher) pid {node_a['pid']} port {node_a['port']}; B (subscribers) pid {node_b['pid']} port {node_b['port']}"
         )
     else:
-        node_a = start_gateway(children, tmp, "a", None, env)
+        node_a = start_gateway(children, tmp, "a", None, env, auth_args)
         pub_node = sub_node = node_a
         log(f"gateway pid {node_a['pid']} on port {node_a['port']}")
 
@@ -556,7 +564,7 @@ async def run_bench(
 
     t_connect = time.monotonic()
     workers = spawn_workers(
-        children, args, tmp, sub_node["port"], channel, warmup_count, max_time
+        children, args, tmp, sub_node["port"], channel, warmup_count, max_time, sub_token
     )
     readies = await asyncio.gather(*(w.read("ready", connect_budget) for w in workers))
     for w, r in zip(workers, readies):
@@ -574,7 +582,7 @@ async def run_bench(
         raise BenchError("no subscriber could subscribe")
 
     _, publisher = await loop.create_connection(
-        lambda: Publisher(pub_node["port"]), LOOPBACK, pub_node["port"]
+        lambda: Publisher(pub_node["port"], pub_token), LOOPBACK, pub_node["port"]
     )
     await asyncio.wait_for(publisher.opened, 10)
 
@@ -908,9 +916,39 @@ def summary(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def auth_setup(kind: str, tmp: str) -> tuple[list[str], str | None, str | None]:
+    """Gateway options and the subscribers' and publisher's tokens for ``--auth``."""
+    if kind == "none":
+        return [], None, None
+    import jwt
+
+    claims = {"exp": int(time.time()) + 3600}
+    if kind == "hs256":
+        secret = "bench-secret-" + "x" * 32
+        key, alg, args = secret, "HS256", ["--jwt-secret", secret]
+    else:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+        private = rsa.generate_private_key(public_exponent=65537, key_size=2048) if kind == "rs256" else ec.generate_private_key(ec.SECP256R1())
+        path = os.path.join(tmp, "jwt-public.pem")
+        with open(path, "wb") as f:
+            f.write(private.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        key, alg, args = private, kind.upper(), ["--jwt-public-key", path]
+    sub = jwt.encode({**claims, "sub": "subscriber", "subscribe": ["bench:*"]}, key, alg)
+    pub = jwt.encode({**claims, "sub": "publisher", "publish": ["bench:*"]}, key, alg)
+    return args, sub, pub
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description="Gateway fan-out benchmark (see bench/README.md)."
+    )
+    p.add_argument(
+        "--auth",
+        choices=["none", "hs256", "rs256", "es256"],
+        default="none",
+        help="subscribers and publisher authenticate with a JWT of this kind (default none)",
     )
     p.add_argument(
         "--transport",

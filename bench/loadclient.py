@@ -238,8 +238,8 @@ class WSConnection(asyncio.Protocol):
 
 
 class WSSubscriber(WSConnection):
-    def __init__(self, sub: Subscriber, host: str, port: int, channel: str) -> None:
-        super().__init__(host, port)
+    def __init__(self, sub: Subscriber, host: str, port: int, channel: str, token: str | None = None) -> None:
+        super().__init__(host, port, "/ws" if token is None else f"/ws?token={token}")
         self.sub = sub
         self.channel = channel
 
@@ -567,7 +567,7 @@ async def run(args: argparse.Namespace) -> int:
 
     def factory(sub: Subscriber) -> Any:
         if args.transport == "ws":
-            return lambda: WSSubscriber(sub, args.host, args.port, args.channel)
+            return lambda: WSSubscriber(sub, args.host, args.port, args.channel, args.token)
         if args.transport == "sse":
             return lambda: SSESubscriber(sub, args.host, args.port, args.channel)
         return lambda: PollSubscriber(
@@ -688,6 +688,7 @@ def main() -> None:
     p.add_argument("--connect-timeout", type=float, default=30.0)
     p.add_argument("--poll-timeout", type=float, default=25.0)
     p.add_argument("--max-time", type=float, required=True)
+    p.add_argument("--token", default=None, help="a token for the WebSocket upgrade (token=)")
     args = p.parse_args()
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         sys.exit("loadclient: only loopback targets are allowed")
