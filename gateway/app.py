@@ -87,6 +87,7 @@ class Gateway:
         self.revoker = Revoker(self, revocations_for(self.bus.broker, reactor))
         self.auth.revocations = self.revoker.store
         self.bus.on_control = self.revoker.control_received
+        self.bus.on_reconnected = self._recheck_revocations
         self.draining = False
         self._connections: dict[str, set[Any]] = {"websocket": set(), "sse": set(), "poll": set()}
         self._drained: list[defer.Deferred[None]] = []
@@ -209,6 +210,14 @@ class Gateway:
             sessions.discard(session)
             if not sessions:
                 del self._by_sub[sub]
+
+    def sessions_by_sub(self) -> list[tuple[str, list[Any]]]:
+        """Every identity with open sessions on this node, with those sessions."""
+        return [(sub, list(sessions)) for sub, sessions in self._by_sub.items()]
+
+    def _recheck_revocations(self) -> None:
+        d = defer.ensureDeferred(self.revoker.recheck())
+        d.addErrback(lambda f: self._log.failure("re-checking revocations failed", f))
 
     def revoke_local(self, sub: str) -> int:
         """Close every session of ``sub`` on this node; returns how many."""

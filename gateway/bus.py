@@ -148,6 +148,8 @@ class Bus:
         self.hooks: list[Any] = []
         # Called with each control message from the broker (set by the Gateway).
         self.on_control: Any = None
+        # Called after the broker reconnected (control messages may have been lost).
+        self.on_reconnected: Any = None
 
     # -- lifecycle --------------------------------------------------------
 
@@ -243,6 +245,11 @@ class Bus:
 
     def broker_reconnected(self) -> None:
         self._run(self._sequencer.broker_reconnected())
+        if self.on_reconnected is not None:
+            try:
+                self.on_reconnected()
+            except Exception:
+                self._log.failure("handling a broker reconnect failed")
 
     def control_received(self, message: dict[str, Any]) -> None:
         if self.on_control is None:

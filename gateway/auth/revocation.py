@@ -260,6 +260,31 @@ class Revoker:
         self._log.info("revoked {sub} at {at}: closed {count} connection(s) here", sub=sub, at=at, count=count)
         return count
 
+    async def recheck(self) -> int:
+        """Close this node's sessions whose identity was revoked while this node could
+        not hear the control channel (called after the broker reconnects: a control
+        message sent meanwhile is lost, like any pub/sub message).  Returns how many
+        sessions were closed; stops quietly when the store is unreachable again (the
+        identities are checked again at their next authentication or refresh)."""
+        closed = 0
+        for sub, sessions in self.gateway.sessions_by_sub():
+            self.store.forget(sub)
+            for session in sessions:
+                identity = getattr(session, "identity", None)
+                if identity is None:
+                    continue
+                try:
+                    revoked = await defer.maybeDeferred(self.store.is_revoked, identity)
+                except GatewayError as e:
+                    self._log.warn("re-checking revocations after a reconnect failed: {error}", error=e.message)
+                    return closed
+                if revoked:
+                    session.revoke()
+                    closed += 1
+        if closed:
+            self._log.info("closed {count} connection(s) revoked while the control channel was down", count=closed)
+        return closed
+
     def control_received(self, message: dict[str, Any]) -> None:
         """A control message from the bus: on ``revoke``, close this node's sessions of ``sub``."""
         if message.get("type") != "revoke":

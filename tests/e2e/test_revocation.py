@@ -115,3 +115,40 @@ async def test_redis_down_disconnect_is_503_and_authentication_fails_closed(node
             await authenticate(node, token)
         with pytest.raises(Unavailable):
             await authenticate(node, make_token("bob", iat=time.time()))
+
+
+class SessionOf(FakeSession):
+    """A fake session that also carries its identity, as a ClientSession does."""
+
+    def __init__(self, identity: Any) -> None:
+        super().__init__()
+        self.identity = identity
+
+
+async def test_revocation_missed_while_a_node_could_not_hear_is_applied_when_it_reconnects(nodes, redis_server):
+    """Node B's pub/sub connection is down (and kept from coming back) when alice is revoked on
+    node A, so B misses the control message; once B's pub/sub is back it re-checks its open
+    sessions against the store and closes alice's, not bob's."""
+    a, b = await two_nodes(nodes, redis_server)
+    alice = await authenticate(b, make_token(iat=time.time() - 60))
+    bob = await authenticate(b, make_token("bob", iat=time.time() - 60))
+    on_b, bob_on_b = SessionOf(alice), SessionOf(bob)
+    b.gateway.identity_opened("alice", on_b)
+    b.gateway.identity_opened("bob", bob_on_b)
+    control = a.bus.broker.control_channel
+
+    def listeners() -> int:
+        return int(redis_server.cli("PUBSUB", "NUMSUB", control).split()[1])
+
+    redis_server.command("ACL", "SETUSER", "default", "-subscribe")
+    try:
+        redis_server.command("CLIENT", "KILL", "TYPE", "pubsub")
+        await wait_for(lambda: listeners() == 0, what="pub/sub connections gone")
+        r = await http("POST", a.base + "/disconnect", json={"sub": "alice"}, headers={"authorization": f"Bearer {KEY}"})
+        assert 200 == r.status_code
+    finally:
+        redis_server.command("ACL", "SETUSER", "default", "+subscribe")
+    assert [] == on_b.revoked_at  # nothing reached node B
+    await wait_for(lambda: listeners() == 2, timeout=10, what="both nodes back on the control channel")
+    await wait_for(lambda: on_b.revoked_at, timeout=5, what="alice's session on node B closed after the reconnect")
+    assert [] == bob_on_b.revoked_at

@@ -319,3 +319,40 @@ def test_revoker_closes_local_sessions_and_sends_nothing_when_the_store_fails():
 
     assert 1 == session.revoked
     assert [] == broker.control_messages
+
+
+class IdentifiedSession(FakeSession):
+    def __init__(self, identity: Identity | None) -> None:
+        super().__init__()
+        self.identity = identity
+
+
+def test_a_reconnect_rechecks_open_sessions_against_the_store():
+    """A revocation stored while this node missed the control message (its broker was
+    reconnecting) closes the sessions it covers once the broker reconnects."""
+    gateway, broker = node()
+    old, later = IdentifiedSession(token(iat=AT - 10)), IdentifiedSession(token(iat=AT + 10))
+    bob, anonymous = IdentifiedSession(token("bob", iat=AT - 10)), IdentifiedSession(None)
+    for s in (old, later, anonymous):
+        gateway.identity_opened("alice", s)
+    gateway.identity_opened("bob", bob)
+    result(gateway.revoker.store.revoke("alice", AT, 60))  # as another node did
+    broker.listener.broker_reconnected()
+    assert (1, 0, 0, 0) == (old.revoked, later.revoked, bob.revoked, anonymous.revoked)
+
+
+def test_a_recheck_stops_quietly_when_the_store_is_unreachable():
+    gateway, broker = node()
+    session = IdentifiedSession(token())
+    gateway.identity_opened("alice", session)
+
+    class Down:
+        def forget(self, sub: str) -> None:
+            pass
+
+        def is_revoked(self, identity: Identity) -> Any:
+            return defer.fail(Unavailable("Redis is not reachable"))
+
+    gateway.revoker.store = Down()
+    assert 0 == result(defer.ensureDeferred(gateway.revoker.recheck()))
+    assert 0 == session.revoked
