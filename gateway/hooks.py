@@ -31,6 +31,7 @@ __all__ = [
     "AllowChannelsHookFactory",
     "LogHook",
     "LogHookFactory",
+    "discover_factories",
     "discover_hook_factories",
     "load_hooks",
     "plugin_package",
@@ -125,8 +126,9 @@ def plugin_package() -> ModuleType:
     return module
 
 
-def discover_hook_factories() -> dict[str, Any]:
-    """Every :class:`IPublishHookFactory` in ``gateway_*`` modules of the ``gateway_plugins`` package.
+def discover_factories(interface: Any, name_attribute: str) -> dict[str, Any]:
+    """Every provider of ``interface`` (a plugin factory) in ``gateway_*`` modules of the
+    ``gateway_plugins`` package, by its ``name_attribute``; the first of each name wins.
 
     Only modules named ``gateway_*`` are imported, so nothing else found on the
     package's path is ever executed.
@@ -138,10 +140,15 @@ def discover_hook_factories() -> dict[str, Any]:
             continue
         module = importlib.import_module(f"{PLUGIN_PACKAGE}.{info.name}")
         for value in vars(module).values():
-            if IPublishHookFactory.providedBy(value) and not isinstance(value, type):
-                verifyObject(IPublishHookFactory, value)
-                found.setdefault(value.hookType, value)
+            if interface.providedBy(value) and not isinstance(value, type):
+                verifyObject(interface, value)
+                found.setdefault(getattr(value, name_attribute), value)
     return found
+
+
+def discover_hook_factories() -> dict[str, Any]:
+    """Every :class:`IPublishHookFactory` of the plugins package, by ``hookType``."""
+    return discover_factories(IPublishHookFactory, "hookType")
 
 
 def load_hooks(specs: tuple[str, ...]) -> list[Any]:

@@ -21,14 +21,11 @@ Built in:
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 import re
 from typing import Any
 
 from twisted.plugin import IPlugin
 from zope.interface import implementer
-from zope.interface.verify import verifyObject
 
 from gateway.interfaces import IAuthenticator, IAuthenticatorFactory
 
@@ -183,21 +180,10 @@ class HTTPAuthenticatorFactory:
 
 def discover_authenticator_factories() -> dict[str, Any]:
     """Every :class:`IAuthenticatorFactory` in ``gateway_*`` modules of the plugins
-    package (the first of each ``authType`` wins), as :func:`gateway.hooks.discover_hook_factories`
-    finds publish hooks."""
-    from gateway.hooks import PLUGIN_PACKAGE, PLUGIN_PREFIX, plugin_package
+    package (the first of each ``authType`` wins), found as publish hooks are."""
+    from gateway.hooks import discover_factories
 
-    package = plugin_package()
-    found: dict[str, Any] = {}
-    for info in pkgutil.iter_modules(package.__path__):
-        if not info.name.startswith(PLUGIN_PREFIX):
-            continue
-        module = importlib.import_module(f"{PLUGIN_PACKAGE}.{info.name}")
-        for value in vars(module).values():
-            if IAuthenticatorFactory.providedBy(value) and not isinstance(value, type):
-                verifyObject(IAuthenticatorFactory, value)
-                found.setdefault(value.authType, value)
-    return found
+    return discover_factories(IAuthenticatorFactory, "authType")
 
 
 def load_authenticators(specs: tuple[str, ...], config: Any, reactor: Any) -> list[Any]:

@@ -30,6 +30,7 @@ __all__ = [
     "Publish",
     "Command",
     "CommandError",
+    "loads_json_object",
     "loads_strict",
     "parse_command",
     "parse_publication",
@@ -199,6 +200,24 @@ def top_level_id(text: str | bytes) -> Any:
     except (ValueError, IndexError, RecursionError):
         return None
     return None
+
+
+def loads_json_object(body: bytes, shape: str = "a JSON object") -> dict[str, Any]:
+    """Parse an HTTP request body that must be one JSON object (strictly, as
+    :func:`loads_strict`).
+
+    Raises:
+        BadRequest: for a body that is not UTF-8, not JSON, or not an object
+            (``shape`` says what was expected).
+    """
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("body is not UTF-8") from None
+    obj = loads_strict(text)
+    if not isinstance(obj, dict):
+        raise BadRequest(f"body must be {shape}")
+    return obj
 
 
 def _request_id(obj: dict[str, Any]) -> RequestId:

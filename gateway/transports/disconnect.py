@@ -18,7 +18,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from gateway.auth.apikey import APIKeyAuthenticator
 from gateway.core.auth import MAX_SUB_LENGTH, Credentials
-from gateway.core.commands import loads_strict
+from gateway.core.commands import loads_json_object
 from gateway.errors import (
     BadRequest,
     Forbidden,
@@ -39,13 +39,7 @@ def parse_disconnect_body(body: bytes) -> str:
         BadRequest: unless the body is a JSON object whose ``sub`` is a string of
             1-256 characters.
     """
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise BadRequest("body is not UTF-8") from None
-    obj = loads_strict(text)
-    if not isinstance(obj, dict):
-        raise BadRequest('body must be a JSON object: {"sub": "<identity>"}')
+    obj = loads_json_object(body, 'a JSON object: {"sub": "<identity>"}')
     sub = obj.get("sub")
     if not isinstance(sub, str) or not sub or len(sub) > MAX_SUB_LENGTH:
         raise BadRequest(f"sub must be a string of 1-{MAX_SUB_LENGTH} characters")

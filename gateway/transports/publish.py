@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET, Request
 
 from gateway.core.auth import Identity
-from gateway.core.commands import loads_strict, parse_publication
+from gateway.core.commands import loads_json_object, parse_publication
 from gateway.core.model import Publication
 from gateway.errors import BadRequest, Forbidden, GatewayError, Internal, TooLarge
 from gateway.transports._auth import (
@@ -40,13 +40,7 @@ def _result(pub: Publication) -> dict[str, Any]:
 
 def parse_publish_body(body: bytes) -> tuple[bool, list[tuple[str, Any]]]:
     """Validate a publish body whole; return (is_batch, [(channel, data), ...])."""
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise BadRequest("body is not UTF-8") from None
-    obj = loads_strict(text)
-    if not isinstance(obj, dict):
-        raise BadRequest("body must be a JSON object")
+    obj = loads_json_object(body)
     if "messages" in obj and "channel" not in obj:
         items = obj["messages"]
         if not isinstance(items, list) or not items:
