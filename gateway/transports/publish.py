@@ -79,22 +79,26 @@ class PublishResource(CORSResource):
         body = request.content.read(limit + 1)
         if len(body) > limit:
             raise TooLarge(f"body larger than {limit} bytes")
-        batch, items = parse_publish_body(body)
+        # Who it is first: a client without valid credentials learns nothing about
+        # how its body would have been judged.
         d = authenticate_request(self.gateway, request, "publish")
-        d.addCallback(self._authenticated, request, batch, items)
-        d.addCallbacks(self._done, self._failed, callbackArgs=(request, batch), errbackArgs=(request,))
+        d.addCallback(self._authenticated, request, body)
+        d.addCallbacks(self._done, self._failed, callbackArgs=(request,), errbackArgs=(request,))
         return NOT_DONE_YET
 
-    def _authenticated(self, identity: Identity, request: Request, batch: bool, items: list[tuple[str, Any]]) -> Any:
-        """Every item permitted (else 403 naming it; nothing published), the rate
-        limit taken (else 429), then publish with ``from`` = the identity's sender."""
+    def _authenticated(self, identity: Identity, request: Request, body: bytes) -> Any:
+        """The body valid as a whole (else 400), every item permitted (else 403 naming
+        it; nothing published), the rate limit taken (else 429), then publish with
+        ``from`` = the identity's sender; fires with (is_batch, results)."""
+        batch, items = parse_publish_body(body)
         for i, (channel, _) in enumerate(items):
             try:
                 identity.check_publish(channel)
             except Forbidden as e:
                 raise Forbidden(f"messages[{i}]: {e.message}" if batch else e.message) from None
         self.gateway.check_publish_rate(publish_rate_key(self.gateway, request, identity))
-        return self._publish_all(items, identity.sender)
+        d = self._publish_all(items, identity.sender)
+        return d.addCallback(lambda results: (batch, results))
 
     @defer.inlineCallbacks
     def _publish_all(self, items: list[tuple[str, Any]], sender: str | None = None) -> Any:
@@ -108,7 +112,8 @@ class PublishResource(CORSResource):
             results.append(_result(pub))
         return results
 
-    def _done(self, results: list[dict[str, Any]], request: Request, batch: bool) -> None:
+    def _done(self, outcome: tuple[bool, list[dict[str, Any]]], request: Request) -> None:
+        batch, results = outcome
         finish_json(request, 200, {"results": results} if batch else results[0])
 
     def _failed(self, failure: Failure, request: Request) -> None:

@@ -185,6 +185,18 @@ async def test_nothing_presented_is_401_everywhere(auth_gw, sse):
     assert auth_gw.gateway.stats.publications == 0
 
 
+async def test_publish_without_credentials_is_401_whatever_its_body(auth_gw):
+    """A client without valid credentials learns nothing about how its body would be judged:
+    a malformed or forbidden body is a 401 too; with credentials the same body is a 400."""
+    for body in ({"channel": "bad name", "data": 1}, {"data": 1}, [1], {"messages": []}):
+        r = await publish(auth_gw, body)
+        assert_json_error(r.status_code, r.json(), 401, "unauthorized")
+    r = await http("POST", auth_gw.base + "/publish", content=b"{not json", headers={"content-type": "application/json"})
+    assert_json_error(r.status_code, r.json(), 401, "unauthorized")
+    r = await publish(auth_gw, {"channel": "bad name", "data": 1}, bearer(API_KEY))
+    assert_json_error(r.status_code, r.json(), 400, "bad_request")
+
+
 # -- JSONP ---------------------------------------------------------------------------
 
 
