@@ -70,6 +70,8 @@ class Gateway:
             raise ConfigError(str(e)) from None
         # Open sessions by identity (sub), for revocation.
         self._by_sub: dict[str, set[Any]] = {}
+        # Upgrades accepted but still authenticating (they count against --max-connections).
+        self._pending_connections = 0
         self.stats = Stats()
         self.limit_stats = LimitStats()
         # --publish-rate: WebSocket connections and HTTP publishers in separate sets,
@@ -194,9 +196,15 @@ class Gateway:
             Unavailable: the node holds ``--max-connections`` already.
         """
         limit = self.config.max_connections
-        if limit is not None and self.connection_count() >= limit:
+        if limit is not None and self.connection_count() + self._pending_connections >= limit:
             self.limit_stats.connections_refused["max_connections"] += 1
             raise Unavailable("too many connections")
+
+    def connection_pending(self, delta: int) -> None:
+        """A connection accepted by :meth:`check_connection_limit` but not open yet (a
+        WebSocket upgrade waiting for its authenticator) starts (+1) or stops (-1)
+        counting against ``--max-connections``."""
+        self._pending_connections += delta
 
     # -- identities (revocation) ---------------------------------------------
 

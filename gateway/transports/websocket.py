@@ -189,6 +189,11 @@ class GatewayWebSocketProtocol(WebSocketServerProtocol):
             return None
         explicit = credentials.bearer is not None or credentials.token is not None
         d = gateway.auth.authenticate(credentials)
+        if not d.called:
+            # Until the authenticator answers, the upgrade holds a place under
+            # --max-connections (it is not a connection yet).
+            gateway.connection_pending(1)
+            d.addBoth(_not_pending, gateway)
         d.addCallbacks(self._upgrade_authenticated, self._upgrade_refused, errbackArgs=(explicit,))
         return d
 
@@ -541,6 +546,11 @@ class GatewayWebSocketProtocol(WebSocketServerProtocol):
     def going_away(self) -> None:
         """Close with 1001: the node is shutting down; reconnect elsewhere and resume."""
         self._close(CLOSE_GOING_AWAY, "node shutting down")
+
+
+def _not_pending(result: Any, gateway: Any) -> Any:
+    gateway.connection_pending(-1)
+    return result
 
 
 class _WebSocketSubscriber:

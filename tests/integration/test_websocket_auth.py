@@ -615,3 +615,24 @@ async def test_revoked_identity_in_the_first_auth_is_forbidden_and_4003(hs_gw):
     await ws.send({"type": "auth", "token": hs256(sub="alice"), "id": 1})
     assert (await ws.closed())[0] == 4003
     assert ws.replies(1)[0]["code"] == "forbidden"
+
+
+async def test_upgrades_waiting_for_the_authenticator_count_against_max_connections(gw_factory):
+    """With --max-connections 1, an upgrade still waiting for its authenticator holds the only
+    place: a second upgrade gets 503 meanwhile; once the first is refused, the place is free."""
+    gw = gw_factory(jwt_secret=SECRET, api_key=(API_KEY,), max_connections=1)
+    slow = LaterAuthenticator()
+    gw.gateway.auth.authenticators = [slow]
+    first = defer.ensureDeferred(WSClient.connect(gw.ws_url, **bearer("t")))
+    await wait_until(lambda: bool(slow.pending))
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        await WSClient.connect(gw.ws_url, **bearer("t2"))
+    assert refused.value.response.status_code == 503
+    slow.answer(Unavailable("backend down"))
+    with pytest.raises(websockets.InvalidStatus):
+        await first
+    second = defer.ensureDeferred(WSClient.connect(gw.ws_url, **bearer("t3")))
+    await wait_until(lambda: bool(slow.pending))
+    slow.answer(ALICE)
+    ws = await second
+    await ws.close()
