@@ -24,7 +24,6 @@ by :func:`respond_error` as plain JSON or JSONP.
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
@@ -35,8 +34,16 @@ from twisted.web.server import Request
 from gateway.core.auth import Credentials, Identity
 from gateway.core.events import dumps
 from gateway.core.ratelimit import http_rate_key
-from gateway.errors import GatewayError, RateLimited, Unavailable
-from gateway.transports._http import error_body, is_gone, query_params, single_param
+from gateway.errors import GatewayError, Unavailable
+from gateway.transports._http import (
+    DEFAULT_RETRY_AFTER,
+    error_body,
+    is_gone,
+    query_params,
+    retry_after,
+    set_retry_after,
+    single_param,
+)
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -54,9 +61,6 @@ __all__ = [
 ]
 
 _log = Logger()
-
-DEFAULT_RETRY_AFTER = 1
-"""Seconds a ``429`` asks the client to wait when the limiter did not say."""
 
 
 def _header(request: Request, name: bytes) -> str | None:
@@ -162,15 +166,6 @@ def publish_rate_key(gateway: Gateway, request: Request, identity: Identity) -> 
     return http_rate_key(identity, host if host is not None else str(address), api_key)
 
 
-def retry_after(error: RateLimited) -> int:
-    """Whole seconds for ``Retry-After``: the limiter's ``retry_after`` rounded up,
-    at least 1; :data:`DEFAULT_RETRY_AFTER` when it did not say."""
-    value = getattr(error, "retry_after", None)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return DEFAULT_RETRY_AFTER
-    return max(1, math.ceil(value))
-
-
 def respond(request: Request, status: int, body: bytes, callback: str | None = None) -> None:
     """Write a JSON answer (JSONP when ``callback`` is set: status 200, ``NAME(<json>);``)
     and finish; nothing when the client is gone."""
@@ -194,8 +189,8 @@ def respond(request: Request, status: int, body: bytes, callback: str | None = N
 def respond_error(request: Request, error: GatewayError, callback: str | None = None, extra: dict[str, Any] | None = None) -> None:
     """Answer ``error`` as ``{"error":{...}}`` (plus ``extra`` fields), JSON or JSONP;
     a ``429`` carries ``Retry-After``."""
-    if isinstance(error, RateLimited) and not is_gone(request):
-        request.setHeader(b"retry-after", str(retry_after(error)).encode("ascii"))
+    if not is_gone(request):
+        set_retry_after(request, error)
     body = error_body(error)
     if extra:
         body.update(extra)

@@ -17,7 +17,14 @@ from twisted.web.server import Request
 
 from gateway.core.events import dumps
 from gateway.core.ratelimit import retry_after_header
-from gateway.errors import BadRequest, GatewayError, Internal, NotFound, TooLarge
+from gateway.errors import (
+    BadRequest,
+    GatewayError,
+    Internal,
+    NotFound,
+    RateLimited,
+    TooLarge,
+)
 
 __all__ = ["JSONResource", "NotFoundResource", "json_body", "error_body", "send_json", "send_error"]
 
@@ -42,10 +49,27 @@ def send_json(request: Request, status: int, obj: Any) -> bytes:
     return body
 
 
+DEFAULT_RETRY_AFTER = 1
+"""Seconds a ``429`` asks the client to wait when the limiter did not say."""
+
+
+def retry_after(error: GatewayError) -> int:
+    """Whole seconds for ``Retry-After``: the limiter's ``retry_after`` rounded up,
+    at least 1; :data:`DEFAULT_RETRY_AFTER` when it did not say."""
+    value = getattr(error, "retry_after", None)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return DEFAULT_RETRY_AFTER
+    return retry_after_header(value)
+
+
+def set_retry_after(request: Request, error: GatewayError) -> None:
+    """Every ``429`` (``rate_limited``) carries ``Retry-After``."""
+    if isinstance(error, RateLimited):
+        request.setHeader(b"retry-after", b"%d" % retry_after(error))
+
+
 def send_error(request: Request, error: GatewayError) -> bytes:
-    retry_after = getattr(error, "retry_after", None)
-    if retry_after is not None:
-        request.setHeader(b"retry-after", b"%d" % retry_after_header(retry_after))
+    set_retry_after(request, error)
     return send_json(request, error.http_status, error_body(error))
 
 
@@ -118,7 +142,7 @@ class NotFoundResource(JSONResource):
         return b"" if request.method == b"HEAD" else body
 
 
-__all__ += ["finish_json"]
+__all__ += ["DEFAULT_RETRY_AFTER", "finish_json", "retry_after", "set_retry_after"]
 
 
 # -- query strings (GET /sse, GET /poll) ---------------------------------------
@@ -165,18 +189,12 @@ def single_param(params: dict[str, list[str]], name: str) -> str | None:
     return values[0]
 
 
-def client_host(request: Request) -> str:
-    """The client's address (host) for per-address limits; ``"local"`` on a UNIX socket."""
-    host = getattr(request.getClientAddress(), "host", None)
-    return host if isinstance(host, str) and host else "local"
-
-
 def is_gone(request: Request) -> bool:
     """True once ``request`` can take no more output (finished or client gone)."""
     return bool(request.finished or getattr(request, "_disconnected", False))
 
 
-__all__ += ["MAX_QUERY_LENGTH", "query_params", "single_param", "is_gone", "client_host"]
+__all__ += ["MAX_QUERY_LENGTH", "query_params", "single_param", "is_gone"]
 
 
 # -- our own Site: channel, request and the defences that need them -------------
