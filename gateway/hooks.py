@@ -33,6 +33,7 @@ __all__ = [
     "LogHookFactory",
     "discover_factories",
     "discover_hook_factories",
+    "factory_named",
     "load_hooks",
     "plugin_package",
 ]
@@ -146,6 +147,20 @@ def discover_factories(interface: Any, name_attribute: str) -> dict[str, Any]:
     return found
 
 
+def factory_named(factories: dict[str, Any], spec: str, option: str, kind: str) -> tuple[Any, str]:
+    """The factory a ``NAME[:ARGS]`` value names, and its ARGS.
+
+    Raises:
+        ValueError: ``<option>: unknown <kind> 'NAME' (available: ...)``.
+    """
+    name, _, args = spec.partition(":")
+    factory = factories.get(name)
+    if factory is None:
+        known = ", ".join(sorted(factories)) or "none"
+        raise ValueError(f"{option}: unknown {kind} {name!r} (available: {known})")
+    return factory, args
+
+
 def discover_hook_factories() -> dict[str, Any]:
     """Every :class:`IPublishHookFactory` of the plugins package, by ``hookType``."""
     return discover_factories(IPublishHookFactory, "hookType")
@@ -160,11 +175,8 @@ def load_hooks(specs: tuple[str, ...]) -> list[Any]:
     factories = discover_hook_factories() if specs else {}
     hooks = []
     for spec in specs:
-        name, _, args = spec.partition(":")
-        factory = factories.get(name)
-        if factory is None:
-            known = ", ".join(sorted(factories)) or "none"
-            raise ValueError(f"hook: unknown hook {name!r} (available: {known})")
+        factory, args = factory_named(factories, spec, "hook", "hook")
+        name = factory.hookType
         try:
             hook = factory.make_hook(args)
         except ValueError as e:

@@ -195,12 +195,11 @@ def load_authenticators(specs: tuple[str, ...], config: Any, reactor: Any) -> li
     """
     factories = discover_authenticator_factories() if specs else {}
     out = []
+    from gateway.hooks import factory_named
+
     for spec in specs:
-        name, _, args = spec.partition(":")
-        factory = factories.get(name)
-        if factory is None:
-            known = ", ".join(sorted(factories)) or "none"
-            raise ValueError(f"--authenticator: unknown authenticator {name!r} (available: {known})")
+        factory, args = factory_named(factories, spec, "--authenticator", "authenticator")
+        name = factory.authType
         try:
             authenticator = factory.make_authenticator(args, config, reactor)
         except ValueError as e:
