@@ -192,7 +192,6 @@ class PollResource(CORSResource):
         timeout = parse_timeout(single_param(params, "timeout"))
         if gateway.draining:
             raise Unavailable("node is draining")
-        gateway.check_connection_limit()
         if not gateway.bus.is_ready():
             raise Unavailable("the message bus is not available")
         since = {c: p for c, p in cursor.items() if c in channels}

@@ -533,7 +533,6 @@ class SSEResource(CORSResource):
                 since, reset_all = {}, True
         if gateway.draining:
             raise Unavailable("node is draining")
-        gateway.check_connection_limit()
         if not gateway.bus.is_ready():
             raise Unavailable("the message bus is not available")
         since = {c: p for c, p in since.items() if c in channels}
