@@ -150,6 +150,8 @@ class Bus:
         self.on_control: Any = None
         # Called after the broker reconnected (control messages may have been lost).
         self.on_reconnected: Any = None
+        # Called with (channel, [PresenceEvent]) from the broker (set by the Gateway).
+        self.on_presence: Any = None
 
     # -- lifecycle --------------------------------------------------------
 
@@ -258,6 +260,14 @@ class Bus:
             self.on_control(message)
         except Exception:
             self._log.failure("handling a control message failed: {message!r}", message=message)
+
+    def presence_received(self, channel: str, events: list[Any]) -> None:
+        if self.on_presence is None:
+            return
+        try:
+            self.on_presence(channel, events)
+        except Exception:
+            self._log.failure("handling presence events on {channel} failed", channel=channel)
 
     # -- carrying out the sequencer's actions ---------------------------------
 

@@ -72,6 +72,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("auth-cache", float, 30.0, "Seconds an --auth-url answer is cached per credential.", metavar="SECONDS", check=(lambda v: v >= 0, "must be >= 0")),
     Option("auth-timeout", float, 10.0, "Seconds a WebSocket may take to authenticate (auth command) when the upgrade carried no token.", metavar="SECONDS", check=(_positive, "must be > 0")),
     Option("revocation-ttl", float, 86400.0, "Seconds POST /disconnect keeps refusing an identity's earlier tokens.", metavar="SECONDS", check=(_positive, "must be > 0")),
+    Option("presence-ttl", float, 30.0, "Seconds a long-poll client stays present after its last poll ended (and the most a dead node's clients stay).", metavar="SECONDS", check=(_positive, "must be > 0")),
     Option("publish-rate", float, None, "Publications per second (bursts of as many) per connection, identity, API key or client address (default: unlimited).", metavar="N", check=(_positive, "must be > 0")),
     Option("max-connections", int, None, "Open WebSockets, SSE streams and held polls per node (default: unlimited).", metavar="N", check=(_positive, "must be > 0")),
     Option("allowed-origin", str, (), "Browser origin allowed to connect (repeatable; default: every origin).", True, "ORIGIN"),
@@ -110,6 +111,7 @@ class Config:
     auth_cache: float = 30.0
     auth_timeout: float = 10.0
     revocation_ttl: float = 86400.0
+    presence_ttl: float = 30.0
     publish_rate: float | None = None
     max_connections: int | None = None
     allowed_origin: tuple[str, ...] = ()

@@ -34,6 +34,14 @@ class IBrokerListener(Interface):
         this node's delivery connection is down is lost.
         """
 
+    def presence_received(channel, events):  # type: ignore[no-untyped-def]
+        """``join``/``leave`` events (:class:`~gateway.core.presence.PresenceEvent`,
+        in order) on a channel this node subscribed to, decided by the presence
+        store from some node's :meth:`IBroker.presence_update` or an expiry.
+
+        At most once per node, not stored (like control messages).
+        """
+
 
 class IBroker(Interface):
     """Orders, stores and fans out publications for one node.
@@ -108,6 +116,31 @@ class IBroker(Interface):
         Returns:
             Deferred firing with None once the message is handed to delivery, or
             failing with :class:`~gateway.errors.Unavailable` (nothing sent).
+        """
+
+
+    def presence_update(changes):  # type: ignore[no-untyped-def]
+        """Apply this node's presence ``changes`` (a list of
+        :class:`~gateway.core.presence.PresenceChange`) to the cluster's presence
+        store, after removing the expired entries of each channel they touch.
+
+        Atomic per channel: every node agrees when an identity's cluster-wide
+        connections leave 0 (``join``) and return to 0 (``leave``); those events
+        go to ``presence_received`` of every node subscribed to the channel.
+        A bounded number of round trips (one per channel per call, pipelined).
+
+        Returns:
+            Deferred firing with None, or failing with
+            :class:`~gateway.errors.Unavailable` (the caller sends them again later).
+        """
+
+    def presence_query(channel, limit, after):  # type: ignore[no-untyped-def]
+        """The presence of ``channel`` (expired entries removed first): at most
+        ``limit`` members sorted by sub, those after ``after`` (a sub or None).
+
+        Returns:
+            Deferred firing with a :class:`~gateway.core.presence.PresencePage`, or
+            failing with :class:`~gateway.errors.Unavailable`.
         """
 
 

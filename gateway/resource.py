@@ -17,6 +17,7 @@ from gateway.metrics import MetricsResource, make_registry
 from gateway.transports._http import JSONResource, NotFoundResource, send_json
 from gateway.transports.disconnect import DisconnectResource
 from gateway.transports.poll import PollResource
+from gateway.transports.presence import PresenceResource
 from gateway.transports.publish import PublishResource
 from gateway.transports.sse import SSEResource
 from gateway.transports.websocket import websocket_resource
@@ -76,6 +77,7 @@ class GatewayResource(resource.Resource):
         self.putChild(b"readyz", ReadyResource(gateway))
         self.putChild(b"metrics", MetricsResource(self.registry, gateway))
         self.putChild(b"disconnect", DisconnectResource(gateway))
+        self.putChild(b"presence", PresenceResource(gateway))
         self._not_found = NotFoundResource()
 
     def getChild(self, path: bytes, request: Any) -> resource.Resource:

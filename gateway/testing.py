@@ -210,6 +210,33 @@ class ManualBroker:
         return defer.succeed(None)
 
 
+    def presence_update(self, changes: Any) -> defer.Deferred[None]:
+        """Apply presence changes to an in-memory table (events go to the listener)."""
+        from gateway.errors import Unavailable
+
+        if not self.ready:
+            return defer.fail(Unavailable("broker down"))
+        for channel, events in self._presence_table().update(changes, self.now()).items():
+            if channel in self.subscribed:
+                self.listener.presence_received(channel, events)
+        return defer.succeed(None)
+
+    def presence_query(self, channel: str, limit: int, after: Any) -> defer.Deferred[Any]:
+        from gateway.errors import Unavailable
+
+        if not self.ready:
+            return defer.fail(Unavailable("broker down"))
+        page, _ = self._presence_table().query(channel, limit, after, self.now())
+        return defer.succeed(page)
+
+    def _presence_table(self) -> Any:
+        from gateway.core.presence import PresenceTable
+
+        if not hasattr(self, "_presence"):
+            self._presence = PresenceTable()
+        return self._presence
+
+
 class RecordingSubscriber:
     """A bus subscriber that records what it receives as plain tuples."""
 

@@ -18,6 +18,7 @@ from zope.interface import implementer
 
 from gateway.core.events import encode_json
 from gateway.core.model import HistoryResult, Position, Publication
+from gateway.core.presence import PresenceChange, PresencePage, PresenceTable
 from gateway.core.stream import Stream
 from gateway.errors import BadRequest, Unavailable
 from gateway.interfaces import IBroker, IBrokerListener
@@ -65,6 +66,7 @@ class InMemoryBroker:
         self._subscribed: set[str] = set()
         self._listener: IBrokerListener | None = None
         self._sweeper: Any = None
+        self._presence = PresenceTable()
 
     # -- lifecycle --------------------------------------------------------
 
@@ -125,6 +127,25 @@ class InMemoryBroker:
             return defer.fail(Unavailable("control: the broker is not running"))
         self._listener.control_received(json.loads(encoded))
         return defer.succeed(None)
+
+    def presence_update(self, changes: list[PresenceChange]) -> defer.Deferred[None]:
+        if self._listener is None:
+            return defer.fail(Unavailable("presence: the broker is not running"))
+        self._presence_events(self._presence.update(changes, self._now()))
+        return defer.succeed(None)
+
+    def presence_query(self, channel: str, limit: int, after: str | None) -> defer.Deferred[PresencePage]:
+        if self._listener is None:
+            return defer.fail(Unavailable("presence: the broker is not running"))
+        page, events = self._presence.query(channel, limit, after, self._now())
+        if events:
+            self._presence_events({channel: events})
+        return defer.succeed(page)
+
+    def _presence_events(self, events: dict[str, Any]) -> None:
+        for channel, evs in events.items():
+            if channel in self._subscribed and self._listener is not None:
+                self._listener.presence_received(channel, list(evs))
 
     # -- housekeeping -----------------------------------------------------
 

@@ -69,6 +69,11 @@ Keys, under a configurable prefix (``redis://host:port/db?prefix=gw``, default
     {prefix}:<db>:control       pub/sub channel of control messages (revocation),
                                 subscribed by every node's pub/sub connection
     {prefix}:{rev:<sub>}        a revoked identity (see gateway.auth.revocation)
+    {prefix}:{<channel>}:pe / :pc / :pt / :ps / :pa
+                                presence: entries by expiry, their counts, totals
+                                per sub, subs present, anonymous count
+                                (lua/presence.lua); join/leave events go out on the
+                                channel's pub/sub channel as "P<json>"
 
 Memory is bounded by the history settings: each history list holds at most
 ``history_size`` entries none older than ``history_ttl`` (trimmed on every
@@ -100,6 +105,7 @@ from gateway.broker.redisurl import RedisURL, parse_redis_url
 from gateway.config import Config
 from gateway.core.events import encode_json
 from gateway.core.model import HistoryResult, Position, Publication
+from gateway.core.presence import PresenceChange, PresenceEvent, PresencePage
 from gateway.core.stream import recover
 from gateway.errors import BadRequest, Unavailable
 from gateway.interfaces import IBroker, IBrokerListener
@@ -112,6 +118,8 @@ HISTORY_EXPIRY_MARGIN = 10
 # Most pub/sub messages held back while a reconnected subscriber waits for a
 # command connection (see RedisBroker._finish_reconnect).
 MAX_BUFFERED = 10000
+# Most presence changes in one script call (bounds one call's time inside Redis).
+PRESENCE_CHUNK = 1000
 
 
 def load_script(name: str) -> bytes:
@@ -315,6 +323,8 @@ class RedisBroker:
         self._meta_expiry = str(int(max(STREAM_IDLE_SECONDS, math.ceil(2 * history_ttl))))
         self._publish_script = load_script("publish.lua")
         self._history_script = load_script("history.lua")
+        self._presence_script = load_script("presence.lua")
+        self._presence_fmt = prefix + ":{{{}}}:"
 
         self._listener: IBrokerListener | None = None
         self._pool: Any = None
@@ -704,6 +714,57 @@ class RedisBroker:
             return defer.fail()
         return self.execute("control", "PUBLISH", self._control_channel, body).addCallback(lambda _: None)
 
+    # -- presence ---------------------------------------------------------------
+
+    def presence_keys(self, channel: str) -> list[str]:
+        """The Redis keys of ``channel``'s presence (see lua/presence.lua)."""
+        base = self._presence_fmt.format(channel)
+        return [base + "pe", base + "pc", base + "pt", base + "ps", base + "pa"]
+
+    def presence_update(self, changes: list[PresenceChange]) -> defer.Deferred[None]:
+        """One ``EVALSHA`` of lua/presence.lua per channel (at most
+        :data:`PRESENCE_CHUNK` changes each), all sent at once."""
+        by_channel: dict[str, list[str]] = {}
+        for change in changes:
+            args = by_channel.setdefault(change.channel, [])
+            args.extend((change.member, str(change.count), str(max(1, math.ceil(change.ttl * 1000)))))
+        ds = []
+        for channel, args in by_channel.items():
+            for i in range(0, len(args), 3 * PRESENCE_CHUNK):
+                chunk = ["u", self.pubsub_channel(channel), *args[i : i + 3 * PRESENCE_CHUNK]]
+                ds.append(self._eval("presence", self._presence_script, self.presence_keys(channel), chunk))
+        if not ds:
+            return defer.succeed(None)
+        d = defer.gatherResults(ds, consumeErrors=True)
+
+        def unwrap(failure: Failure) -> Failure:
+            failure.trap(defer.FirstError)
+            return failure.value.subFailure  # type: ignore[no-any-return]
+
+        return d.addCallbacks(lambda _: None, unwrap)
+
+    def presence_query(self, channel: str, limit: int, after: str | None) -> defer.Deferred[PresencePage]:
+        args = ["q", self.pubsub_channel(channel), str(limit), after or ""]
+        d = self._eval("presence", self._presence_script, self.presence_keys(channel), args)
+
+        def answer(reply: list[Any]) -> PresencePage:
+            count, anonymous, more = int(reply[0]), int(reply[1]), bool(int(reply[2]))
+            rest = reply[3:]
+            members = tuple((_text(rest[i]), int(rest[i + 1])) for i in range(0, len(rest), 2))
+            return PresencePage(channel, members, count, anonymous, more)
+
+        return d.addCallback(answer)
+
+    def _presence_message(self, channel: str, message: bytes) -> None:
+        try:
+            flat = json.loads(message[1:])
+            events = [PresenceEvent(flat[i], channel, flat[i + 1]) for i in range(0, len(flat), 2)]
+        except (ValueError, TypeError, IndexError):
+            self._log.warn("undecodable presence message on {channel}: {message!r}", channel=channel, message=message[:200])
+            return
+        if self._listener is not None:
+            self._listener.presence_received(channel, events)
+
     @property
     def subscribed_channels(self) -> frozenset[str]:
         """Channels delivered to this node (for tests and metrics)."""
@@ -726,6 +787,9 @@ class RedisBroker:
             return
         channel = redis_channel[len(self._pub_prefix_bytes) :].decode()
         if channel not in self._channels or self._listener is None:
+            return
+        if message[:1] == b"P":
+            self._presence_message(channel, message)
             return
         try:
             pub = _parse_entry(channel, message)

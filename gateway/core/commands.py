@@ -28,6 +28,7 @@ __all__ = [
     "Subscribe",
     "Unsubscribe",
     "Publish",
+    "PresenceCommand",
     "Command",
     "CommandError",
     "loads_json_object",
@@ -55,6 +56,7 @@ class Subscribe:
     id: RequestId
     channel: str
     since: Position | None
+    join_leave: bool = False
 
 
 @attrs.frozen
@@ -70,7 +72,18 @@ class Publish:
     data: Any
 
 
-Command = Union[Auth, Subscribe, Unsubscribe, Publish]
+@attrs.frozen
+class PresenceCommand:
+    """``{"type":"presence","channel":..}`` (docs/protocol.md section 11), with the
+    extensions ``limit`` and ``after`` (paging ``members``)."""
+
+    id: RequestId
+    channel: str
+    limit: int
+    after: str | None
+
+
+Command = Union[Auth, Subscribe, Unsubscribe, Publish, PresenceCommand]
 
 
 class CommandError(Exception):
@@ -291,7 +304,10 @@ def parse_command(text: str | bytes) -> Command:
         if kind == "subscribe":
             channel = validate_channel(_required(obj, "channel"))
             since = _since(obj["since"]) if obj.get("since") is not None else None
-            return Subscribe(rid, channel, since)
+            join_leave = obj.get("join_leave", False)
+            if not isinstance(join_leave, bool):
+                raise BadRequest("join_leave must be true or false")
+            return Subscribe(rid, channel, since, join_leave)
         if kind == "unsubscribe":
             return Unsubscribe(rid, validate_channel(_required(obj, "channel")))
         if kind == "publish":
@@ -304,6 +320,11 @@ def parse_command(text: str | bytes) -> Command:
             if len(token) > MAX_TOKEN_LENGTH:
                 raise BadRequest(f"token longer than {MAX_TOKEN_LENGTH} characters")
             return Auth(rid, token)
+        if kind == "presence":
+            from gateway.core.presence import parse_presence_query
+
+            query = parse_presence_query(_required(obj, "channel"), obj.get("limit"), obj.get("after"))
+            return PresenceCommand(rid, query.channel, query.limit, query.after)
         shown = kind if len(kind) <= 32 else kind[:32] + "..."
         raise BadRequest(f"unknown command type {shown!r}")
     except GatewayError as e:

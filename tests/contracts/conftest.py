@@ -20,6 +20,7 @@ class RecordingListener:
         self.publications: list[Any] = []
         self.reconnects = 0
         self.controls: list[Any] = []
+        self.presence: list[Any] = []
 
     def publication_received(self, publication: Any) -> None:
         self.publications.append(publication)
@@ -29,6 +30,9 @@ class RecordingListener:
 
     def control_received(self, message: Any) -> None:
         self.controls.append(message)
+
+    def presence_received(self, channel: str, events: Any) -> None:
+        self.presence.extend(events)
 
 
 @pytest.fixture(params=["memory", "redis"])

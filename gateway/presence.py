@@ -1,0 +1,198 @@
+"""One node's presence I/O (docs/protocol.md section 11) around the sans-I/O
+:class:`~gateway.core.presence.NodePresence`.
+
+* Transports report what they hold: :meth:`Presence.connection_added` /
+  ``connection_removed`` for each WebSocket or SSE subscription (from the moment
+  it is live until it ends), :meth:`Presence.poll_started` / ``poll_ended`` for
+  each held poll.
+* Changes go to the broker in batches: the first change arms a timer of
+  :data:`BATCH_SECONDS`; when it fires, everything changed meanwhile is one
+  :meth:`~gateway.interfaces.IBroker.presence_update` (one script call per
+  channel).  At most one update is in flight; what changes meanwhile waits for
+  the next.  A join/leave storm of any size therefore costs about one round trip
+  per touched channel per window.
+* Every ``--presence-ttl``/4 seconds, and at once when the broker comes back
+  (Redis restarted empty, or this node's connection was down), every entry this
+  node holds is sent again: a refresh, and the re-registration of its live clients.
+  Changes that could not be sent are kept and go with the next update.
+* ``join``/``leave`` events from the broker go to the subscriptions that asked for
+  them on this node (:meth:`Presence.listen`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from twisted.internet import defer
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from gateway.core.presence import NodePresence, PresenceChange, PresenceEvent, PresencePage
+from gateway.errors import GatewayError, Unavailable
+
+__all__ = ["BATCH_SECONDS", "Presence", "PresenceListener"]
+
+BATCH_SECONDS = 0.05
+
+
+class PresenceListener(Protocol):
+    def on_presence(self, event: PresenceEvent) -> None:
+        """A ``join`` or ``leave`` on a channel this listener asked for."""
+
+
+class Presence:
+    """Presence of one node.
+
+    Args:
+        bus: the node's bus (its broker stores presence).
+        node: this node's id.
+        ttl: ``--presence-ttl`` in seconds.
+        clock: the reactor's time.
+        batch: seconds changes are gathered before an update is sent.
+    """
+
+    _log = Logger()
+
+    def __init__(self, bus: Any, node: str, ttl: float, clock: Any, batch: float = BATCH_SECONDS) -> None:
+        self.bus = bus
+        self.clock = clock
+        self.batch = batch
+        self.state = NodePresence(node, ttl)
+        self._timer: Any = None
+        self._inflight = False
+        self._refresh_due = False
+        self._loop: LoopingCall | None = None
+        self._listeners: dict[str, set[Any]] = {}
+        # Broker calls made and changes sent (bench/presence.py, /metrics).
+        self.updates = 0
+        self.changes_sent = 0
+
+    # -- lifecycle --------------------------------------------------------------
+
+    def start(self) -> None:
+        self._loop = LoopingCall(self.refresh)
+        self._loop.clock = self.clock
+        self._loop.start(self.state.refresh_interval, now=False)
+
+    def stop(self) -> None:
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    # -- what transports hold -------------------------------------------------------
+
+    def connection_added(self, channel: str, sub: str | None) -> None:
+        self.state.connection_added(channel, sub)
+        self._schedule()
+
+    def connection_removed(self, channel: str, sub: str | None) -> None:
+        self.state.connection_removed(channel, sub)
+        self._schedule()
+
+    def poll_started(self, channel: str, sub: str | None, client: str | None) -> bool:
+        counted = self.state.poll_started(channel, sub, client)
+        if counted:
+            self._schedule()
+        return counted
+
+    def poll_ended(self, channel: str, sub: str | None, client: str | None) -> None:
+        self.state.poll_ended(channel, sub, client)
+        self._schedule()
+
+    # -- join/leave ------------------------------------------------------------------
+
+    def listen(self, channel: str, listener: PresenceListener) -> None:
+        self._listeners.setdefault(channel, set()).add(listener)
+
+    def unlisten(self, channel: str, listener: PresenceListener) -> None:
+        listeners = self._listeners.get(channel)
+        if listeners is not None:
+            listeners.discard(listener)
+            if not listeners:
+                del self._listeners[channel]
+
+    def events_received(self, channel: str, events: list[PresenceEvent]) -> None:
+        """From the broker: hand each event to this node's listeners of ``channel``."""
+        for event in events:
+            for listener in list(self._listeners.get(channel, ())):
+                try:
+                    listener.on_presence(event)
+                except Exception:
+                    self._log.failure("delivering a presence event on {channel} failed", channel=channel)
+
+    # -- queries ------------------------------------------------------------------------
+
+    def query(self, channel: str, limit: int, after: str | None) -> defer.Deferred[PresencePage]:
+        """The presence of ``channel``; fails with :class:`Unavailable` while the store is unreachable."""
+        broker = self.bus.broker
+        if not broker.is_ready():
+            return defer.fail(Unavailable("presence is not available: the message bus is down"))
+        d = defer.maybeDeferred(broker.presence_query, channel, limit, after)
+
+        def failed(failure: Failure) -> Failure:
+            if failure.check(GatewayError):
+                return failure
+            self._log.failure("presence query failed", failure)
+            return Failure(Unavailable("presence is not available"))
+
+        return d.addErrback(failed)
+
+    # -- sending changes ------------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        if self._timer is None and not self._inflight:
+            self._timer = self.clock.callLater(self.batch, self.flush)
+
+    def flush(self) -> None:
+        """Send what changed since the last update (the batch timer's call)."""
+        self._timer = None
+        if self._inflight:
+            return
+        self._send(self.state.take_changes())
+
+    def refresh(self) -> None:
+        """Send every entry this node holds (periodically, and when the broker is back)."""
+        if self._inflight:
+            self._refresh_due = True
+            return
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self._send(self.state.refresh_changes())
+
+    def _send(self, changes: list[PresenceChange]) -> None:
+        if not changes:
+            return
+        broker = self.bus.broker
+        if not broker.is_ready():
+            # Kept for the next refresh, which also runs as soon as the broker is back.
+            self.state.put_back(changes)
+            return
+        self._inflight = True
+        self.updates += 1
+        self.changes_sent += len(changes)
+        d = defer.maybeDeferred(broker.presence_update, changes)
+        d.addCallbacks(self._sent, self._not_sent, errbackArgs=(changes,))
+
+    def _sent(self, _: object) -> None:
+        self._done()
+
+    def _not_sent(self, failure: Failure, changes: list[PresenceChange]) -> None:
+        if not failure.check(GatewayError):
+            self._log.failure("presence update failed", failure)
+        self.state.put_back(changes)
+        self._inflight = False
+        # No immediate retry: the periodic refresh (or the broker's return) sends them.
+        self._refresh_due = False
+
+    def _done(self) -> None:
+        self._inflight = False
+        if self._refresh_due:
+            self._refresh_due = False
+            self.refresh()
+        elif self.state.pending:
+            self._schedule()
