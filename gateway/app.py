@@ -109,7 +109,7 @@ class Gateway:
         """Stop the bus and the authenticators (their connections); call after :meth:`drain`."""
 
         async def stop() -> None:
-            self.presence.stop()
+            await self.presence.stop()
             try:
                 await self.bus.stop()
             finally:

@@ -62,6 +62,7 @@ class Presence:
         self._timer: Any = None
         self._inflight = False
         self._refresh_due = False
+        self._stopped = False
         self._loop: LoopingCall | None = None
         self._listeners: dict[str, set[Any]] = {}
         # Broker calls made and changes sent (bench/presence.py, /metrics).
@@ -73,15 +74,25 @@ class Presence:
     def start(self) -> None:
         self._loop = LoopingCall(self.refresh)
         self._loop.clock = self.clock
+        self._stopped = False
         self._loop.start(self.state.refresh_interval, now=False)
 
-    def stop(self) -> None:
+    def stop(self) -> defer.Deferred[None]:
+        """Stop the timers and send what changed (the leaves of a drained node's
+        clients); fires once the broker answered or failed."""
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self._loop = None
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        self._stopped = True
+        changes = self.state.take_changes()
+        broker = self.bus.broker
+        if not changes or not broker.is_ready():
+            return defer.succeed(None)
+        d = defer.maybeDeferred(broker.presence_update, changes)
+        return d.addErrback(lambda f: None)
 
     # -- what transports hold -------------------------------------------------------
 
@@ -144,7 +155,7 @@ class Presence:
     # -- sending changes ------------------------------------------------------------------
 
     def _schedule(self) -> None:
-        if self._timer is None and not self._inflight:
+        if self._timer is None and not self._inflight and not self._stopped:
             self._timer = self.clock.callLater(self.batch, self.flush)
 
     def flush(self) -> None:
@@ -156,6 +167,8 @@ class Presence:
 
     def refresh(self) -> None:
         """Send every entry this node holds (periodically, and when the broker is back)."""
+        if self._stopped:
+            return
         if self._inflight:
             self._refresh_due = True
             return

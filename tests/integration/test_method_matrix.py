@@ -23,10 +23,11 @@ PATHS = {
     "/healthz": "/healthz",
     "/readyz": "/readyz",
     "/metrics": "/metrics",
+    "/presence": "/presence?channel=matrix",
     "/nonexistent": "/nonexistent",
 }
 
-CORS = {"/sse", "/poll", "/publish"}
+CORS = {"/sse", "/poll", "/publish", "/presence"}
 SERVED = {
     "/ws": {"GET"},
     "/sse": {"GET", "OPTIONS"},
@@ -35,6 +36,7 @@ SERVED = {
     "/healthz": {"GET", "HEAD"},
     "/readyz": {"GET", "HEAD"},
     "/metrics": {"GET", "HEAD"},
+    "/presence": {"GET", "OPTIONS"},
 }
 
 
