@@ -15,6 +15,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from gateway.core.auth import Identity
 from gateway.errors import Forbidden
 from gateway.metrics_limits import limit_metrics
+from gateway.presence import presence_metrics
 from gateway.transports._auth import (
     api_keys_configured,
     as_gateway_error,
@@ -58,6 +59,7 @@ class _GatewayCollector(Collector):
         yield GaugeMetricFamily("gateway_channels", "Channels with local subscribers.", value=len(self.gateway.bus.channels))
         yield GaugeMetricFamily("gateway_subscriptions", "Local subscriptions.", value=self.gateway.bus.subscriber_count())
         yield from limit_metrics(self.gateway)
+        yield from presence_metrics(self.gateway)
 
 
 def make_registry(gateway: Gateway) -> CollectorRegistry:

@@ -31,7 +31,7 @@ from twisted.python.failure import Failure
 from gateway.core.presence import NodePresence, PresenceChange, PresenceEvent, PresencePage
 from gateway.errors import GatewayError, Unavailable
 
-__all__ = ["BATCH_SECONDS", "Presence", "PresenceListener"]
+__all__ = ["BATCH_SECONDS", "Presence", "PresenceListener", "presence_metrics"]
 
 BATCH_SECONDS = 0.05
 
@@ -65,7 +65,7 @@ class Presence:
         self._stopped = False
         self._loop: LoopingCall | None = None
         self._listeners: dict[str, set[Any]] = {}
-        # Broker calls made and changes sent (bench/presence.py, /metrics).
+        # Store calls made (one per channel per batch) and entries sent (/metrics).
         self.updates = 0
         self.changes_sent = 0
 
@@ -186,7 +186,7 @@ class Presence:
             self.state.put_back(changes)
             return
         self._inflight = True
-        self.updates += 1
+        self.updates += len({c.channel for c in changes})
         self.changes_sent += len(changes)
         d = defer.maybeDeferred(broker.presence_update, changes)
         d.addCallbacks(self._sent, self._not_sent, errbackArgs=(changes,))
@@ -209,3 +209,20 @@ class Presence:
             self.refresh()
         elif self.state.pending:
             self._schedule()
+
+
+def presence_metrics(gateway: Any) -> Any:
+    """The presence metric families of ``gateway`` (called at scrape time by :mod:`gateway.metrics`)."""
+    from prometheus_client.core import CounterMetricFamily
+
+    presence = gateway.presence
+    yield CounterMetricFamily(
+        "gateway_presence_updates",
+        "Presence store calls this node made (one script call per channel per batch or refresh).",
+        value=presence.updates,
+    )
+    yield CounterMetricFamily(
+        "gateway_presence_changes",
+        "Presence entries those updates carried (changes and refreshes).",
+        value=presence.changes_sent,
+    )
