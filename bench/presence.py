@@ -33,9 +33,9 @@ import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from fanout import start_gateway, start_redis  # noqa: E402
-from loadclient import WSConnection  # noqa: E402
-from procs import LOOPBACK, Children, commandstats, cpu_seconds, http_get, redis_command  # noqa: E402
+from fanout import start_gateway, start_redis
+from loadclient import WSConnection
+from procs import LOOPBACK, Children, commandstats, cpu_seconds, http_get, redis_command
 
 SECRET = "bench-presence-secret-" + "x" * 32
 CHANNEL = "bench:presence"

@@ -28,7 +28,12 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.core.presence import NodePresence, PresenceChange, PresenceEvent, PresencePage
+from gateway.core.presence import (
+    NodePresence,
+    PresenceChange,
+    PresenceEvent,
+    PresencePage,
+)
 from gateway.errors import GatewayError, Unavailable
 
 __all__ = ["BATCH_SECONDS", "Presence", "PresenceListener", "presence_metrics"]

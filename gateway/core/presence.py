@@ -189,7 +189,7 @@ def parse_client_id(value: str | None) -> str | None:
 
 
 class _Channel:
-    __slots__ = ("entries", "totals", "subs", "anonymous")
+    __slots__ = ("anonymous", "entries", "subs", "totals")
 
     def __init__(self) -> None:
         self.entries: dict[str, list[float]] = {}  # member -> [count, expiry]

@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from twisted.web.server import NOT_DONE_YET, Request
 
 from gateway.core.events import dumps
+from gateway.core.presence import parse_client_id
 from gateway.errors import (
     BadRequest,
     Forbidden,
@@ -50,7 +51,6 @@ from gateway.transports.sse import (
     parse_cursor,
     parse_join_leave,
 )
-from gateway.core.presence import parse_client_id
 
 __all__ = ["DEFAULT_TIMEOUT", "MAX_TIMEOUT", "CALLBACK_RE", "PollResource", "HeldPoll", "parse_timeout"]
 

@@ -17,11 +17,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET, Request
 
+from gateway.core.events import dumps
 from gateway.core.presence import PresencePage, PresenceQuery, parse_presence_query
 from gateway.errors import BadRequest, GatewayError, Internal
 from gateway.transports._auth import authenticate_request, respond, respond_error
 from gateway.transports._http import query_params, single_param
-from gateway.core.events import dumps
 from gateway.transports.cors import CORSResource, apply_cors
 
 __all__ = ["PresenceResource"]

@@ -6,7 +6,6 @@ Clients are third-party libraries (``websockets`` through WSClient, ``httpx``)."
 
 from __future__ import annotations
 
-import json
 import time
 
 import jwt as pyjwt

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.core.commands import CommandError, PresenceCommand, Subscribe, parse_command
+from gateway.core.commands import (
+    CommandError,
+    PresenceCommand,
+    Subscribe,
+    parse_command,
+)
 from gateway.core.presence import (
     MAX_LIMIT,
     NodePresence,
