@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from twisted.internet import defer
+
 from gateway.core.presence import PresenceChange, PresenceEvent, PresencePage
 from gateway.testing import sleep
 from tests.e2e.support import wait_for
@@ -104,3 +106,26 @@ async def test_unicode_and_odd_subs_round_trip(make_broker):
     assert sorted(odd) == [m for m, _ in page.members]
     await wait_for(lambda: len(listener.presence) == len(odd), what="joins")
     assert sorted(odd) == sorted(e.sub for e in listener.presence)
+
+
+async def test_two_nodes_racing_decide_one_join_and_one_leave(make_broker, kind):
+    """Two nodes (two brokers on one store) register alice at the same moment, many times
+    over: the store decides atomically, so every listener sees exactly one join per
+    round and one leave when both are gone."""
+    if kind == "memory":
+        # One process, one store: the race needs two brokers sharing Redis.
+        broker_a, listener_a = await make_broker()
+        brokers = [(broker_a, listener_a)]
+    else:
+        brokers = [await make_broker(), await make_broker()]
+    for broker, _ in brokers:
+        await broker.subscribe("room")
+    owners = ["A", "B"]
+    rounds = 20
+    for _ in range(rounds):
+        await defer.gatherResults([brokers[i % len(brokers)][0].presence_update([ch(owner=o)]) for i, o in enumerate(owners)])
+        await defer.gatherResults([brokers[i % len(brokers)][0].presence_update([ch(owner=o, count=0)]) for i, o in enumerate(owners)])
+    for _, listener in brokers:
+        await wait_for(lambda listener=listener: len(listener.presence) >= 2 * rounds, what="events")
+        await sleep(0.1)
+        assert [PresenceEvent("join", "room", "alice"), PresenceEvent("leave", "room", "alice")] * rounds == listener.presence
