@@ -66,17 +66,17 @@ async def test_expired_entries_leave_on_the_next_query(make_broker):
 
 
 async def test_refresh_keeps_entries_and_expiry_only_moves_later(make_broker):
+    """A shorter ttl does not shorten an entry's life; a refresh extends it past its first
+    expiry.  (Margins of 0.7 s and more: the exact rule has plain-value tests.)"""
     broker, _ = await make_broker()
-    await broker.presence_update([ch(owner="", ttl=0.5)])
+    await broker.presence_update([ch(owner="", ttl=1.0)])
     await broker.presence_update([ch(owner="", ttl=0.05)])
 
-    await sleep(0.2)
-    assert (("alice", 1),) == (await broker.presence_query("room", 10, None)).members
-    await broker.presence_update([ch(owner="", ttl=0.5)])
-    await sleep(0.4)
-    assert (("alice", 1),) == (await broker.presence_query("room", 10, None)).members
     await sleep(0.3)
-    assert () == (await broker.presence_query("room", 10, None)).members
+    assert (("alice", 1),) == (await broker.presence_query("room", 10, None)).members
+    await broker.presence_update([ch(owner="", ttl=10.0)])
+    await sleep(1.0)
+    assert (("alice", 1),) == (await broker.presence_query("room", 10, None)).members
 
 
 async def test_pages_of_a_large_channel(make_broker):
