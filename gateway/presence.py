@@ -39,6 +39,8 @@ from gateway.errors import GatewayError, Unavailable
 __all__ = ["BATCH_SECONDS", "Presence", "PresenceListener", "presence_metrics"]
 
 BATCH_SECONDS = 0.05
+# After a failed update (a timeout while Redis still looks reachable), try again this soon.
+RETRY_SECONDS = 1.0
 
 
 class PresenceListener(Protocol):
@@ -204,8 +206,11 @@ class Presence:
             self._log.failure("presence update failed", failure)
         self.state.put_back(changes)
         self._inflight = False
-        # No immediate retry: the periodic refresh (or the broker's return) sends them.
         self._refresh_due = False
+        # While the broker is down the refresh that runs when it is back sends them;
+        # otherwise (one update timed out) they go again shortly.
+        if self.bus.broker.is_ready() and self._timer is None and not self._stopped:
+            self._timer = self.clock.callLater(RETRY_SECONDS, self.flush)
 
     def _done(self) -> None:
         self._inflight = False

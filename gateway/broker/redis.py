@@ -759,6 +759,8 @@ class RedisBroker:
         try:
             flat = json.loads(message[1:])
             events = [PresenceEvent(flat[i], channel, flat[i + 1]) for i in range(0, len(flat), 2)]
+            if not all(e.type in ("join", "leave") and isinstance(e.sub, str) for e in events):
+                raise ValueError("not join/leave events")
         except (ValueError, TypeError, IndexError):
             self._log.warn("undecodable presence message on {channel}: {message!r}", channel=channel, message=message[:200])
             return

@@ -110,6 +110,20 @@ def test_broker_down_keeps_changes_and_refresh_resends_them():
     assert [("room", "alice", 1), ("room", "bob", 1)] == counts(broker.calls[1][0])
 
 
+def test_a_failed_update_is_retried_while_the_broker_looks_up():
+    """An update that timed out (the broker still reports ready) goes again a second later."""
+    from gateway.presence import RETRY_SECONDS
+
+    p, broker, clock = make(ttl=60.0)
+    p.connection_added("room", "alice")
+    clock.advance(BATCH_SECONDS)
+    broker.answer(error=Unavailable("timed out"))
+    clock.advance(RETRY_SECONDS - 0.01)
+    assert 1 == len(broker.calls)
+    clock.advance(0.01)
+    assert [("room", "alice", 1)] == counts(broker.calls[1][0])
+
+
 def test_stop_cancels_timers_and_sends_the_last_changes():
     p, broker, clock = make()
     p.connection_added("room", "alice")
