@@ -39,7 +39,7 @@ to the same script, ``{prefix}:{<channel>}:idem:<sha-256 of the key>`` (hashed, 
 whatever the client chose cannot shape key names; the channel's hash tag keeps it
 in the slot of the channel's other keys).  The script answers a key that holds a
 publication of the channel's current epoch with that publication and does nothing
-else; otherwise it publishes and ``SET``\s the key with ``PX`` (5 minutes).  The
+else; otherwise it publishes and ``SET``\\s the key with ``PX`` (5 minutes).  The
 check and the publish are one atomic step, so a retry on any node, or two
 concurrent publishes with one key, publish once.  When Redis lost the keys
 (flushed, replaced) the key is gone with the epoch, and a retry publishes anew in

@@ -18,7 +18,12 @@ from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET, Request
 
 from gateway.core.auth import Identity
-from gateway.core.commands import has_surrogate_escape, loads_json_object, parse_idempotency_key, parse_publication
+from gateway.core.commands import (
+    has_surrogate_escape,
+    loads_json_object,
+    parse_idempotency_key,
+    parse_publication,
+)
 from gateway.core.events import encode_json
 from gateway.core.model import Publication
 from gateway.errors import BadRequest, Forbidden, GatewayError, Internal, TooLarge

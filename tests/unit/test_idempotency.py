@@ -151,7 +151,8 @@ def test_memory_broker_key_expires_after_300_seconds_on_the_clock():
     assert (2, False) == (later.seq, later.duplicate)
     assert [1, 2] == [p.seq for p in listener.publications]
     # ... and the new publication is what the key now answers with.
-    assert (2, True) == (lambda p: (p.seq, p.duplicate))(result_of(broker.publish("c", 1, idempotency_key="k")))
+    repeat = result_of(broker.publish("c", 1, idempotency_key="k"))
+    assert (2, True) == (repeat.seq, repeat.duplicate)
 
 
 def test_memory_broker_sweep_removes_expired_keys_without_further_publishes():
@@ -177,7 +178,7 @@ def test_memory_broker_key_of_a_lost_epoch_publishes_anew():
     """A channel forgotten (idle past the sweep) starts a new epoch: an old key no
     longer answers (it cannot outlive its epoch here, but the check is the same as
     Redis')."""
-    broker, _, clock = memory_broker()
+    broker, _, _ = memory_broker()
     first = result_of(broker.publish("c", 1, idempotency_key="k"))
     broker._streams.pop("c")  # as the idle sweep does, 24 h later
     again = result_of(broker.publish("c", 1, idempotency_key="k"))
@@ -211,7 +212,7 @@ def make_bus():
 
 
 def test_bus_runs_after_hooks_once_per_publication_not_for_a_duplicate():
-    bus, broker, hook = make_bus()
+    bus, _, hook = make_bus()
     first = result_of(bus.publish("c", "a", idempotency_key="k"))
     again = result_of(bus.publish("c", "b", idempotency_key="k"))
     assert (first.seq, first.epoch) == (again.seq, again.epoch)
