@@ -323,16 +323,19 @@ class Client:
         if self._closed:
             return
         self._token = token
+        self._conn = self._make_connection(kind, token)
+        self._connect_timer = self.reactor.callLater(self.connect_timeout, self._connect_timed_out, self._conn)
+        self._conn.open()
+
+    def _make_connection(self, kind: str, token: str | None) -> Any:
+        """One connection attempt over ``kind`` (the unit tests substitute their own)."""
         if kind == "websocket":
             from gateway.client._ws import WSConnection
 
-            self._conn = WSConnection(self, token)
-        else:
-            from gateway.client._sse import SSEConnection
+            return WSConnection(self, token)
+        from gateway.client._sse import SSEConnection
 
-            self._conn = SSEConnection(self, token, self._http_client())
-        self._connect_timer = self.reactor.callLater(self.connect_timeout, self._connect_timed_out, self._conn)
-        self._conn.open()
+        return SSEConnection(self, token, self._http_client())
 
     def _http_client(self) -> Any:
         if self._http is None:
