@@ -9,7 +9,8 @@ from urllib.parse import urlencode
 
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
-from twisted.web.client import Agent, HTTPConnectionPool, readBody
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
+from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
@@ -45,6 +46,41 @@ def _error_from(status: int, body: bytes) -> Any:
     except (ValueError, KeyError, TypeError):
         pass
     return ClientError(code, message)
+
+
+class _Collect(protocol.Protocol):
+    """Reads a whole response body (cancelling the Deferred stops the transfer)."""
+
+    def __init__(self, d: defer.Deferred[bytes]) -> None:
+        self.d = d
+        self.parts: list[bytes] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        self.parts.append(data)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self.d.called:
+            return
+        if reason is None or reason.check(ResponseDone, PotentialDataLoss):
+            self.d.callback(b"".join(self.parts))
+        else:
+            self.d.errback(reason)
+
+
+def read_body(response: Any) -> defer.Deferred[bytes]:
+    """The body of ``response``; cancelling stops the transfer (``stopProducing``).
+    (twisted.web.client.readBody warns about the transport Agent gives body protocols.)"""
+    collector: _Collect
+
+    def cancel(d: defer.Deferred[bytes]) -> None:
+        transport = collector.transport
+        if transport is not None:
+            transport.stopProducing()
+
+    d: defer.Deferred[bytes] = defer.Deferred(cancel)
+    collector = _Collect(d)
+    response.deliverBody(collector)
+    return d
 
 
 @implementer(IBodyProducer)
@@ -109,7 +145,7 @@ class HTTPClient:
         d = self.agent.request(method, url, headers, _Body(body) if body is not None else None)
 
         def read(response: Any) -> Any:
-            return readBody(response).addCallback(lambda data: (response.code, data))
+            return read_body(response).addCallback(lambda data: (response.code, data))
 
         return self.track(d.addCallback(read))
 
@@ -271,7 +307,7 @@ class SSEConnection:
             for channel in self.channels:
                 self.client.conn_subscribed(self, channel, None)
             return
-        readBody(response).addBoth(self._refused, response.code)
+        read_body(response).addBoth(self._refused, response.code)
 
     def _refused(self, body: Any, status: int) -> None:
         error = _error_from(status, body if isinstance(body, bytes) else b"")

@@ -24,6 +24,7 @@ _UPGRADE_FAILED = re.compile(r"upgrade failed \[(\d{3})\]")
 # Statuses of a refused upgrade that mean "this transport does not get through here"
 # (a proxy or an origin check), as opposed to a node that is busy or draining.
 _RETRY_STATUSES = {429, 502, 503, 504}
+_CLOSE_TOO_LARGE = 1009
 
 
 def upgrade_status(reason: str | None) -> int | None:
@@ -93,6 +94,7 @@ class WSConnection:
         self._auth_error: Any = None
         self._ended = False
         self._waiters: list[defer.Deferred[None]] = []
+        self._sizes: dict[str, int] = {}  # publish key -> bytes of its command
 
     # -- driven by the client ---------------------------------------------------------
 
@@ -236,7 +238,21 @@ class WSConnection:
             if status is not None and status not in _RETRY_STATUSES:
                 self._log.info("WebSocket upgrade refused with {status}", status=status)
                 self.refused = True
+        if code == _CLOSE_TOO_LARGE:
+            self._fail_largest_publish()
         self.client.conn_lost(self, code if self._opened else None, self._auth_error)
+
+    def _fail_largest_publish(self) -> None:
+        """A close 1009: the server refused a message over its size limit. The largest
+        publish still unacknowledged on this connection is the one that cannot go; it
+        fails with ``too_large`` instead of being retried forever."""
+        from gateway.client._client import ClientError
+
+        keys = [arg for kind, arg in self._requests.values() if kind == "pub"]
+        sizes = {key: self._sizes.get(key, 0) for key in keys}
+        if sizes:
+            key = max(sizes, key=lambda k: sizes[k])
+            self.client.conn_publish_failed(key, ClientError("too_large", "the server closed with 1009: message too large"))
 
     # -- helpers ----------------------------------------------------------------------
 
@@ -252,8 +268,11 @@ class WSConnection:
         rid = next(self._ids)
         self._requests[rid] = (kind, arg)
         command["id"] = rid
+        payload = json.dumps(command, ensure_ascii=False).encode("utf-8")
+        if kind == "pub":
+            self._sizes[arg] = len(payload)
         try:
-            proto.sendMessage(json.dumps(command, ensure_ascii=False).encode("utf-8"))
+            proto.sendMessage(payload)
         except Exception:  # autobahn.exception.Disconnected: closing already
             self._requests.pop(rid, None)
 
