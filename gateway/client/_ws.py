@@ -31,8 +31,8 @@ def upgrade_status(reason: str | None) -> int | None:
     """The HTTP status of a refused upgrade, read from the reason Autobahn's client
     gives ``onClose`` ("WebSocket connection upgrade failed [403]: Forbidden"), or None.
 
-    Autobahn keeps no other record of the status; tests/unit/test_client_core.py pins
-    this against a real refusal.
+    Autobahn keeps no other record of the status; the fallback tests in
+    tests/integration/test_client.py pin this against a real 403 from a proxy.
     """
     match = _UPGRADE_FAILED.search(reason or "")
     return int(match.group(1)) if match else None

@@ -250,3 +250,29 @@ def test_sse_parser_ignores_unknown_fields_and_empty_blocks():
     assert parser.feed(b"retry: 10\nfoo: bar\n\n\n\n") == []
     assert parser.feed(b"data: x\n") == []  # not dispatched until the blank line
     assert parser.feed(b"\n") == [SSEEvent("message", "x", None)]
+
+
+# -- WebSocket adapter helpers ----------------------------------------------------------
+
+
+def test_upgrade_status_from_autobahn_reason():
+    from gateway.client._ws import upgrade_status
+
+    assert upgrade_status("WebSocket connection upgrade failed [403]: Forbidden") == 403
+    assert upgrade_status("WebSocket connection upgrade failed [503]: ") == 503
+    assert upgrade_status("peer dropped the TCP connection without previous WebSocket closing handshake") is None
+    assert upgrade_status(None) is None
+
+
+@pytest.mark.parametrize(
+    "base, expected",
+    [
+        ("http://127.0.0.1:8080/", "ws://127.0.0.1:8080/ws"),
+        ("https://gw.example/", "wss://gw.example/ws"),
+        ("https://gw.example/prefix/", "wss://gw.example/prefix/ws"),
+    ],
+)
+def test_ws_url(base, expected):
+    from gateway.client._ws import ws_url
+
+    assert ws_url(base) == expected
