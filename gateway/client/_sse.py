@@ -241,8 +241,15 @@ class SSEConnection:
         self._ended = False
         self._error: Any = None
         self._waiters: list[defer.Deferred[None]] = []
+        self._open_call: Any = None
 
     def open(self) -> None:
+        # On the next reactor turn, so that subscriptions made together (in one
+        # function) share the first stream instead of reopening it one by one.
+        self._open_call = self.client.reactor.callLater(0, self._start)
+
+    def _start(self) -> None:
+        self._open_call = None
         client = self.client
         self.channels = tuple(sorted(client._subs))
         if not self.channels:
@@ -280,7 +287,11 @@ class SSEConnection:
         self.client.conn_reopen(self)
 
     def abort(self) -> None:
-        if self._request is not None:
+        if self._open_call is not None:
+            self._open_call.cancel()
+            self._open_call = None
+            self._end(None)
+        elif self._request is not None:
             self._request.cancel()
         elif self._body is not None and self._body.transport is not None:
             self._body.transport.stopProducing()
