@@ -22,6 +22,7 @@ from gateway.core.channels import is_valid_channel
 from gateway.core.client import Backoff, Liveness, Positions, jwt_exp, refresh_delay
 from gateway.core.cursor import decode_cursor
 from gateway.core.model import Position
+from gateway.errors import BadRequest
 
 __all__ = ["Client", "ClientError", "Subscription"]
 
@@ -264,10 +265,15 @@ class Client:
         def position(cursor: str) -> Position:
             try:
                 return decode_cursor(cursor)[channel]
-            except Exception:
+            except (BadRequest, KeyError):
                 raise ClientError("internal", "the poll answer's cursor does not hold the channel") from None
 
-        return self._get_token().addCallback(ask).addCallback(position)
+        def unreachable(failure: Any) -> Any:
+            if failure.check(ClientError):
+                return failure
+            raise ClientError("unavailable", failure.getErrorMessage())
+
+        return self._get_token().addCallback(ask).addCallbacks(position, unreachable)
 
     def when_closed(self) -> defer.Deferred[None]:
         """A Deferred that fires when the client is closed: None after :meth:`close`,
@@ -390,7 +396,7 @@ class Client:
             return
         try:
             sub.callback(event)
-        except Exception:
+        except Exception:  # noqa: BLE001 - the application's callback: logged, delivery goes on
             self._log.failure("a subscription callback raised")
 
     def conn_subscribed(self, conn: Any, channel: str, position: Position | None) -> None:
@@ -483,6 +489,8 @@ class Client:
     # -- timers -------------------------------------------------------------------
 
     def _watch(self, conn: Any) -> None:
+        if not conn.streaming:
+            return  # an SSE client without subscriptions holds no stream to watch
         now = self.reactor.seconds()
         ping_after = self.heartbeat if conn.can_ping else None
         self._liveness = Liveness(ping_after, 2 * self.heartbeat + 5, now)
@@ -568,7 +576,7 @@ class Client:
         for callback in list(self._state_callbacks):
             try:
                 callback(info)
-            except Exception:
+            except Exception:  # noqa: BLE001 - the application's callback: logged, delivery goes on
                 self._log.failure("a state callback raised")
 
     def _fire_closed(self, d: defer.Deferred[None]) -> None:
@@ -606,7 +614,7 @@ class Client:
         waiters, self._closed_waiters = self._closed_waiters, []
         for d in waiters:
             self._fire_closed(d)
-        gone = defer.DeferredList(waits, consumeErrors=True)
+        gone: defer.Deferred[Any] = defer.DeferredList(waits, consumeErrors=True)
         gone.addCallback(lambda _: None)
         self._gone = gone
         return gone

@@ -17,6 +17,7 @@ from zope.interface import implementer
 
 from gateway.core.client import SSEParser
 from gateway.core.cursor import decode_cursor
+from gateway.errors import BadRequest
 
 if TYPE_CHECKING:
     from gateway.client._client import Client, _Pending
@@ -73,7 +74,7 @@ def read_body(response: Any) -> defer.Deferred[bytes]:
     collector: _Collect
 
     def cancel(d: defer.Deferred[bytes]) -> None:
-        transport = collector.transport
+        transport: Any = collector.transport
         if transport is not None:
             transport.stopProducing()
 
@@ -243,6 +244,11 @@ class SSEConnection:
         self._waiters: list[defer.Deferred[None]] = []
         self._open_call: Any = None
 
+    @property
+    def streaming(self) -> bool:
+        """Whether a stream is open (none without subscriptions)."""
+        return bool(self.channels)
+
     def open(self) -> None:
         # On the next reactor turn, so that subscriptions made together (in one
         # function) share the first stream instead of reopening it one by one.
@@ -294,7 +300,8 @@ class SSEConnection:
         elif self._request is not None:
             self._request.cancel()
         elif self._body is not None and self._body.transport is not None:
-            self._body.transport.stopProducing()
+            transport: Any = self._body.transport  # the Agent's producer proxy
+            transport.stopProducing()
         elif not self._ended:
             self._end(None)
 
@@ -361,7 +368,7 @@ class SSEConnection:
         # The stream's own cursor: where a channel that has seen nothing yet started.
         try:
             positions = decode_cursor(cursor)
-        except Exception:
+        except BadRequest:
             return
         for channel in self.channels:
             if channel in positions and channel in self.client._subs:

@@ -67,9 +67,9 @@ class _Factory(WebSocketClientFactory):
         self.owner = owner
 
     def buildProtocol(self, addr: Any) -> _Protocol:
-        proto = super().buildProtocol(addr)
+        proto: Any = super().buildProtocol(addr)
         proto.owner = self.owner
-        return proto
+        return proto  # type: ignore[no-any-return]
 
 
 class WSConnection:
@@ -78,6 +78,7 @@ class WSConnection:
 
     can_ping = True
     can_refresh = True
+    streaming = True
     _log = Logger()
 
     def __init__(self, client: Client, token: str | None) -> None:
@@ -273,7 +274,7 @@ class WSConnection:
             self._sizes[arg] = len(payload)
         try:
             proto.sendMessage(payload)
-        except Exception:  # autobahn.exception.Disconnected: closing already
+        except Exception:  # noqa: BLE001 - autobahn.exception.Disconnected: closing already
             self._requests.pop(rid, None)
 
     def _ended_now(self) -> None:

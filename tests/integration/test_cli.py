@@ -43,7 +43,7 @@ async def run(*args: str, timeout: float = 30, **extra_env: str) -> tuple[int, s
         )
         try:
             out, err = await asyncio.wait_for(proc.communicate(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             proc.kill()
             await proc.wait()
             raise
@@ -122,11 +122,11 @@ async def publish_http(base: str, channel: str, data: Any) -> dict[str, Any]:
 def test_help_lists_the_commands():
     import subprocess
 
-    out = subprocess.run([sys.executable, "-m", "gateway", "--help"], env=env(), capture_output=True, text=True, timeout=30)
+    out = subprocess.run([sys.executable, "-m", "gateway", "--help"], check=False, env=env(), capture_output=True, text=True, timeout=30)
     assert out.returncode == 0
     for word in ("sub", "pub", "tail", "Exit status"):
         assert word in out.stdout
-    sub = subprocess.run([sys.executable, "-m", "gateway", "sub", "--help"], env=env(), capture_output=True, text=True, timeout=30)
+    sub = subprocess.run([sys.executable, "-m", "gateway", "sub", "--help"], check=False, env=env(), capture_output=True, text=True, timeout=30)
     for option in ("--url", "--token", "--transport", "GATEWAY_TOKEN"):
         assert option in sub.stdout
 
@@ -246,6 +246,12 @@ async def test_pub_to_an_unreachable_gateway_exits_1():
     rc, out, err = await run("pub", "--url", f"http://127.0.0.1:{free_port()}/", "--timeout", "1", "c", "1")
     assert (rc, out) == (1, "")
     assert "error: timeout" in err
+
+
+async def test_tail_of_an_unreachable_gateway_exits_1():
+    rc, out, err = await run("tail", "--url", f"http://127.0.0.1:{free_port()}/", "c")
+    assert (rc, out) == (1, "")
+    assert "error: unavailable" in err
 
 
 @pytest.mark.parametrize("transport", ["websocket", "sse"])

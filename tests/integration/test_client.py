@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import attrs
 import jwt
 import pytest
 import pytest_twisted
@@ -287,7 +286,7 @@ async def test_memory_bus_restart_is_a_reset(clients, transport):
         new = await fresh.publish("r", "new epoch")
         assert new.epoch != first["epoch"]
         await wait_for(lambda: any(e["type"] == "reset" for e in rec.events), timeout=10, what="a reset")
-        reset = [e for e in rec.events if e["type"] == "reset"][0]
+        reset = next(e for e in rec.events if e["type"] == "reset")
         assert reset["epoch"] == new.epoch
         ack = await client.publish("r", "after")
         await wait_for(lambda: rec.events[-1].get("seq") == ack["seq"] and rec.events[-1]["type"] == "message", what="after")
@@ -383,7 +382,7 @@ async def test_sse_reconnects_with_a_fresh_token_before_exp(gw_factory, clients)
 
 async def test_token_function_returning_a_deferred(gw_factory, clients):
     gw = gw_factory(jwt_secret=SECRET)
-    client, rec = clients(gw.base, token=lambda: defer.succeed(token_for()))
+    client, _ = clients(gw.base, token=lambda: defer.succeed(token_for()))
     ack = await client.publish("d", 1)
     assert ack["seq"] == 1
 

@@ -23,6 +23,7 @@ class FakeConn:
         self.token = token
         self.can_ping = kind == "websocket"
         self.can_refresh = kind == "websocket"
+        self.streaming = True
         self.ready = self.was_ready = self.refused = False
         self.sent: list[tuple] = []
         self.aborted = False
@@ -218,6 +219,17 @@ def test_dead_websocket_pings_when_idle_then_reconnects():
     client.close()
 
 
+def test_an_sse_client_without_subscriptions_has_nothing_to_watch():
+    clock = Clock()
+    client = make(clock, heartbeat=1, transports=("sse",))
+    client.connect()
+    conn = client.conns[0]
+    conn.streaming = False
+    conn.up()
+    assert clock.getDelayedCalls() == []
+    client.close()
+
+
 def test_dead_sse_stream_without_heartbeat_reconnects():
     clock = Clock()
     client = make(clock, heartbeat=1, transports=("sse",))
@@ -315,7 +327,7 @@ def test_publish_refused_fails_with_the_server_code():
     client = make(clock)
     d = client.publish("a", 1)
     client.conns[0].up()
-    key = [s for s in client.conns[0].sent if s[0] == "publish"][0][1]
+    key = next(s for s in client.conns[0].sent if s[0] == "publish")[1]
     client.conn_publish_failed(key, ClientError("forbidden", "no"))
     failures: list = []
     d.addErrback(failures.append)

@@ -7,7 +7,15 @@ import json
 
 import pytest
 
-from gateway.core.client import Backoff, Liveness, Positions, SSEEvent, SSEParser, jwt_exp, refresh_delay
+from gateway.core.client import (
+    Backoff,
+    Liveness,
+    Positions,
+    SSEEvent,
+    SSEParser,
+    jwt_exp,
+    refresh_delay,
+)
 from gateway.core.cursor import decode_cursor
 from gateway.core.model import Position
 
@@ -163,7 +171,7 @@ def test_refresh_of_an_expired_token_is_now():
 
 
 def _jwt(payload: object) -> str:
-    enc = lambda obj: base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()  # noqa: E731
+    enc = lambda obj: base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
     return f"{enc({'alg': 'HS256'})}.{enc(payload)}.sig"
 
 
