@@ -189,6 +189,7 @@ class Client:
         self._final_error: ClientError | None = None
         self._http: Any = None
         self._gone: defer.Deferred[None] | None = None
+        self._sse_one_by_one = False  # see SSEConnection._start
 
     # -- public API -------------------------------------------------------------
 
@@ -330,6 +331,7 @@ class Client:
             return
         self._token = token
         self._conn = self._make_connection(kind, token)
+        self._cancel("_connect_timer")
         self._connect_timer = self.reactor.callLater(self.connect_timeout, self._connect_timed_out, self._conn)
         self._conn.open()
 
@@ -476,6 +478,7 @@ class Client:
         if conn is not self._conn:
             return
         self._conn = None
+        self._cancel("_connect_timer")
         self._cancel("_liveness_call")
         self._cancel("_refresh_call")
         self._liveness = None

@@ -257,7 +257,15 @@ class SSEConnection:
     def _start(self) -> None:
         self._open_call = None
         client = self.client
-        self.channels = tuple(sorted(client._subs))
+        channels = sorted(client._subs)
+        if client._sse_one_by_one:
+            # After a refusal that named no channel: add new channels one per stream,
+            # so that only the refused one fails.
+            new = [c for c in channels if client._subs[c]._outcome is _not_yet()]
+            channels = [c for c in channels if c not in new] + new[:1]
+            if len(new) <= 1:
+                client._sse_one_by_one = False
+        self.channels = tuple(sorted(channels))
         if not self.channels:
             self._became_ready()
             return
@@ -321,9 +329,11 @@ class SSEConnection:
         if response.code == 200:
             self._body = _StreamBody(self)
             response.deliverBody(self._body)
-            self._became_ready()
+            # Confirm first: becoming ready may already reopen the stream (for a
+            # channel subscribed meanwhile), after which this one is not current.
             for channel in self.channels:
                 self.client.conn_subscribed(self, channel, None)
+            self._became_ready()
             return
         read_body(response).addBoth(self._refused, response.code)
 
@@ -334,10 +344,12 @@ class SSEConnection:
             # A channel this stream added for the first time may be what was refused:
             # fail those and carry on with the others.
             new = [c for c in self.channels if c in client._subs and client._subs[c]._outcome is _not_yet()]
+            if len(new) == 1:
+                client.conn_subscribe_failed(self, new[0], error)
+            elif new:
+                client._sse_one_by_one = True
             if new:
-                for channel in new:
-                    client.conn_subscribe_failed(self, channel, error)
-                self._end(None)
+                client.conn_reopen(self)
                 return
         self._end(error if status in (400, 401, 403, 404) else None)
 

@@ -264,6 +264,7 @@ async def test_sub_refused_exits_3(gw_factory, procs, transport):
     sub = await procs("sub", "--url", gw.base, "--transport", transport, "room:1", "secret", GATEWAY_TOKEN=token)
     rc, err = await sub.finished()
     assert rc == 3 and "error: forbidden" in err
+    assert "secret" in err
 
 
 async def test_tail_refused_exits_3(gw_factory):

@@ -419,6 +419,23 @@ async def test_forbidden_subscription_fails_alone(gw_factory, clients, transport
 
 
 @pytest.mark.parametrize("transport", ["websocket", "sse"])
+async def test_forbidden_subscription_made_together_with_allowed_ones(gw_factory, clients, transport):
+    """SSE cannot tell which channel of a stream was refused: the client finds out by
+    adding them one by one; only the forbidden one fails."""
+    gw = gw_factory(jwt_secret=SECRET)
+    token = token_for(subscribe=["room:*"], publish=["room:*"])
+    client, _ = clients(gw.base, token=token, transports=(transport,))
+    recs = {c: Recorder() for c in ("room:1", "secret", "room:2")}
+    subs = {c: client.subscribe(c, recs[c]) for c in recs}
+    assert (await failure_of(subs["secret"].when_ready())).code == "forbidden"
+    await subs["room:1"].when_ready()
+    await subs["room:2"].when_ready()
+    for channel in ("room:1", "room:2"):
+        ack = await client.publish(channel, channel)
+        await wait_for(lambda c=channel, a=ack: recs[c].seqs() == [a["seq"]], what=f"{channel} delivered")
+
+
+@pytest.mark.parametrize("transport", ["websocket", "sse"])
 async def test_forbidden_publish_fails_with_the_code(gw_factory, clients, transport):
     gw = gw_factory(jwt_secret=SECRET)
     client, _ = clients(gw.base, token=token_for(publish=["room:*"]), transports=(transport,))

@@ -425,3 +425,15 @@ def test_unsubscribe_forgets_the_channel():
     client.conn_event(conn, {"type": "message", "channel": "a", "epoch": "E", "seq": 1})
     assert got == [] and client.positions.get("a") is None
     client.close()
+
+
+def test_reopening_an_sse_stream_leaves_one_connect_timer():
+    clock = Clock()
+    client = make(clock, transports=("sse",))
+    client.connect()
+    client.conn_reopen(client.conns[0])
+    client.conn_reopen(client.conns[1])
+    assert len(client.conns) == 3
+    assert len(clock.getDelayedCalls()) == 1
+    client.close()
+    assert clock.getDelayedCalls() == []
