@@ -126,13 +126,14 @@ def _depth_ok(value: Any, limit: int) -> bool:
 # A JSON escape of a UTF-16 surrogate (\\uD800-\\uDFFF): the only way a decoded
 # document can hold a string that UTF-8 cannot encode.
 _SURROGATE_ESCAPE = re.compile(r"\\[uU][dD][89a-fA-F]")
+_SURROGATE_ESCAPE_BYTES = re.compile(rb"\\[uU][dD][89a-fA-F]")
 
 
 def has_surrogate_escape(text: str | bytes) -> bool:
     """Whether JSON text holds an escaped UTF-16 surrogate (``\\ud800``): only then
     can a decoded value hold a string that UTF-8 cannot encode."""
     if isinstance(text, bytes):
-        text = text.decode("utf-8", "replace")
+        return _SURROGATE_ESCAPE_BYTES.search(text) is not None
     return _SURROGATE_ESCAPE.search(text) is not None
 
 
