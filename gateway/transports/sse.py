@@ -408,9 +408,10 @@ class SSEStream(ChannelSetRequest):
         request.setResponseCode(200)
         for name, value in SSE_HEADERS:
             request.setHeader(name, value)
-        # An empty write sends the status line and headers now, so the client
-        # knows the stream is open even before the first event.
-        request.write(b"")
+        # A first `: ping` sends the status line and headers now, and with them a
+        # byte of body: a client (gateway.js) tells an open stream from one that a
+        # buffering proxy holds back by whether it arrives (docs/protocol.md section 5).
+        request.write(_PING)
         self._buffer = SendBuffer()
         request.registerProducer(self._buffer, True)
         for event in first:
