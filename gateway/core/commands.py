@@ -28,6 +28,7 @@ __all__ = [
     "Subscribe",
     "Unsubscribe",
     "Publish",
+    "Ping",
     "Command",
     "CommandError",
     "loads_json_object",
@@ -70,7 +71,16 @@ class Publish:
     data: Any
 
 
-Command = Union[Auth, Subscribe, Unsubscribe, Publish]
+@attrs.frozen
+class Ping:
+    """``{"type":"ping"}``: answered ``pong`` (with the id echoed), so a client that
+    cannot see WebSocket-level pings (a browser) can tell a dead connection from a
+    quiet one.  Other fields are ignored."""
+
+    id: RequestId
+
+
+Command = Union[Auth, Subscribe, Unsubscribe, Publish, Ping]
 
 
 class CommandError(Exception):
@@ -297,6 +307,8 @@ def parse_command(text: str | bytes) -> Command:
         if kind == "publish":
             channel, data = parse_publication(obj)
             return Publish(rid, channel, data)
+        if kind == "ping":
+            return Ping(rid)
         if kind == "auth":
             token = _required(obj, "token")
             if not isinstance(token, str):

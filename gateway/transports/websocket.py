@@ -52,6 +52,7 @@ from gateway.core.auth import OPEN, Credentials, Identity
 from gateway.core.commands import (
     Auth,
     CommandError,
+    Ping,
     Publish,
     Subscribe,
     Unsubscribe,
@@ -322,7 +323,7 @@ class GatewayWebSocketProtocol(WebSocketServerProtocol):
         except CommandError as e:
             self.send_event(error_event(e.error, e.request_id))
             return
-        if not session.authenticated and not isinstance(command, Auth):
+        if not session.admits(command):
             note = self._upgrade_note
             message = "authenticate first: send an auth command" + (f" ({note})" if note else "")
             self._close(CLOSE_NOT_AUTHENTICATED, message)
@@ -339,6 +340,8 @@ class GatewayWebSocketProtocol(WebSocketServerProtocol):
                 self._publish(session, command)
             elif isinstance(command, Auth):
                 self._auth(session, command)
+            elif isinstance(command, Ping):
+                self.send_event(session.pong(command))
         except GatewayError as e:
             self.send_event(error_event(e, command.id))
 

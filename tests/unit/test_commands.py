@@ -10,6 +10,7 @@ import pytest
 from gateway.core.commands import (
     Auth,
     CommandError,
+    Ping,
     Publish,
     Subscribe,
     Unsubscribe,
@@ -465,3 +466,31 @@ def test_parse_command_refuses_lone_surrogates_with_the_id_when_it_can(text, rid
         parse_command(text)
     assert info.value.error.code == "bad_request"
     assert info.value.request_id == rid
+
+
+# -- ping (docs/protocol.md section 4) -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (cmd(type="ping"), Ping(None)),
+        (cmd(type="ping", id=7), Ping(7)),
+        (cmd(type="ping", id="p-1"), Ping("p-1")),
+        (cmd(type="ping", id=1.5), Ping(1.5)),
+        (cmd(type="ping", id="x", channel="ignored", data=[1]), Ping("x")),
+    ],
+    ids=["no-id", "int-id", "string-id", "float-id", "other-fields-ignored"],
+)
+def test_ping_is_parsed(text, expected):
+    assert expected == parse_command(text)
+
+
+@pytest.mark.parametrize("raw_id", [True, None, [1], {"a": 1}, "x" * 129, 2**53])
+def test_ping_with_unacceptable_id_is_bad_request(raw_id):
+    """A ping's id follows the rules of every command's id; an explicit null id is refused too."""
+    assert ("bad_request", None) == rejection(json.dumps({"type": "ping", "id": raw_id}))
+
+
+def test_ping_type_is_case_sensitive():
+    assert ("bad_request", 3) == rejection(cmd(type="PING", id=3))
