@@ -11,7 +11,9 @@ Fixtures (keep them stable: other test modules build on them):
   (``.base``, ``.port``, ``.publish()``, ``.restart()``, ``.stop()``, ``.kill()``,
   ``.start()``, ``.output()``).  Everything it started is stopped after the test.
 * ``gateway``: ``gateway_factory("--demo")``.
-* ``client_factory(gateway_or_base, ...)`` / ``client``: a :class:`ClientPage`, a
+* ``fake_page``: a page with gateway.js and ``fakes.js`` (a manual clock, a scripted
+  WebSocket and fetch) for deterministic tests of timing logic; no gateway.
+* ``client_factory(gateway_or_base, origin=None)`` / ``client``: a :class:`ClientPage`, a
   fresh browser context with a blank test page that loads ``gateway.js`` from the
   gateway and has the helpers of ``harness.js`` (event collection, timers/sockets
   instrumentation, HS256 token minting).
@@ -55,6 +57,8 @@ import pytest
 
 HERE = pathlib.Path(__file__).resolve().parent
 HARNESS_JS = (HERE / "harness.js").read_text()
+FAKES_JS = HERE / "fakes.js"
+GATEWAY_JS = HERE.parents[1] / "gateway" / "static" / "gateway.js"
 
 CHROMIUM_ARGS = [
     "--headless",
@@ -325,6 +329,21 @@ def client_factory(chromium: Any) -> Iterator[Any]:
     yield make
     for page in pages:
         page.close()
+
+
+@pytest.fixture
+def fake_page(chromium: Any) -> Iterator[Any]:
+    """A blank page with gateway.js and fakes.js (manual clock, scripted WebSocket and
+    fetch) for deterministic tests of the client's timing logic; no gateway, no network."""
+    context = chromium.new_context()
+    try:
+        page = context.new_page()
+        page.set_content('<!doctype html><meta charset="utf-8"><title>fakes</title>')
+        page.add_script_tag(path=str(GATEWAY_JS))
+        page.add_script_tag(path=str(FAKES_JS))
+        yield page
+    finally:
+        context.close()
 
 
 @pytest.fixture
