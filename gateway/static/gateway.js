@@ -1232,7 +1232,9 @@
       delete this._queries[id];
       this._timers.clear(id);
       if (error) return query.reject(error);
-      query.resolve({channel: answer.channel, members: answer.members, anonymous: answer.anonymous});
+      var result = {};
+      for (var name in answer) if (hasOwn.call(answer, name) && name !== "type" && name !== "id") result[name] = answer[name];
+      query.resolve(result);
     },
 
     _wsError: function (m) {
