@@ -206,7 +206,8 @@ class TcpRelay:
 
     :meth:`cut` closes every connection through it at once (the client sees its
     WebSocket, stream or poll drop, as when a network path fails) while the relay keeps
-    accepting new ones.  The page can be served on the relay's origin so that every
+    accepting new ones; while :attr:`refusing` is true, new connections are closed as
+    soon as they are accepted (the path is down).  The page can be served on the relay's origin so that every
     request of the client goes through it.
     """
 
@@ -222,6 +223,7 @@ class TcpRelay:
         self._lock = threading.Lock()
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
         self._closed = False
+        self.refusing = False
         self.accepted = 0
         self._thread = threading.Thread(target=self._accept, daemon=True)
         self._thread.start()
@@ -238,6 +240,9 @@ class TcpRelay:
                 client, _ = self._listener.accept()
             except OSError:
                 return
+            if self.refusing:
+                client.close()
+                continue
             try:
                 upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
                 upstream.settimeout(None)
