@@ -207,7 +207,8 @@ class TcpRelay:
     :meth:`cut` closes every connection through it at once (the client sees its
     WebSocket, stream or poll drop, as when a network path fails) while the relay keeps
     accepting new ones; while :attr:`refusing` is true, new connections are closed as
-    soon as they are accepted (the path is down).  The page can be served on the relay's origin so that every
+    soon as they are accepted (the path is down); :meth:`stall` makes the open
+    connections silent without closing them (a dead path that TCP has not noticed).  The page can be served on the relay's origin so that every
     request of the client goes through it.
     """
 
@@ -224,6 +225,7 @@ class TcpRelay:
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
         self._closed = False
         self.refusing = False
+        self._stalled: set[socket.socket] = set()
         self.accepted = 0
         self._thread = threading.Thread(target=self._accept, daemon=True)
         self._thread.start()
@@ -261,6 +263,8 @@ class TcpRelay:
                 data = source.recv(65536)
                 if not data:
                     break
+                if source in self._stalled:
+                    continue  # swallowed: the path is dead, the sockets are not
                 sink.sendall(data)
         except OSError:
             pass
@@ -279,6 +283,15 @@ class TcpRelay:
                     s.shutdown(socket.SHUT_RDWR)
                 with contextlib.suppress(OSError):
                     s.close()
+        return len(pairs)
+
+    def stall(self) -> int:
+        """Stop forwarding on every open connection, in both directions, without closing
+        them; returns how many.  New connections work normally."""
+        with self._lock:
+            pairs = list(self._pairs)
+        for pair in pairs:
+            self._stalled.update(pair)
         return len(pairs)
 
     def close(self) -> None:
