@@ -126,8 +126,8 @@ class GatewayProcess:
         self.port = port or free_port()
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
-        self._log = tempfile.NamedTemporaryFile(prefix="gateway-", suffix=".log", delete=False)
-        self._log.close()
+        fd, self._log_path = tempfile.mkstemp(prefix="gateway-", suffix=".log")
+        os.close(fd)
         self.starts = 0
 
     @property
@@ -142,7 +142,7 @@ class GatewayProcess:
     def start(self, timeout: float = TIMEOUT) -> GatewayProcess:
         assert not self.running, "already running"
         twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
-        with open(self._log.name, "ab") as log:
+        with open(self._log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [twistd, "-n", "--pidfile=", "gateway", "--listen", f"tcp:{self.port}:interface=127.0.0.1", *self.args],
                 stdout=log,
@@ -187,7 +187,7 @@ class GatewayProcess:
         return self.start()
 
     def output(self) -> str:
-        return pathlib.Path(self._log.name).read_text(errors="replace")
+        return pathlib.Path(self._log_path).read_text(errors="replace")
 
     def publish(self, channel: str, data: Any, headers: dict[str, str] | None = None, **extra: Any) -> dict[str, Any]:
         """POST /publish with httpx (not our client); the ack, or an AssertionError with the error."""
@@ -198,7 +198,7 @@ class GatewayProcess:
     def cleanup(self) -> None:
         self.kill()
         with contextlib.suppress(OSError):
-            os.unlink(self._log.name)
+            os.unlink(self._log_path)
 
 
 class TcpRelay:

@@ -14,11 +14,10 @@ from tests.integration.conftest import decode
 
 async def first_bytes(url: str, headers: dict[str, str] | None = None) -> bytes:
     async def go() -> bytes:
-        async with httpx.AsyncClient(timeout=10) as client:
-            async with client.stream("GET", url, headers=headers) as response:
-                assert response.status_code == 200
-                async for chunk in response.aiter_bytes():
-                    return chunk
+        async with httpx.AsyncClient(timeout=10) as client, client.stream("GET", url, headers=headers) as response:
+            assert response.status_code == 200
+            async for chunk in response.aiter_bytes():
+                return chunk
         raise AssertionError("stream ended before its first block")
 
     return await aio(go())
