@@ -1119,8 +1119,9 @@
       var conn = this._conn;
       if (!conn || !conn.opened || item.sentOn) return;
       if (conn.transport === "websocket") {
-        if (conn.send({type: "publish", channel: item.channel, data: item.data, idempotency_key: item.key, id: "p:" + item.key})) {
-          item.sentOn = conn;
+        item.sentOn = conn; // before sending: an answer may come back before send() returns
+        if (!conn.send({type: "publish", channel: item.channel, data: item.data, idempotency_key: item.key, id: "p:" + item.key})) {
+          item.sentOn = null;
         }
       } else {
         this._postPublish(item);
