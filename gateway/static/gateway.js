@@ -1024,11 +1024,17 @@
       } else if (conn !== this._conn) {
         return;
       }
+      var movedUp = this._state.transport !== conn.transport;
       this._setState("connected", conn.transport, 0);
-      this._timers.set("stable", this._timing.stableAfter, function () {
-        self._attempt = 0;
-      });
-      this._scheduleUpgrade();
+      // A restart (new channels, new token) continues the same stretch of being
+      // connected: it neither restarts the 30 s towards a backoff reset nor postpones
+      // the next try of a better transport.
+      if (!this._timers.active("stable")) {
+        this._timers.set("stable", this._timing.stableAfter, function () {
+          self._attempt = 0;
+        });
+      }
+      if (movedUp || !this._timers.active("upgrade")) this._scheduleUpgrade();
       this._flushPublishes();
     },
 

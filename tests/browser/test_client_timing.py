@@ -342,3 +342,17 @@ def test_http_publish_lost_on_the_network_is_sent_again_with_the_same_key(fake_p
     assert result["outcome"] == {"channel": "room", "seq": 7, "epoch": "E"}
     assert result["refused"] == "forbidden"
     assert result["keys"][0] == result["keys"][1] and result["keys"][2] != result["keys"][0]
+
+
+def test_restarts_for_new_channels_do_not_postpone_moving_up(fake_page):
+    """On poll after a fallback, subscribing more channels (a new poll request each time) every 20 s does not push back the try of WebSocket due 60 s after connecting."""
+    result = run(fake_page, POLL_FETCH + """
+        FakeWebSocket.script = "silent";
+        fakeGateway({random: 0.5, fetch, gateway: {transports: ["websocket", "poll"]}}, ["room"]);
+        await clock.advance(10001);
+        FakeWebSocket.script = "answer";
+        for (const c of ["a", "b", "c"]) { await clock.advance(19000); fgw.subscribe(c, () => {}); }
+        await clock.advance(3000);   // 70.001 s: 60 s after the poll connected
+        return {transport: fgw.state.transport, sockets: sockets.length};
+    """)
+    assert result == {"transport": "websocket", "sockets": 2}
