@@ -1,6 +1,6 @@
 """The demo chat (``--demo``) in Chromium: typed and sent with the keyboard, the message
-shows up; transport and state are visible; ``?transports=`` forces one; without
-presence on the gateway the page says so instead of breaking. The screenshot in the
+shows up; transport and state are visible; ``?transports=`` forces one; who is online
+comes from the gateway's presence (anonymous visitors are counted). The screenshot in the
 README (docs/demo.png) is taken here: written into docs/ when it is missing or when
 GATEWAY_UPDATE_SCREENSHOTS=1 (so that a test run does not change the checkout)."""
 
@@ -39,8 +39,12 @@ def test_demo_chat_sends_and_shows_messages(chromium, gateway, tmp_path):
         assert "Grace:" in texts[1] and "Hi Ada, this came through gateway.js" in texts[1] and "#2" in texts[1]
         assert page.get_by_label("Message", exact=True).input_value() == ""  # cleared, focus kept for the next one
         assert page.evaluate("document.activeElement.id") == "text"
-        # No presence on this gateway (yet): said, not broken.
-        page.get_by_text("presence is not available on this gateway").wait_for()
+        # Who is online: this page is an anonymous connection; a second visitor is counted.
+        page.get_by_text("1 anonymous connection", exact=True).wait_for()
+        other = context.new_page()
+        other.goto(gateway.base + "demo/")
+        other.get_by_text("2 anonymous connections", exact=True).wait_for()
+        other.close()
         gateway.publish("demo:lobby", {"name": "Ada", "text": "Try ?transports=poll to watch the fallback"})
         page.locator("#messages li").nth(2).wait_for()
         shot = page.screenshot(path=str(tmp_path / "demo.png"))
