@@ -247,8 +247,18 @@ class Gateway:
         allowed = self.config.allowed_origin
         return not allowed or origin in allowed
 
-    def publish(self, channel: str, data: Any, sender: str | None = None) -> defer.Deferred[Publication]:
-        """Publish through the bus, refusing while draining."""
+    def publish(
+        self, channel: str, data: Any, sender: str | None = None, idempotency_key: str | None = None
+    ) -> defer.Deferred[Publication]:
+        """Publish through the bus, refusing while draining.
+
+        ``idempotency_key`` (1-64 characters): a repeat on the channel within 5
+        minutes, on any node, publishes nothing and fires with the first
+        publication's seq and epoch (``Publication.duplicate`` set); see
+        :meth:`gateway.bus.Bus.publish`.
+        """
         if self.draining:
             return defer.fail(Unavailable("node is draining"))
-        return self.bus.publish(channel, data, sender)
+        if idempotency_key is None:
+            return self.bus.publish(channel, data, sender)
+        return self.bus.publish(channel, data, sender, idempotency_key=idempotency_key)

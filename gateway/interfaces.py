@@ -51,6 +51,14 @@ class IBroker(Interface):
     * **Epochs.** Each channel has an epoch; when its stream is lost (history
       flushed, a new in-process broker), the channel gets a new epoch and seqs start
       from 1 again.  Seqs are never silently renumbered within an epoch.
+    * **Idempotency keys.** A :meth:`publish` with an ``idempotency_key`` that
+      was used on the same channel within the broker's idempotency ttl (5 minutes),
+      by any node, by a publication of the channel's current epoch, publishes
+      nothing (no seq, no history entry, no delivery) and fires with that first
+      publication's seq, epoch and ts, ``duplicate=True``.  The check and the
+      publish are one atomic step: concurrent publishes with one key publish once.
+      When the first publication's epoch is gone, the key is forgotten with it and
+      the publish is made anew.
     * **Node-level delivery.** :meth:`subscribe` is per channel per node; every
       publication on a subscribed channel is passed to the listener's
       ``publication_received``, publications of one channel in seq order (the
@@ -73,8 +81,10 @@ class IBroker(Interface):
     def is_ready():  # type: ignore[no-untyped-def]
         """True while publishes can be made durable right now."""
 
-    def publish(channel, data, sender=None):  # type: ignore[no-untyped-def]
-        """Publish ``data`` on ``channel``.
+    def publish(channel, data, sender=None, idempotency_key=None):  # type: ignore[no-untyped-def]
+        """Publish ``data`` on ``channel``; ``idempotency_key`` (a valid key, see
+        :func:`gateway.core.idempotency.validate_idempotency_key`, or None) makes a
+        repeat within 5 minutes a no-op answered with the first publication.
 
         Returns:
             Deferred firing with the ordered :class:`~gateway.core.model.Publication`,
@@ -119,11 +129,16 @@ class IPublishHook(Interface):
 
         Raise a :class:`~gateway.errors.GatewayError` (e.g. ``Forbidden``,
         ``BadRequest``, ``RateLimited``) to refuse it; the client gets that error
-        and nothing is published.  Must not block.
+        and nothing is published.  Must not block.  It runs for every attempt,
+        also for one that then turns out not to happen (the broker is down, or a
+        repeated ``idempotency_key`` makes it a duplicate, which only the broker
+        can tell): keep side effects for :meth:`after_publish`.
         """
 
     def after_publish(publication):  # type: ignore[no-untyped-def]
-        """Called once the broker accepted ``publication`` (a Publication). Must not block."""
+        """Called once the broker accepted ``publication`` (a Publication), once per
+        publication: not for a duplicate of an ``idempotency_key`` (nothing was
+        published then).  Must not block."""
 
 
 class IPublishHookFactory(Interface):

@@ -50,6 +50,11 @@ class _GatewayCollector(Collector):
             conns.add_metric([t], stats.connections[t])
         yield conns
         yield CounterMetricFamily("gateway_publications", "Publications accepted by this node.", value=stats.publications)
+        yield CounterMetricFamily(
+            "gateway_publications_deduplicated",
+            "Publishes answered with an earlier publication of their idempotency key (nothing published).",
+            value=self.gateway.bus.deduplicated,
+        )
         deliveries = CounterMetricFamily("gateway_deliveries", "Events delivered to clients.", labels=["transport"])
         for t in TRANSPORTS:
             deliveries.add_metric([t], stats.deliveries[t])

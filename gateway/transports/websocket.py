@@ -384,7 +384,7 @@ class GatewayWebSocketProtocol(WebSocketServerProtocol):
         gateway.check_publish_rate(f"ws:{id(self)}")
         # `from` is the token's sub, never anything the client sent.
         sender = session.identity.sender if session.identity is not None else None
-        d = gateway.publish(command.channel, command.data, sender)
+        d = gateway.publish(command.channel, command.data, sender, idempotency_key=command.idempotency_key)
         d.addCallbacks(self._published, self._publish_failed, callbackArgs=(command,), errbackArgs=(command,))
 
     def _published(self, pub: Publication, command: Publish) -> None:

@@ -11,7 +11,11 @@ Fixtures (keep them stable: other test modules build on them):
   (``.base``, ``.port``, ``.publish()``, ``.restart()``, ``.stop()``, ``.kill()``,
   ``.start()``, ``.output()``).  Everything it started is stopped after the test.
 * ``gateway``: ``gateway_factory("--demo")``.
-* ``client_factory(gateway_or_base, ...)`` / ``client``: a :class:`ClientPage`, a
+* ``relay_factory(gateway)``: a :class:`TcpRelay` (plain TCP, ``.base``, ``.cut()``
+  drops every connection through it) to put between the page and the gateway.
+* ``fake_page``: a page with gateway.js and ``fakes.js`` (a manual clock, a scripted
+  WebSocket and fetch) for deterministic tests of timing logic; no gateway.
+* ``client_factory(gateway_or_base, origin=None)`` / ``client``: a :class:`ClientPage`, a
   fresh browser context with a blank test page that loads ``gateway.js`` from the
   gateway and has the helpers of ``harness.js`` (event collection, timers/sockets
   instrumentation, HS256 token minting).
@@ -55,6 +59,8 @@ import pytest
 
 HERE = pathlib.Path(__file__).resolve().parent
 HARNESS_JS = (HERE / "harness.js").read_text()
+FAKES_JS = HERE / "fakes.js"
+GATEWAY_JS = HERE.parents[1] / "gateway" / "static" / "gateway.js"
 
 CHROMIUM_ARGS = [
     "--headless",
@@ -195,6 +201,88 @@ class GatewayProcess:
             os.unlink(self._log.name)
 
 
+class TcpRelay:
+    """A plain TCP relay on 127.0.0.1:``port`` to ``target_port`` (threads, real sockets).
+
+    :meth:`cut` closes every connection through it at once (the client sees its
+    WebSocket, stream or poll drop, as when a network path fails) while the relay keeps
+    accepting new ones.  The page can be served on the relay's origin so that every
+    request of the client goes through it.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        import threading
+
+        self.target_port = target_port
+        self._listener = socket.socket()
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(64)
+        self.port = int(self._listener.getsockname()[1])
+        self._lock = threading.Lock()
+        self._pairs: list[tuple[socket.socket, socket.socket]] = []
+        self._closed = False
+        self.accepted = 0
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def _accept(self) -> None:
+        import threading
+
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+                upstream.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._pairs.append((client, upstream))
+                self.accepted += 1
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> int:
+        """Close every open connection; returns how many there were."""
+        with self._lock:
+            pairs, self._pairs = self._pairs, []
+        for pair in pairs:
+            for s in pair:
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                with contextlib.suppress(OSError):
+                    s.close()
+        return len(pairs)
+
+    def close(self) -> None:
+        self._closed = True
+        with contextlib.suppress(OSError):
+            self._listener.close()
+        self.cut()
+
+
 class ClientPage:
     """A browser page with the test harness, loading ``gateway.js`` from ``script_base``.
 
@@ -306,6 +394,21 @@ def gateway_factory() -> Iterator[Any]:
 
 
 @pytest.fixture
+def relay_factory() -> Iterator[Any]:
+    """``relay_factory(gateway)``: a :class:`TcpRelay` in front of the gateway, closed after the test."""
+    relays: list[TcpRelay] = []
+
+    def make(target: GatewayProcess) -> TcpRelay:
+        relay = TcpRelay(target.port)
+        relays.append(relay)
+        return relay
+
+    yield make
+    for relay in relays:
+        relay.close()
+
+
+@pytest.fixture
 def gateway(gateway_factory: Any) -> GatewayProcess:
     return gateway_factory("--demo")
 
@@ -314,8 +417,8 @@ def gateway(gateway_factory: Any) -> GatewayProcess:
 def client_factory(chromium: Any) -> Iterator[Any]:
     pages: list[ClientPage] = []
 
-    def make(target: GatewayProcess | str, origin: str | None = None) -> ClientPage:
-        base = target.base if isinstance(target, GatewayProcess) else target
+    def make(target: GatewayProcess | TcpRelay | str, origin: str | None = None) -> ClientPage:
+        base = target if isinstance(target, str) else target.base
         context = chromium.new_context()
         context.add_init_script(HARNESS_JS)
         page = ClientPage(context, origin or base, base)
@@ -325,6 +428,21 @@ def client_factory(chromium: Any) -> Iterator[Any]:
     yield make
     for page in pages:
         page.close()
+
+
+@pytest.fixture
+def fake_page(chromium: Any) -> Iterator[Any]:
+    """A blank page with gateway.js and fakes.js (manual clock, scripted WebSocket and
+    fetch) for deterministic tests of the client's timing logic; no gateway, no network."""
+    context = chromium.new_context()
+    try:
+        page = context.new_page()
+        page.set_content('<!doctype html><meta charset="utf-8"><title>fakes</title>')
+        page.add_script_tag(path=str(GATEWAY_JS))
+        page.add_script_tag(path=str(FAKES_JS))
+        yield page
+    finally:
+        context.close()
 
 
 @pytest.fixture

@@ -494,3 +494,25 @@ def test_ping_with_unacceptable_id_is_bad_request(raw_id):
 
 def test_ping_type_is_case_sensitive():
     assert ("bad_request", 3) == rejection(cmd(type="PING", id=3))
+
+
+# -- idempotency_key on publish (docs/protocol.md section 4) ----------------------
+
+
+def test_publish_carries_its_idempotency_key():
+    assert Publish(1, "c", {"a": 1}, "k-1") == parse_command(cmd(type="publish", channel="c", data={"a": 1}, idempotency_key="k-1", id=1))
+    assert Publish(1, "c", None, "x" * 64) == parse_command(cmd(type="publish", channel="c", data=None, idempotency_key="x" * 64, id=1))
+    assert Publish(1, "c", 1, None) == parse_command(cmd(type="publish", channel="c", data=1, id=1))
+
+
+@pytest.mark.parametrize("key", [None, "", "x" * 65, 7, True, ["k"], {"k": 1}], ids=["null", "empty", "65-chars", "number", "bool", "list", "object"])
+def test_publish_with_a_bad_idempotency_key_is_bad_request_with_the_id(key):
+    assert ("bad_request", "p") == rejection(cmd(type="publish", channel="c", data=1, idempotency_key=key, id="p"))
+
+
+def test_publish_with_a_lone_surrogate_key_is_bad_request_with_the_id():
+    assert ("bad_request", "p") == rejection('{"type":"publish","channel":"c","data":1,"idempotency_key":"\\ud800","id":"p"}')
+
+
+def test_idempotency_key_is_ignored_on_other_commands():
+    assert Subscribe(None, "c", None) == parse_command(cmd(type="subscribe", channel="c", idempotency_key=""))
