@@ -18,6 +18,9 @@ read when a request arrives):
 * ``"drop"``: every new connection is closed at once, and switching to it
   (:meth:`Middlebox.set_mode`) also cuts every open connection.
 
+Modes combine with ``+``: ``"refuse+buffer"`` is a proxy that neither does WebSocket
+nor streams (a client can only poll through it).
+
 Each client connection carries one request: the proxy asks the upstream for
 ``Connection: close``, so a mode switch applies to the browser's next request rather
 than to whatever a kept-alive connection carries next.
@@ -76,12 +79,12 @@ class Middlebox:
 
     def set_mode(self, mode: str, status: int | None = None) -> None:
         """Switch the behaviour for new requests; ``"drop"`` also cuts every open connection."""
-        if mode not in MODES:
+        if not set(mode.split("+")) <= set(MODES):
             raise ValueError(f"unknown mode {mode!r}")
         if status is not None:
             self.refuse_status = status
         self.mode = mode
-        if mode == "drop":
+        if "drop" in mode.split("+"):
             self.drop_connections()
 
     def drop_connections(self) -> None:
@@ -138,10 +141,13 @@ class Middlebox:
             assert self._server is not None
             self._server.close()
             self._abort_all()
+            # Aborted sockets end their handlers; cancelling a handler task instead would
+            # make asyncio's stream callback log the cancellation as an error.
             tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            if tasks:
+                await asyncio.wait(tasks, timeout=5)
             for t in tasks:
                 t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
             loop.stop()
 
         loop.call_soon_threadsafe(lambda: asyncio.ensure_future(shutdown()))
@@ -186,8 +192,7 @@ class Middlebox:
         self._track(writer)
         up_writer: asyncio.StreamWriter | None = None
         try:
-            mode = self.mode
-            if mode == "drop":
+            if "drop" in self.mode.split("+"):
                 writer.transport.abort()
                 return
             try:
@@ -195,13 +200,14 @@ class Middlebox:
             except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
                 return
             mode = self.mode
+            modes = set(mode.split("+"))
             method, path, headers = _parse_head(head)
             websocket = headers.get(b"upgrade", b"").lower() == b"websocket"
             self.requests.append((time.time(), mode, method, path))
-            if mode == "drop":
+            if "drop" in modes:
                 writer.transport.abort()
                 return
-            if websocket and mode == "refuse":
+            if websocket and "refuse" in modes:
                 await _answer(writer, self.refuse_status, b"the proxy does not do WebSocket")
                 return
             opened = await self._connect(websocket, path)
@@ -211,12 +217,12 @@ class Middlebox:
             up_reader, up_writer = opened
             self._track(up_writer)
             up_writer.write(head if websocket else _close_after(head))
-            if websocket and mode == "swallow":
+            if websocket and "swallow" in modes:
                 response = await up_reader.readuntil(b"\r\n\r\n")
                 writer.write(response)
                 await writer.drain()
                 await _first_done(_discard(reader), _discard(up_reader))
-            elif not websocket and mode == "buffer":
+            elif not websocket and "buffer" in modes:
                 await _first_done(_pipe(reader, up_writer), self._buffering(up_reader, writer))
             else:
                 await _first_done(_pipe(reader, up_writer), _pipe(up_reader, writer))
