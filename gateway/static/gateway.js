@@ -468,8 +468,8 @@
       return;
     }
     gw._learnPositions(this, channels)
-      .then(function () {
-        if (self.closed) return null;
+      .then(function (learned) {
+        if (!learned || self.closed) return null;
         return self.fetch(gw._url("sse", {channel: channels, since: gw._cursor(channels), token: self.token}), {
           headers: {Accept: "text/event-stream"},
         });
@@ -822,18 +822,25 @@
     /**
      * Before an SSE stream: learn "now" for channels without a position (one poll with
      * timeout=0), so that a stream that drops before their first event resumes without a gap.
+     * Resolves true to go on, false when the answer failed the connection.
      */
     _learnPositions: function (conn, channels) {
       var self = this;
       var missing = channels.filter(function (c) {
         return !self._positions[c];
       });
-      if (!missing.length) return Promise.resolve();
+      if (!missing.length) return Promise.resolve(true);
       return conn.fetch(this._url("poll", {channel: missing, timeout: "0", token: conn.token})).then(function (response) {
-        if (!response.ok) throw new Error("poll " + response.status);
+        if (!response.ok) {
+          // Judged like the stream's own answer would be (a 401 is the token, not the transport).
+          return conn.httpFailure(response).then(function () {
+            return false;
+          });
+        }
         return response.json().then(function (body) {
           if (response._forget) response._forget();
           self._learnCursor(body.cursor);
+          return true;
         });
       });
     },
@@ -1232,7 +1239,9 @@
       delete this._queries[id];
       this._timers.clear(id);
       if (error) return query.reject(error);
-      query.resolve({channel: answer.channel, members: answer.members, anonymous: answer.anonymous});
+      var result = {};
+      for (var name in answer) if (hasOwn.call(answer, name) && name !== "type" && name !== "id") result[name] = answer[name];
+      query.resolve(result);
     },
 
     _wsError: function (m) {

@@ -299,8 +299,9 @@ class ClientPage:
         self.console: list[str] = []
         self.page.on("console", lambda m: self.console.append(f"{m.type}: {m.text}"))
         self.page.on("pageerror", lambda e: self.console.append(f"pageerror: {e}"))
-        self.requests: dict[Any, str] = {}
-        self.page.on("request", lambda r: self.requests.__setitem__(r, r.url))
+        self.requests: dict[Any, str] = {}  # requests in flight
+        self.started: list[str] = []  # every request the page made
+        self.page.on("request", lambda r: (self.requests.__setitem__(r, r.url), self.started.append(r.url)))
         self.page.on("requestfinished", lambda r: self.requests.pop(r, None))
         self.page.on("requestfailed", lambda r: self.requests.pop(r, None))
         html = f'<!doctype html><meta charset="utf-8"><title>gateway.js test</title><script src="{script_base}gateway.js"></script>'
@@ -351,6 +352,14 @@ class ClientPage:
 
     def pending_requests(self) -> list[str]:
         return list(self.requests.values())
+
+    def wait_no_requests(self, timeout: float = TIMEOUT) -> None:
+        """Wait until Playwright has seen every request of the page finish or fail."""
+        deadline = time.monotonic() + timeout
+        while self.requests:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"requests still in flight: {self.pending_requests()}")
+            self.page.wait_for_timeout(50)  # Playwright delivers its events while it is called
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

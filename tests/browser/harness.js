@@ -5,7 +5,7 @@
 //    WebCrypto (so token functions need no round trip to Python).
 (function () {
   "use strict";
-  const live = {timers: new Map(), sockets: new Set(), sources: new Set(), fetches: 0};
+  const live = {timers: new Map(), sockets: new Set(), sources: new Set(), fetches: 0, socketsCreated: 0};
   window.__live = live;
 
   const realSetTimeout = window.setTimeout.bind(window);
@@ -39,6 +39,7 @@
   window.WebSocket = class extends RealWebSocket {
     constructor(...args) {
       super(...args);
+      live.socketsCreated++;
       live.sockets.add(this);
       this.addEventListener("close", () => live.sockets.delete(this));
     }
