@@ -14,7 +14,10 @@ delay it draws (up to 2 s) and connects again, to node B.
 Arrival time at node B is the time the proxy opened the connection to B
 (``time.time()`` in the proxy, on the same machine), counted from the SIGTERM; the
 page's own times (the client's "connected" state, ``Date.now()``) and the delays the
-clients drew are printed too. Not part of the pytest suite; no assertions.
+clients drew are printed too, and when each client started its new connection.
+Chromium opens WebSockets to one host one at a time per browser context (RFC 6455
+section 4.1), so with many clients per context the handshakes queue up behind each
+other: ``--contexts`` (default 25, 20 clients each) sets how many share one. Not part of the pytest suite; no assertions.
 
     python bench/drain_spread.py [--clients 500] [--contexts 5] [--json]
 """
@@ -27,7 +30,7 @@ import os
 import pathlib
 import shutil
 import signal
-import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -42,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 from procs import Children, free_port, twistd_path  # noqa: E402
 
 from tests.browser._many import count_connected, start_many, summary  # noqa: E402
-from tests.browser._middlebox import Middlebox  # noqa: E402
+from tests.browser._middlebox import Arrival  # noqa: E402
 
 CHROMIUM_ARGS = [
     "--headless",
@@ -55,6 +58,36 @@ CHROMIUM_ARGS = [
     "--disable-features=LocalNetworkAccessChecks",
 ]
 BUCKET = 0.1  # seconds
+
+
+class ProxyProcess:
+    """The middlebox (tests/browser/_middlebox.py) in a process of its own, driven over its stdin/stdout."""
+
+    def __init__(self, children: Children, upstreams: list[int]) -> None:
+        self.proc = children.popen(
+            "proxy",
+            [sys.executable, "-m", "tests.browser._middlebox", *map(str, upstreams)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            cwd=str(ROOT),
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        self.port = int(self.proc.stdout.readline())
+        self.base = f"http://127.0.0.1:{self.port}/"
+
+    def arrivals_at(self, upstream: int, websocket: bool, since: float = 0.0) -> list[Arrival]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("arrivals\n")
+        self.proc.stdin.flush()
+        every = [Arrival(*row) for row in json.loads(self.proc.stdout.readline())]
+        return [a for a in every if a.upstream == upstream and a.websocket == websocket and a.at >= since]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None and self.proc.stdin is not None:
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.close()
+            self.proc.wait(10)
 
 
 def wait(predicate: Any, timeout: float, what: str) -> None:
@@ -89,17 +122,23 @@ def _ready(port: int) -> bool:
         return False
 
 
-def histogram(offsets: list[float], width: int = 50) -> list[str]:
-    if not offsets:
-        return []
-    buckets = [0] * (int(max(offsets) / BUCKET) + 1)
+def per_bucket(offsets: list[float]) -> list[int]:
+    buckets = [0] * (int(max(offsets) / BUCKET) + 1 if offsets else 0)
     for t in offsets:
         buckets[int(t / BUCKET)] += 1
-    top = max(buckets)
-    lines = []
-    for i, n in enumerate(buckets):
-        bar = "#" * round(n * width / top) if top else ""
-        lines.append(f"  {i * BUCKET * 1000:5.0f}-{(i + 1) * BUCKET * 1000:5.0f} ms {n:4d} {bar}")
+    return buckets
+
+
+def histogram(attempts: list[float], arrivals: list[float], width: int = 40) -> list[str]:
+    a, b = per_bucket(attempts), per_bucket(arrivals)
+    rows = max(len(a), len(b))
+    a += [0] * (rows - len(a))
+    b += [0] * (rows - len(b))
+    top = max(a + b + [1])
+    lines = [f"  {'ms after SIGTERM':>15s} {'start':>5s} {'at B':>5s}"]
+    for i in range(rows):
+        bar = "#" * round(b[i] * width / top)
+        lines.append(f"  {i * BUCKET * 1000:6.0f}-{(i + 1) * BUCKET * 1000:6.0f} {a[i]:5d} {b[i]:5d} {bar}")
     return lines
 
 
@@ -117,7 +156,11 @@ def quantiles(values: list[float]) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=500)
-    parser.add_argument("--contexts", type=int, default=5, help="browser contexts (one page each) sharing the clients")
+    parser.add_argument(
+        "--contexts", type=int, default=25,
+        help="browser contexts (one page each) sharing the clients; Chromium opens one WebSocket at a time per "
+        "host in a context, so few contexts serialise the reconnections",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON line with the figures")
     args = parser.parse_args()
 
@@ -138,7 +181,7 @@ def main() -> None:
         redis_url = f"redis://127.0.0.1:{redis_port}/0"
         node_a, port_a = start_node(children, tmp, "a", redis_url)
         node_b, port_b = start_node(children, tmp, "b", redis_url)
-        box = Middlebox([port_a, port_b]).start()
+        box = ProxyProcess(children, [port_a, port_b])
 
         from playwright.sync_api import sync_playwright
 
@@ -164,12 +207,17 @@ def main() -> None:
             exit_status = node_a.wait(30)
             t_exit = time.time() - t0
 
-            arrivals = sorted(a.at - t0 for a in box.arrivals_at(1, websocket=True, since=t0))
-            told, connected, drawn, transports = [], [], [], set()
+            at_b = box.arrivals_at(1, websocket=True, since=t0)
+            arrivals = sorted(a.at - t0 for a in at_b)
+            accepted = sorted(a.accepted - t0 for a in at_b)
+            told, attempts, connected, drawn, transports = [], [], [], [], set()
             for page in pages:
                 for c in summary(page):
                     gone = [s for s in c["states"] if s["state"] == "reconnecting" and s["at"] / 1000 >= t0]
+                    again = [s for s in c["states"] if s["state"] == "connecting" and s["at"] / 1000 >= t0]
                     back = [s for s in c["states"] if s["state"] == "connected" and s["at"] / 1000 >= t0]
+                    if again:
+                        attempts.append(again[0]["at"] / 1000 - t0)
                     if gone:
                         told.append(gone[0]["at"] / 1000 - t0)
                         drawn.append(gone[0]["delay"] / 1000)
@@ -191,19 +239,22 @@ def main() -> None:
         "node_a_exit_s": round(t_exit, 3),
         "told_1001_s": {k: round(v, 3) for k, v in quantiles(told).items()},
         "drawn_delay_s": {k: round(v, 3) for k, v in quantiles(drawn).items()},
+        "attempt_s": {k: round(v, 3) for k, v in quantiles(attempts).items()},
+        "proxy_accepted_s": {k: round(v, 3) for k, v in quantiles(accepted).items()},
         "arrival_at_b_s": {k: round(v, 3) for k, v in quantiles(arrivals).items()},
         "page_connected_s": {k: round(v, 3) for k, v in quantiles(connected).items()},
-        "arrivals_per_100ms": [sum(1 for t in arrivals if int(t / BUCKET) == i) for i in range(int(max(arrivals) / BUCKET) + 1)] if arrivals else [],
+        "attempts_per_100ms": per_bucket(attempts),
+        "arrivals_per_100ms": per_bucket(arrivals),
         "transports_after": sorted(transports),
     }
     out = sys.stderr if args.json else sys.stdout
     print(f"{args.clients} clients in {args.contexts} contexts on node A ({on_a} upgrades there); SIGTERM at t=0", file=out)
     print(f"node A exited {exit_status} after {t_exit:.2f} s; clients now on {sorted(transports)}", file=out)
-    for name in ("told_1001_s", "drawn_delay_s", "arrival_at_b_s", "page_connected_s"):
+    for name in ("told_1001_s", "drawn_delay_s", "attempt_s", "proxy_accepted_s", "arrival_at_b_s", "page_connected_s"):
         q = result[name]
         print(f"{name:18s} " + "  ".join(f"{k} {v * 1000:.0f} ms" for k, v in q.items()), file=out)
-    print("arrivals at node B per 100 ms after the SIGTERM (proxy-side connect times):", file=out)
-    for line in histogram(arrivals):
+    print("per 100 ms after the SIGTERM: clients starting their new connection (page), and arrivals at node B (proxy-side connect times):", file=out)
+    for line in histogram(attempts, arrivals):
         print(line, file=out)
     if args.json:
         print(json.dumps(result))

@@ -49,10 +49,11 @@ _HOP_BY_HOP = {b"connection", b"keep-alive", b"proxy-connection"}
 class Arrival:
     """A connection the proxy made to an upstream."""
 
-    at: float  # time.time()
+    at: float  # time.time() when the connection to the upstream was made
     upstream: int  # index in Middlebox.upstreams
     websocket: bool
     path: str
+    accepted: float = 0.0  # time.time() when the proxy accepted the client's connection
 
 
 class Middlebox:
@@ -110,7 +111,7 @@ class Middlebox:
             self._loop = loop
             asyncio.set_event_loop(loop)
             try:
-                self._server = loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", self.port, limit=1 << 16))
+                self._server = loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", self.port, limit=1 << 16, backlog=1024))
                 self.port = self._server.sockets[0].getsockname()[1]
             except BaseException as e:  # noqa: BLE001 - reported to the starting thread
                 failure.append(e)
@@ -189,6 +190,7 @@ class Middlebox:
                 w.close()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted = time.time()
         self._track(writer)
         up_writer: asyncio.StreamWriter | None = None
         try:
@@ -210,7 +212,7 @@ class Middlebox:
             if websocket and "refuse" in modes:
                 await _answer(writer, self.refuse_status, b"the proxy does not do WebSocket")
                 return
-            opened = await self._connect(websocket, path)
+            opened = await self._connect(websocket, path, accepted)
             if opened is None:
                 await _answer(writer, 502, b"no upstream")
                 return
@@ -231,13 +233,13 @@ class Middlebox:
         finally:
             self._forget(writer, up_writer)
 
-    async def _connect(self, websocket: bool, path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+    async def _connect(self, websocket: bool, path: str, accepted: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
         for index, port in enumerate(list(self.upstreams)):
             try:
                 opened = await asyncio.open_connection("127.0.0.1", port, limit=1 << 16)
             except OSError:
                 continue
-            self.arrivals.append(Arrival(time.time(), index, websocket, path))
+            self.arrivals.append(Arrival(time.time(), index, websocket, path, accepted))
             return opened
         return None
 
@@ -337,3 +339,31 @@ if pytest is not None:
         yield make
         for box in started:
             box.stop()
+
+
+def main() -> None:
+    """Run the proxy in a process of its own (bench/drain_spread.py does, so it does not
+    share a GIL with the browser driver): ``python -m tests.browser._middlebox PORT...``
+    prints its port, then answers lines on stdin: ``mode M`` (prints ``ok``), ``arrivals``
+    (prints one JSON list of ``[at, upstream, websocket, path, accepted]``), ``quit``."""
+    import json
+    import sys
+
+    box = Middlebox([int(p) for p in sys.argv[1:]]).start()
+    print(box.port, flush=True)
+    try:
+        for line in sys.stdin:
+            command, _, arg = line.strip().partition(" ")
+            if command == "mode":
+                box.set_mode(arg)
+                print("ok", flush=True)
+            elif command == "arrivals":
+                print(json.dumps([[a.at, a.upstream, a.websocket, a.path, a.accepted] for a in list(box.arrivals)]), flush=True)
+            elif command == "quit":
+                break
+    finally:
+        box.stop()
+
+
+if __name__ == "__main__":
+    main()
