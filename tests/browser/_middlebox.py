@@ -18,6 +18,11 @@ read when a request arrives):
 * ``"drop"``: every new connection is closed at once, and switching to it
   (:meth:`Middlebox.set_mode`) also cuts every open connection.
 
+* ``"mute"``: nothing more comes from the upstream to the client on the connections
+  open when switching to it and on those made while in it, until they close
+  (switching back does not unmute them): requests and commands still reach the
+  gateway and take effect, their answers are lost on the way back.
+
 Modes combine with ``+``: ``"refuse+buffer"`` is a proxy that neither does WebSocket
 nor streams (a client can only poll through it).
 
@@ -27,7 +32,8 @@ than to whatever a kept-alive connection carries next.
 
 Upstreams are tried in list order for each new connection (a refused TCP connect
 moves on to the next: a node that is down or has stopped listening while it drains is
-passed over), so the proxy also serves as the load balancer in front of a cluster.
+passed over; so is one whose index is in :attr:`Middlebox.disabled`), so the proxy
+also serves as the load balancer in front of a cluster.
 Every connection made to an upstream is recorded in :attr:`Middlebox.arrivals` with
 its wall-clock time.
 """
@@ -39,8 +45,9 @@ import contextlib
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
-MODES = ("pass", "refuse", "swallow", "buffer", "drop")
+MODES = ("pass", "refuse", "swallow", "buffer", "drop", "mute")
 
 _HOP_BY_HOP = {b"connection", b"keep-alive", b"proxy-connection"}
 
@@ -61,6 +68,7 @@ class Middlebox:
 
     def __init__(self, upstreams: list[int], port: int = 0) -> None:
         self.upstreams = list(upstreams)
+        self.disabled: set[int] = set()  # indexes of upstreams taken out of rotation
         self.mode = "pass"
         self.refuse_status = 400
         self.buffer_limit = 1 << 20
@@ -71,6 +79,7 @@ class Middlebox:
         self._thread: threading.Thread | None = None
         self._server: asyncio.base_events.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._muted: dict[asyncio.StreamWriter, bool] = {}  # client side -> muted
 
     # -- control (from any thread) ---------------------------------------------------
 
@@ -87,6 +96,8 @@ class Middlebox:
         self.mode = mode
         if "drop" in mode.split("+"):
             self.drop_connections()
+        if "mute" in mode.split("+"):
+            self._call(self._mute_all)
 
     def drop_connections(self) -> None:
         """Abort every connection open through the proxy (both sides)."""
@@ -180,6 +191,10 @@ class Middlebox:
             w.transport.abort()
         self._writers.clear()
 
+    def _mute_all(self) -> None:
+        for w in self._muted:
+            self._muted[w] = True
+
     def _track(self, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)
 
@@ -209,6 +224,7 @@ class Middlebox:
             if "drop" in modes:
                 writer.transport.abort()
                 return
+            self._muted[writer] = "mute" in modes
             if websocket and "refuse" in modes:
                 await _answer(writer, self.refuse_status, b"the proxy does not do WebSocket")
                 return
@@ -227,14 +243,17 @@ class Middlebox:
             elif not websocket and "buffer" in modes:
                 await _first_done(_pipe(reader, up_writer), self._buffering(up_reader, writer))
             else:
-                await _first_done(_pipe(reader, up_writer), _pipe(up_reader, writer))
+                await _first_done(_pipe(reader, up_writer), _pipe(up_reader, writer, lambda: self._muted.get(writer, False)))
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
             pass
         finally:
+            self._muted.pop(writer, None)
             self._forget(writer, up_writer)
 
     async def _connect(self, websocket: bool, path: str, accepted: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
         for index, port in enumerate(list(self.upstreams)):
+            if index in self.disabled:
+                continue
             try:
                 opened = await asyncio.open_connection("127.0.0.1", port, limit=1 << 16)
             except OSError:
@@ -291,11 +310,13 @@ async def _answer(writer: asyncio.StreamWriter, status: int, body: bytes) -> Non
         await writer.drain()
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, muted: Any = None) -> None:
     while True:
         chunk = await reader.read(65536)
         if not chunk:
             return
+        if muted is not None and muted():
+            continue
         writer.write(chunk)
         await writer.drain()
 

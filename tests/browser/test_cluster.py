@@ -5,8 +5,10 @@ the first node that accepts it, so a dead or draining node is passed over).
 
 * A node killed (SIGKILL) and restarted while publications flow, then the other one:
   the page's callback sees every seq once, in order, on each transport.
-* A page publishing while its node dies: every publish happens once (no data value
-  twice in the channel's history, none missing; the acks name distinct seqs).
+* A page publishing while its node dies, with acks lost on the way back just before
+  (the proxy's "mute" mode), so the client must send publishes that already took
+  effect again, on the other node: every publish happens once (no data value twice in
+  the channel's history, none missing; the acks name distinct seqs).
 * A node drained (SIGTERM: WebSockets closed with 1001): its clients come back on the
   other node, each after a delay the client drew below the 2 s spread, still on
   WebSocket, without losing or repeating a message.
@@ -154,26 +156,44 @@ PUBLISH_LOOP = """async ([channel, count, interval]) => {
 }"""
 
 
+def metric(node: GatewayProcess, name: str) -> float:
+    for line in httpx.get(node.base + "metrics", timeout=10).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
 @pytest.mark.parametrize("transport", ["websocket", "sse"])
 def test_page_publishing_while_its_node_dies_publishes_each_once(client_factory, cluster, middlebox_factory, transport):
-    """The page publishes 60 values (without waiting for acks) and its node is SIGKILLed in the middle:
-    every publish is acked, with distinct seqs, and the channel's history holds each value exactly once.
-    (WebSocket publishes with the `publish` command; on SSE with POST /publish, through the same proxy.)"""
+    """The page publishes 60 values (without waiting for acks); in the middle the proxy loses every answer
+    on the way back for a while (publishes still reach node a and take effect: their acks are lost), then
+    node a is SIGKILLed. The client sends the unacknowledged publishes again on node b, with their keys:
+    every publish is acked, with distinct seqs, the channel's history holds each value exactly once, and
+    node b recognised the repeats. (WebSocket publishes with the `publish` command; on SSE with
+    POST /publish, through the same proxy.)"""
     a, b = cluster
     box = middlebox_factory(a.port, b.port)
     client = client_factory(box)
     client.start(transports=[transport], channels=("pubs",))
     client.wait_connected(transport)
     count = 60
-    client.js(PUBLISH_LOOP, ["pubs", count, 15])
-    client.wait("window.published.length >= 20 || window.events.length >= 20")
+    client.js(PUBLISH_LOOP, ["pubs", count, 20])
+    client.wait("window.published.length >= 15")
+    epoch = client.js("() => window.published[0].ack.epoch")
+    box.set_mode("mute")
+    acked = len(client.js("() => window.published"))
+    # Publishes that took effect on node a without the page hearing of it.
+    wait_until(lambda: len(history(b, "pubs", epoch)) >= acked + 5, what="publishes applied without an ack")
+    # Node a out of the proxy's rotation before the answers flow again, so that every
+    # retry goes to node b; then a dies.
+    box.disabled.add(0)
+    box.set_mode("pass")
     a.kill()
     client.wait(f"window.published.length >= {count}", timeout=2 * TIMEOUT)
     published = client.js("() => window.published")
     assert [p for p in published if "error" in p] == []
     seqs = [p["ack"]["seq"] for p in published]
     assert len(set(seqs)) == count
-    epoch = published[0]["ack"]["epoch"]
     stored = history(b, "pubs", epoch)
     values = [m["data"]["i"] for m in stored]
     assert sorted(values) == list(range(count)), values
@@ -181,6 +201,8 @@ def test_page_publishing_while_its_node_dies_publishes_each_once(client_factory,
     # Each ack names the publication that holds its value.
     by_seq = {m["seq"]: m["data"]["i"] for m in stored}
     assert {p["i"]: by_seq[p["ack"]["seq"]] for p in published} == {i: i for i in range(count)}
+    # The publishes whose acks were lost were sent again and recognised by node b.
+    assert metric(b, "gateway_publications_deduplicated_total") >= 1
     # The page's own subscription saw them all once, in order.
     events = client.wait_events(count, "pubs")
     assert [e["seq"] for e in events] == list(range(1, count + 1))

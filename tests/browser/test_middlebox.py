@@ -4,6 +4,7 @@ gateway: each mode does what the browser tests rely on it to do."""
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 
@@ -135,3 +136,31 @@ def test_upstreams_are_tried_in_order(plain, middlebox_factory):
     assert [a.upstream for a in box.arrivals] == [1]
     box.upstreams = [free_port()]
     assert httpx.get(box.base + "healthz").status_code == 502
+
+
+def test_mute_loses_answers_but_not_requests(plain, middlebox_factory):
+    """mute: a publish sent on a WebSocket open when the proxy is muted takes effect (a direct subscriber
+    gets it) but its ack never comes back; switching back leaves that socket muted, a new one works."""
+    box = middlebox_factory(plain.port)
+    with connect(ws_url(box)) as muted, connect(plain.base.replace("http", "ws") + "ws") as direct:
+        assert subscribe(direct)["type"] == "subscribed"
+        assert subscribe(muted)["type"] == "subscribed"
+        box.set_mode("mute")
+        muted.send(json.dumps({"type": "publish", "channel": "room", "data": "lost ack", "id": 1}))
+        m = json.loads(direct.recv(timeout=10))
+        assert (m["type"], m["seq"], m["data"]) == ("message", 1, "lost ack")
+        box.set_mode("pass")
+        plain.publish("room", "second")
+        assert json.loads(direct.recv(timeout=10))["seq"] == 2
+        with pytest.raises(TimeoutError):
+            muted.recv(timeout=1.5)
+        with connect(ws_url(box)) as fresh:
+            assert subscribe(fresh)["seq"] == 2
+    # A request made while muted: the publish happens, the answer is lost (the connection ends without it).
+    box.set_mode("mute")
+    with pytest.raises(httpx.RemoteProtocolError):
+        httpx.post(box.base + "publish", json={"channel": "room", "data": "third"}, timeout=10)
+    box.set_mode("pass")
+    r = httpx.get(box.base + "poll", params={"channel": "room", "timeout": "0"})
+    assert r.status_code == 200
+    assert json.loads(base64.urlsafe_b64decode(r.json()["cursor"] + "==="))["room"][1] == 3
