@@ -103,7 +103,10 @@ export declare class Gateway {
   on(event: "refresh", listener: (refresh: RefreshEvent) => void): () => void;
   /** Stop everything: connections, timers, requests; pending publishes reject with "closed". */
   close(): void;
+  /** The transports this client knows, in the default order. */
   static readonly transports: Transport[];
+  /** Makes the errors `publish` and `presence` reject with. */
+  static GatewayError(code: string, message?: string): GatewayError;
 }
 
 export default Gateway;

@@ -44,7 +44,8 @@ def _result(pub: Publication) -> dict[str, Any]:
     return {"channel": pub.channel, "seq": pub.seq, "epoch": pub.epoch}
 
 
-Item = tuple[str, Any, "str | None"]
+# (channel, data, idempotency_key) of one publication of a body.
+Item = tuple[str, Any, str | None]
 
 
 def _parse_item(obj: Any, surrogates: bool) -> Item:
