@@ -42,10 +42,10 @@ HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
-from procs import Children, free_port, twistd_path  # noqa: E402
+from procs import Children, free_port, twistd_path
 
-from tests.browser._many import count_connected, start_many, summary  # noqa: E402
-from tests.browser._middlebox import Arrival  # noqa: E402
+from tests.browser._many import count_connected, start_many, summary
+from tests.browser._middlebox import Arrival
 
 CHROMIUM_ARGS = [
     "--headless",
@@ -180,7 +180,7 @@ def main() -> None:
                                  "--appendonly", "no", "--dir", tmp], stdout=open(os.devnull, "wb"))  # noqa: SIM115
         redis_url = f"redis://127.0.0.1:{redis_port}/0"
         node_a, port_a = start_node(children, tmp, "a", redis_url)
-        node_b, port_b = start_node(children, tmp, "b", redis_url)
+        _node_b, port_b = start_node(children, tmp, "b", redis_url)
         box = ProxyProcess(children, [port_a, port_b])
 
         from playwright.sync_api import sync_playwright

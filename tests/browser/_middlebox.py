@@ -44,8 +44,9 @@ import asyncio
 import contextlib
 import threading
 import time
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 MODES = ("pass", "refuse", "swallow", "buffer", "drop", "mute")
 
@@ -113,7 +114,7 @@ class Middlebox:
             if a.upstream == upstream and a.at >= since and (websocket is None or a.websocket == websocket)
         ]
 
-    def start(self) -> Middlebox:
+    def start(self) -> Self:
         ready = threading.Event()
         failure: list[BaseException] = []
 
@@ -165,19 +166,19 @@ class Middlebox:
         loop.call_soon_threadsafe(lambda: asyncio.ensure_future(shutdown()))
         thread.join(10)
 
-    def __enter__(self) -> Middlebox:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _call(self, fn: object) -> None:
+    def _call(self, fn: Callable[[], None]) -> None:
         if self._loop is not None and self._loop.is_running():
             done = threading.Event()
 
             def run() -> None:
                 try:
-                    fn()  # type: ignore[operator]
+                    fn()
                 finally:
                     done.set()
 
@@ -326,10 +327,10 @@ async def _discard(reader: asyncio.StreamReader) -> None:
         pass
 
 
-async def _first_done(a: object, b: object) -> None:
+async def _first_done(a: Coroutine[Any, Any, None], b: Coroutine[Any, Any, None]) -> None:
     """Run two coroutines (the two directions of a connection) until the first ends; the other is cancelled."""
-    ta = asyncio.ensure_future(a)  # type: ignore[arg-type]
-    tb = asyncio.ensure_future(b)  # type: ignore[arg-type]
+    ta = asyncio.ensure_future(a)
+    tb = asyncio.ensure_future(b)
     try:
         await asyncio.wait({ta, tb}, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -339,27 +340,25 @@ async def _first_done(a: object, b: object) -> None:
         await asyncio.gather(ta, tb, return_exceptions=True)
 
 
-try:
-    import pytest
-except ImportError:  # the bench scripts use the proxy without pytest
-    pytest = None  # type: ignore[assignment]
+def middleboxes() -> Iterator[Any]:
+    """The body of a ``middlebox_factory`` fixture: yields ``make(*upstream_ports)``, which
+    starts a :class:`Middlebox`; every one started is stopped afterwards.  A test module
+    declares the fixture with it::
 
-if pytest is not None:
+        @pytest.fixture(name="middlebox_factory")
+        def middlebox_factory_fixture():
+            yield from middleboxes()
+    """
+    started: list[Middlebox] = []
 
-    @pytest.fixture
-    def middlebox_factory():  # type: ignore[no-untyped-def]
-        """``make(*upstream_ports)``: a started :class:`Middlebox`, stopped after the test.
-        Import it into a test module to use it."""
-        started: list[Middlebox] = []
+    def make(*upstreams: int) -> Middlebox:
+        box = Middlebox(list(upstreams)).start()
+        started.append(box)
+        return box
 
-        def make(*upstreams: int) -> Middlebox:
-            box = Middlebox(list(upstreams)).start()
-            started.append(box)
-            return box
-
-        yield make
-        for box in started:
-            box.stop()
+    yield make
+    for box in started:
+        box.stop()
 
 
 def main() -> None:

@@ -20,17 +20,23 @@ import base64
 import json
 import signal
 import threading
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, Self
 
 import httpx
 import pytest
 
 from tests.browser._many import count_connected, start_many, summary
-from tests.browser._middlebox import Middlebox, middlebox_factory  # noqa: F401 - fixture
+from tests.browser._middlebox import middleboxes
 from tests.browser.conftest import TIMEOUT, GatewayProcess, wait_until
 from tests.e2e.support import RedisServer
 
 TRANSPORTS = ["websocket", "sse", "poll"]
+
+
+@pytest.fixture(name="middlebox_factory")
+def middlebox_factory_fixture() -> Iterator[Any]:
+    yield from middleboxes()
 
 
 @pytest.fixture
@@ -77,7 +83,7 @@ class ClusterPublisher:
                 n += 1
                 self._stop.wait(self.interval)
 
-    def __enter__(self) -> ClusterPublisher:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -230,7 +236,7 @@ def test_drained_node_clients_move_to_the_other_within_the_spread(client_factory
     first = publisher.acks[0]["seq"]
     last = publisher.acks[-1]["seq"]
     for page in pages:
-        wait_until(lambda: all(len(c["seqs"]["room"]) >= last for c in summary(page.page)), what="every message")
+        wait_until(lambda page=page: all(len(c["seqs"]["room"]) >= last for c in summary(page.page)), what="every message")
         for c in summary(page.page):
             # Every seq once, in order (those before the publisher started included: the channel started at 1).
             assert c["seqs"]["room"] == list(range(1, last + 1))

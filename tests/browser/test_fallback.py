@@ -21,16 +21,22 @@ deterministic tests in test_client_timing.py.
 from __future__ import annotations
 
 import threading
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, Self
 
 import httpx
 import pytest
 
-from tests.browser._middlebox import Middlebox, middlebox_factory  # noqa: F401 - fixture
+from tests.browser._middlebox import Middlebox, middleboxes
 from tests.browser.conftest import TIMEOUT, GatewayProcess, wait_until
 
 # Fast enough for a test, slow enough for a loaded 2-core machine to connect in time.
 TIMING = {"connectTimeout": 3000, "upgradeEvery": 1500}
+
+
+@pytest.fixture(name="middlebox_factory")
+def middlebox_factory_fixture() -> Iterator[Any]:
+    yield from middleboxes()
 
 
 class Publisher:
@@ -57,7 +63,7 @@ class Publisher:
                 n += 1
                 self._stop.wait(self.interval)
 
-    def __enter__(self) -> Publisher:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 

@@ -7,14 +7,21 @@ from __future__ import annotations
 import base64
 import json
 import threading
+from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
 import websockets
 from websockets.sync.client import connect
 
-from tests.browser._middlebox import Middlebox, middlebox_factory  # noqa: F401 - fixture
+from tests.browser._middlebox import Middlebox, middleboxes
 from tests.browser.conftest import free_port, wait_until
+
+
+@pytest.fixture(name="middlebox_factory")
+def middlebox_factory_fixture() -> Iterator[Any]:
+    yield from middleboxes()
 
 
 def ws_url(box: Middlebox) -> str:
@@ -89,9 +96,11 @@ def test_buffer_holds_event_streams_until_the_limit(plain, middlebox_factory):
     r = httpx.get(box.base + "poll", params={"channel": "room", "timeout": "0"})
     assert r.status_code == 200 and r.json()["messages"] == []
     # Not even the status line comes through.
-    with pytest.raises(httpx.ReadTimeout):
-        with httpx.stream("GET", box.base + "sse", params={"channel": "room"}, timeout=httpx.Timeout(10, read=1.5)):
-            pass
+    with (
+        pytest.raises(httpx.ReadTimeout),
+        httpx.stream("GET", box.base + "sse", params={"channel": "room"}, timeout=httpx.Timeout(10, read=1.5)),
+    ):
+        pass
     # The direct stream starts with a comment at once; through the proxy it is held back.
     with httpx.stream("GET", plain.base + "sse", params={"channel": "room"}, timeout=10) as direct:
         assert next(direct.iter_bytes()).startswith(b":")
