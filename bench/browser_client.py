@@ -28,7 +28,7 @@ import time
 import httpx
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from procs import Children, free_port, twistd_path  # noqa: E402
+from procs import Children, free_port, twistd_path
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 GATEWAY_JS = ROOT / "gateway" / "static" / "gateway.js"

@@ -20,7 +20,7 @@ from twisted.web.server import Request
 
 from gateway.transports._http import JSONResource, NotFoundResource, send_json
 
-__all__ = ["JAVASCRIPT", "StaticFile", "DemoResource", "static_bytes"]
+__all__ = ["JAVASCRIPT", "DemoResource", "StaticFile", "static_bytes"]
 
 CACHE_CONTROL = b"public, max-age=300"
 """Five minutes: long enough to spare a reload, short enough that an upgrade shows soon."""

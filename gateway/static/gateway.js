@@ -467,14 +467,9 @@
       this.markOpen();
       return;
     }
-    gw._learnPositions(this, channels)
-      .then(function (learned) {
-        if (!learned || self.closed) return null;
-        return self.fetch(gw._url("sse", {channel: channels, since: gw._cursor(channels), token: self.token}), {
-          headers: {Accept: "text/event-stream"},
-        });
-      })
-      .then(
+    this.fetch(gw._url("sse", {channel: channels, since: gw._cursor(channels), token: this.token}), {
+      headers: {Accept: "text/event-stream"},
+    }).then(
         function (response) {
           if (!response || self.closed) return;
           if (!response.ok || !response.body) return self.httpFailure(response);
@@ -494,7 +489,7 @@
     var reader = response.body.getReader();
     var decoder = new TextDecoder();
     var buffer = "";
-    var event = {name: "", data: []};
+    var event = {name: "", data: [], id: null};
     var pump = function () {
       return reader.read().then(function (chunk) {
         if (self.closed) return;
@@ -513,14 +508,18 @@
           var line = lines[i];
           if (line === "") {
             if (event.data.length) self.dispatch(event.name || "message", event.data.join("\n"));
-            event = {name: "", data: []};
+            // The stream opens with an `id:` block without data: the positions it starts
+            // from, which channels without a position yet take ("now"). After the event:
+            // an event's own channel must not take its position before it is delivered.
+            if (event.id !== null && !self.closed && self.gw._positionMissing()) self.gw._learnCursor(event.id);
+            event = {name: "", data: [], id: null};
           } else if (line.charAt(0) !== ":") {
             var colon = line.indexOf(":");
             var field = colon < 0 ? line : line.slice(0, colon);
             var value = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
             if (field === "event") event.name = value;
             else if (field === "data") event.data.push(value);
-            // `id:` is not needed: positions are kept per event.
+            else if (field === "id") event.id = value;
           }
         }
         return pump();
@@ -819,30 +818,9 @@
       }
     },
 
-    /**
-     * Before an SSE stream: learn "now" for channels without a position (one poll with
-     * timeout=0), so that a stream that drops before their first event resumes without a gap.
-     * Resolves true to go on, false when the answer failed the connection.
-     */
-    _learnPositions: function (conn, channels) {
-      var self = this;
-      var missing = channels.filter(function (c) {
-        return !self._positions[c];
-      });
-      if (!missing.length) return Promise.resolve(true);
-      return conn.fetch(this._url("poll", {channel: missing, timeout: "0", token: conn.token})).then(function (response) {
-        if (!response.ok) {
-          // Judged like the stream's own answer would be (a 401 is the token, not the transport).
-          return conn.httpFailure(response).then(function () {
-            return false;
-          });
-        }
-        return response.json().then(function (body) {
-          if (response._forget) response._forget();
-          self._learnCursor(body.cursor);
-          return true;
-        });
-      });
+    _positionMissing: function () {
+      for (var channel in this._subs) if (hasOwn.call(this._subs, channel) && !this._positions[channel]) return true;
+      return false;
     },
 
     _subscribed: function (channel, epoch, seq) {

@@ -408,10 +408,13 @@ class SSEStream(ChannelSetRequest):
         request.setResponseCode(200)
         for name, value in SSE_HEADERS:
             request.setHeader(name, value)
-        # A first `: ping` sends the status line and headers now, and with them a
-        # byte of body: a client (gateway.js) tells an open stream from one that a
-        # buffering proxy holds back by whether it arrives (docs/protocol.md section 5).
-        request.write(_PING)
+        # The stream opens with its starting cursor (an `id:` without data: no event,
+        # but EventSource's Last-Event-ID from now on, so a stream that drops before
+        # its first event still resumes where it started) and a `: ping`. It also sends
+        # the status line and headers now: a client (gateway.js) tells an open stream
+        # from one a buffering proxy holds back by whether this block arrives
+        # (docs/protocol.md section 5).
+        request.write(b"id: " + self.cursor().encode("ascii") + b"\n" + _PING)
         self._buffer = SendBuffer()
         request.registerProducer(self._buffer, True)
         for event in first:

@@ -126,8 +126,8 @@ class GatewayProcess:
         self.port = port or free_port()
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
-        self._log = tempfile.NamedTemporaryFile(prefix="gateway-", suffix=".log", delete=False)
-        self._log.close()
+        fd, self._log_path = tempfile.mkstemp(prefix="gateway-", suffix=".log")
+        os.close(fd)
         self.starts = 0
 
     @property
@@ -142,7 +142,7 @@ class GatewayProcess:
     def start(self, timeout: float = TIMEOUT) -> GatewayProcess:
         assert not self.running, "already running"
         twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
-        with open(self._log.name, "ab") as log:
+        with open(self._log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [twistd, "-n", "--pidfile=", "gateway", "--listen", f"tcp:{self.port}:interface=127.0.0.1", *self.args],
                 stdout=log,
@@ -187,7 +187,7 @@ class GatewayProcess:
         return self.start()
 
     def output(self) -> str:
-        return pathlib.Path(self._log.name).read_text(errors="replace")
+        return pathlib.Path(self._log_path).read_text(errors="replace")
 
     def publish(self, channel: str, data: Any, headers: dict[str, str] | None = None, **extra: Any) -> dict[str, Any]:
         """POST /publish with httpx (not our client); the ack, or an AssertionError with the error."""
@@ -198,7 +198,7 @@ class GatewayProcess:
     def cleanup(self) -> None:
         self.kill()
         with contextlib.suppress(OSError):
-            os.unlink(self._log.name)
+            os.unlink(self._log_path)
 
 
 class TcpRelay:
@@ -206,7 +206,9 @@ class TcpRelay:
 
     :meth:`cut` closes every connection through it at once (the client sees its
     WebSocket, stream or poll drop, as when a network path fails) while the relay keeps
-    accepting new ones.  The page can be served on the relay's origin so that every
+    accepting new ones; while :attr:`refusing` is true, new connections are closed as
+    soon as they are accepted (the path is down); :meth:`stall` makes the open
+    connections silent without closing them (a dead path that TCP has not noticed).  The page can be served on the relay's origin so that every
     request of the client goes through it.
     """
 
@@ -222,6 +224,8 @@ class TcpRelay:
         self._lock = threading.Lock()
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
         self._closed = False
+        self.refusing = False
+        self._stalled: set[socket.socket] = set()
         self.accepted = 0
         self._thread = threading.Thread(target=self._accept, daemon=True)
         self._thread.start()
@@ -238,6 +242,9 @@ class TcpRelay:
                 client, _ = self._listener.accept()
             except OSError:
                 return
+            if self.refusing:
+                client.close()
+                continue
             try:
                 upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
                 upstream.settimeout(None)
@@ -256,6 +263,8 @@ class TcpRelay:
                 data = source.recv(65536)
                 if not data:
                     break
+                if source in self._stalled:
+                    continue  # swallowed: the path is dead, the sockets are not
                 sink.sendall(data)
         except OSError:
             pass
@@ -274,6 +283,15 @@ class TcpRelay:
                     s.shutdown(socket.SHUT_RDWR)
                 with contextlib.suppress(OSError):
                     s.close()
+        return len(pairs)
+
+    def stall(self) -> int:
+        """Stop forwarding on every open connection, in both directions, without closing
+        them; returns how many.  New connections work normally."""
+        with self._lock:
+            pairs = list(self._pairs)
+        for pair in pairs:
+            self._stalled.update(pair)
         return len(pairs)
 
     def close(self) -> None:

@@ -104,6 +104,12 @@
   // token a function minting a fresh token on each call.
   window.startClient = function (url, options, channels) {
     options = Object.assign({}, options);
+    if (options.randomValue !== undefined) {
+      // A fixed _random (JSON cannot carry a function): every jitter draw is this value.
+      const value = options.randomValue;
+      delete options.randomValue;
+      options._random = () => value;
+    }
     if (options.jwt) {
       const {secret, ttl, claims} = options.jwt;
       delete options.jwt;

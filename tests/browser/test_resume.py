@@ -53,7 +53,7 @@ def test_restarted_single_node_gives_one_reset_then_the_new_epoch(client, gatewa
     """SIGTERM + start again on the same port: the old epoch's 3 messages, one reset to (new epoch, 0), then new seqs 1..4 once, in order."""
     client.start(transports=[transport], channels=("room",))
     client.wait_connected(transport)
-    old = [gateway.publish("room", n)["epoch"] for n in range(3)][0]
+    old = {gateway.publish("room", n)["epoch"] for n in range(3)}.pop()
     client.wait_events(3, "room")
     gateway.restart()
     new = gateway.publish("room", 3)["epoch"]
@@ -75,3 +75,19 @@ def test_restarted_single_node_gives_one_reset_then_the_new_epoch(client, gatewa
         ("message", new, 4),
     ]
     assert [e["data"] for e in events if e["type"] == "message"] == [0, 1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_channel_without_events_resumes_from_where_it_started(client_factory, gateway, relay_factory, transport):
+    """A channel that had no event yet when the connection dropped: what was published on it while the path was down arrives after the reconnect (the client learned "now" when it connected: `subscribed`, the SSE opening id, the poll cursor)."""
+    relay = relay_factory(gateway)
+    client = client_factory(relay)
+    client.start(transports=[transport], channels=("quiet",))
+    client.wait_connected(transport)
+    client.wait("Object.keys(gw._positions).length === 1")  # the position of "now" is known
+    relay.refusing = True
+    relay.cut()
+    acks = [gateway.publish("quiet", n) for n in range(3)]
+    relay.refusing = False
+    events = client.wait_events(3, "quiet")
+    assert [(e["type"], e["seq"], e["data"]) for e in events] == [("message", a["seq"], n) for n, a in enumerate(acks)]
