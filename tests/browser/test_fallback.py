@@ -30,8 +30,9 @@ import pytest
 from tests.browser._middlebox import Middlebox, middleboxes
 from tests.browser.conftest import TIMEOUT, GatewayProcess, wait_until
 
-# Fast enough for a test, slow enough for a loaded 2-core machine to connect in time.
-TIMING = {"connectTimeout": 3000, "upgradeEvery": 1500}
+# Fast enough for a test, slow enough for a loaded 2-core machine to connect in time
+# (a transport that works must get its first server event within connectTimeout).
+TIMING = {"connectTimeout": round(5000 * TIMEOUT / 20), "upgradeEvery": 1500}
 
 
 @pytest.fixture(name="middlebox_factory")
