@@ -44,7 +44,13 @@
     line([span(String(data.name || "someone") + ":", "who"), span(String(data.text || "")), span(time + " · #" + event.seq, "meta")], "message");
   });
 
+  var presenceStarted = false;
   gw.on("state", function (s) {
+    if (s.state === "connected" && !presenceStarted) {
+      // Ask once this page is subscribed, so that it counts itself.
+      presenceStarted = true;
+      showPresence();
+    }
     $("state").textContent = s.state;
     $("transport").textContent = s.transport;
     $("delay").textContent = s.state === "reconnecting" ? "(next try in " + (s.delay / 1000).toFixed(1) + " s)" : "";
@@ -95,5 +101,4 @@
       }
     );
   }
-  showPresence();
 })();

@@ -1024,11 +1024,17 @@
       } else if (conn !== this._conn) {
         return;
       }
+      var movedUp = this._state.transport !== conn.transport;
       this._setState("connected", conn.transport, 0);
-      this._timers.set("stable", this._timing.stableAfter, function () {
-        self._attempt = 0;
-      });
-      this._scheduleUpgrade();
+      // A restart (new channels, new token) continues the same stretch of being
+      // connected: it neither restarts the 30 s towards a backoff reset nor postpones
+      // the next try of a better transport.
+      if (!this._timers.active("stable")) {
+        this._timers.set("stable", this._timing.stableAfter, function () {
+          self._attempt = 0;
+        });
+      }
+      if (movedUp || !this._timers.active("upgrade")) this._scheduleUpgrade();
       this._flushPublishes();
     },
 
@@ -1119,8 +1125,9 @@
       var conn = this._conn;
       if (!conn || !conn.opened || item.sentOn) return;
       if (conn.transport === "websocket") {
-        if (conn.send({type: "publish", channel: item.channel, data: item.data, idempotency_key: item.key, id: "p:" + item.key})) {
-          item.sentOn = conn;
+        item.sentOn = conn; // before sending: an answer may come back before send() returns
+        if (!conn.send({type: "publish", channel: item.channel, data: item.data, idempotency_key: item.key, id: "p:" + item.key})) {
+          item.sentOn = null;
         }
       } else {
         this._postPublish(item);

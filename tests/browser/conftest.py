@@ -332,7 +332,10 @@ class ClientPage:
 
     def start(self, url: str | None = None, channels: tuple[str, ...] = ("room",), **options: Any) -> str:
         """``window.gw = new Gateway(url, options)``, subscribed to ``channels`` (events into ``window.events``).
-        Options are Gateway options (``transports``, ``_timing``, ...) plus ``jwt={secret, ttl, claims}``."""
+        Options are Gateway options (``transports``, ``_timing``, ...) plus ``jwt={secret, ttl, claims}``
+        (a token function minting HS256 tokens in the page) and ``randomValue`` (a fixed ``_random``).
+        In the page: ``window.events`` (every delivered event), ``states`` (with ``at``:
+        ``performance.now()``), ``errors``, ``refreshes``, ``tokensIssued``."""
         return str(self.js("([u, o, c]) => startClient(u, o, c)", [url or self.script_base, options, list(channels)]))
 
     def events(self, channel: str | None = None) -> list[dict[str, Any]]:

@@ -6,8 +6,13 @@
   "use strict";
 
   const realSetTimeout = window.setTimeout.bind(window);
-  // Let every queued promise callback run (a macrotask turn comes after all microtasks).
-  window.flush = () => new Promise((resolve) => realSetTimeout(resolve, 0));
+  // Let pending work run: every queued promise callback (a macrotask turn comes after
+  // all microtasks), and the browser's own tasks such as reading a Response body
+  // (Response.json() takes a few turns), before the fake clock moves on.
+  const turn = () => new Promise((resolve) => realSetTimeout(resolve, 0));
+  window.flush = async () => {
+    for (let i = 0; i < 4; i++) await turn();
+  };
 
   class FakeClock {
     constructor() {

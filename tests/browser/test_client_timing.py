@@ -288,3 +288,71 @@ def test_close_leaves_no_timer_and_no_socket(fake_page):
     """)
     assert result["timersBefore"] >= 2
     assert result == {**result, "timers": [], "closed": 1000, "code": "closed", "state": "closed", "sockets": 1}
+
+
+def test_publish_refused_as_unavailable_is_sent_again_after_a_second(fake_page):
+    """`unavailable` (the bus cannot take it now) is not final: the same key goes again 1 s later and its ack resolves the Promise."""
+    result = run(fake_page, """
+        fakeGateway({random: 0.5}, ["room"]);
+        await clock.advance(1);
+        const ws = sockets[0];
+        const send = ws.send.bind(ws);
+        let refused = 0;
+        ws.send = (text) => {
+          const m = JSON.parse(text);
+          if (m.type === "publish" && refused++ === 0) { ws.sent.push(m); ws.receive({type: "error", id: m.id, code: "unavailable", message: "draining"}); return; }
+          send(text);
+        };
+        let outcome = null;
+        fgw.publish("room", "x").then(a => outcome = a, e => outcome = e.code);
+        await clock.advance(999);
+        const before = outcome;
+        await clock.advance(2);
+        return {before, outcome, keys: ws.sent.filter(m => m.type === "publish").map(m => m.idempotency_key)};
+    """)
+    assert result["before"] is None
+    assert result["outcome"] == {"channel": "room", "seq": 1, "epoch": "E"}
+    assert len(result["keys"]) == 2 and result["keys"][0] == result["keys"][1]
+
+
+def test_http_publish_lost_on_the_network_is_sent_again_with_the_same_key(fake_page):
+    """On poll, POST /publish fails (network) once: retried 1 s later with the same idempotency_key, then acked; a 403 rejects at once."""
+    result = run(fake_page, POLL_FETCH.replace("const fetch = (url, init) => {", """
+    window.posts = [];
+    const fetch = (url, init) => {
+      if (init && init.method === "POST") {
+        const body = JSON.parse(init.body);
+        posts.push(body);
+        if (body.channel === "secret") return Promise.resolve(new Response(JSON.stringify({error: {code: "forbidden", message: "no"}}), {status: 403}));
+        if (posts.length === 1) return Promise.reject(new TypeError("Failed to fetch"));
+        return Promise.resolve(new Response(JSON.stringify({channel: body.channel, seq: 7, epoch: "E"}), {status: 200}));
+      }""") + """
+        fakeGateway({random: 0.5, fetch, gateway: {transports: ["poll"]}}, ["room"]);
+        await clock.advance(1);
+        let outcome = null, refused = null;
+        fgw.publish("room", "x").then(a => outcome = a, e => outcome = e.code);
+        await clock.advance(500);
+        const before = outcome;
+        await clock.advance(600);
+        fgw.publish("secret", "y").catch(e => refused = e.code);
+        await clock.advance(1);
+        return {before, outcome, refused, keys: posts.map(p => p.idempotency_key)};
+    """)
+    assert result["before"] is None
+    assert result["outcome"] == {"channel": "room", "seq": 7, "epoch": "E"}
+    assert result["refused"] == "forbidden"
+    assert result["keys"][0] == result["keys"][1] and result["keys"][2] != result["keys"][0]
+
+
+def test_restarts_for_new_channels_do_not_postpone_moving_up(fake_page):
+    """On poll after a fallback, subscribing more channels (a new poll request each time) every 20 s does not push back the try of WebSocket due 60 s after connecting."""
+    result = run(fake_page, POLL_FETCH + """
+        FakeWebSocket.script = "silent";
+        fakeGateway({random: 0.5, fetch, gateway: {transports: ["websocket", "poll"]}}, ["room"]);
+        await clock.advance(10001);
+        FakeWebSocket.script = "answer";
+        for (const c of ["a", "b", "c"]) { await clock.advance(19000); fgw.subscribe(c, () => {}); }
+        await clock.advance(3000);   // 70.001 s: 60 s after the poll connected
+        return {transport: fgw.state.transport, sockets: sockets.length};
+    """)
+    assert result == {"transport": "websocket", "sockets": 2}
