@@ -116,7 +116,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.broker.memory import STREAM_IDLE_SECONDS, new_epoch
-from gateway.broker.redisurl import RedisURL, parse_redis_url
+from gateway.broker.redisurl import CLUSTER, SENTINEL, RedisURL, parse_redis_url
+from gateway.broker.shards import ShardStats
 from gateway.config import Config
 from gateway.core.events import encode_json
 from gateway.core.idempotency import IDEMPOTENCY_TTL
@@ -371,6 +372,14 @@ class RedisBroker:
         self._stopping = False
         self._was_ready = False
         self._down_since: float | None = None
+        # redis+sentinel: the endpoint asking the Sentinels for the master.
+        self._sentinel: Any = None
+        self.master_changes = 0  # masters named after the first (failovers seen)
+        shard = self.url.master_name if self.url.scheme == SENTINEL else f"{self.url.host}:{self.url.port}"
+        self.shard = ShardStats(shard or "redis")
+        # Under Sentinel the scripts guard every stream with the master's replication
+        # ID (publish.lua ARGV[9]): a promoted replica has a new one.
+        self._guarded = self.url.scheme in (SENTINEL, CLUSTER)
 
     @classmethod
     def from_config(cls, config: Config, reactor: Any) -> RedisBroker:
@@ -415,7 +424,16 @@ class RedisBroker:
         ``connect_timeout`` if not."""
         self._listener = listener
         self._stopping = False
-        endpoint = HostnameEndpoint(self._reactor, self.url.host, self.url.port, timeout=self.connect_timeout)
+        endpoint: Any
+        if self.url.scheme == SENTINEL:
+            from gateway.broker.sentinel import SentinelEndpoint
+
+            assert self.url.master_name is not None
+            endpoint = self._sentinel = SentinelEndpoint(
+                self._reactor, self.url.nodes, self.url.master_name, self.connect_timeout, self._master_changed
+            )
+        else:
+            endpoint = HostnameEndpoint(self._reactor, self.url.host, self.url.port, timeout=self.connect_timeout)
         protocols = _protocols()
         # Database 0 is every connection's default: no SELECT round trip on connect.
         self._pool = _factory(self, protocols["command"], self.poolsize, self.url, self.url.db or None)
@@ -461,6 +479,9 @@ class RedisBroker:
         factories = [f for f in (self._pool, self._subscriber_factory) if f is not None]
         self._pool = self._subscriber_factory = None
         yield defer.gatherResults([f.disconnect() for f in factories], consumeErrors=True)
+        if self._sentinel is not None:
+            sentinel, self._sentinel = self._sentinel, None
+            yield sentinel.close()
         self._commands = []
         self._subscriber = None
         self._channels.clear()
@@ -478,8 +499,13 @@ class RedisBroker:
         """
         return bool(not self._stopping and self._commands)
 
+    def shards(self) -> list[ShardStats]:
+        """Per-shard figures for ``/metrics`` and ``/readyz`` (one shard here)."""
+        return [self.shard]
+
     def _readiness_changed(self) -> None:
         ready = self.is_ready()
+        self.shard.up = ready
         if ready == self._was_ready:
             return
         self._was_ready = ready
@@ -501,8 +527,34 @@ class RedisBroker:
     def _command_connected(self, conn: Any) -> None:
         # A connection is only usable once Redis answers on it: a stopped or
         # still-loading server accepts TCP connections all the same.
-        d = self._timed(defer.maybeDeferred(conn.execute_command, "PING"))
+        if self._guarded:
+            # And, under Sentinel, once it is the master: its replication ID
+            # becomes the writer the scripts check (see publish.lua).
+            d = self._timed(defer.maybeDeferred(conn.execute_command, "INFO", "replication"))
+            d.addCallback(self._check_master, conn)
+        else:
+            d = self._timed(defer.maybeDeferred(conn.execute_command, "PING"))
         d.addCallbacks(self._command_usable, self._connection_unusable, (conn,), errbackArgs=(conn,))
+
+    def _check_master(self, reply: Any, conn: Any) -> None:
+        from gateway.broker.sentinel import parse_info
+
+        info = parse_info(reply)
+        if info.get("role") != "master" or not info.get("master_replid"):
+            raise Unavailable(f"not a master (role {info.get('role', '?')})")
+        conn.writer = info["master_replid"]
+
+    def _master_changed(self, address: tuple[str, int]) -> None:
+        """The Sentinels name another master: drop connections still open to the old one
+        (a demoted master that stayed up would otherwise keep them)."""
+        self._log.warn("Sentinel: the master of {name} is now {host}:{port}", name=self.url.master_name, host=address[0], port=address[1])
+        self.master_changes += 1
+        for conn in [*self._commands, self._subscriber]:
+            if conn is None or conn.transport is None:
+                continue
+            peer = conn.transport.getPeer()
+            if (getattr(peer, "host", None), getattr(peer, "port", None)) != address:
+                conn.transport.abortConnection()
 
     def _connection_unusable(self, failure: Failure, conn: Any) -> None:
         if not self._stopping:
@@ -543,6 +595,7 @@ class RedisBroker:
         self._subscriber_connections += 1
         self._resubscribed_conn = conn
         if reconnected:
+            self.shard.pubsub_reconnects += 1
             self._log.info("pub/sub connection back; resubscribed to {count} channel(s)", count=count)
         self._finish_reconnect()
         self._maybe_started()
@@ -578,8 +631,21 @@ class RedisBroker:
     def _health_check(self) -> None:
         for conn in list(self._commands) + ([self._subscriber] if self._subscriber is not None else []):
             # replyTimeout aborts a connection whose server stopped answering.
-            d = defer.maybeDeferred(conn.execute_command, "PING")
+            if self._guarded and conn is not self._subscriber:
+                # A master demoted while we stayed connected answers as a replica.
+                d = defer.maybeDeferred(conn.execute_command, "ROLE")
+                d.addCallback(self._still_master, conn)
+            else:
+                d = defer.maybeDeferred(conn.execute_command, "PING")
             d.addErrback(lambda f: None)
+
+    def _still_master(self, reply: Any, conn: Any) -> None:
+        from gateway.broker.sentinel import parse_role
+
+        role = parse_role(reply)
+        if role != "master" and conn.transport is not None:
+            self._log.warn("{url}: the connected server is now a {role}; reconnecting", url=self.name, role=role or "?")
+            conn.transport.abortConnection()
 
     # -- commands -----------------------------------------------------------------
 
@@ -616,14 +682,28 @@ class RedisBroker:
 
         d.addBoth(done)
 
-    def _eval(self, what: str, script: bytes, keys: list[str], args: list[Any], conn: Any = None) -> defer.Deferred[Any]:
+    def _eval(
+        self, what: str, script: bytes, keys: list[str], args: list[Any], conn: Any = None, writer: bool = False
+    ) -> defer.Deferred[Any]:
         if conn is None:
             conn = self._connection()
         if conn is None:
             return defer.fail(Unavailable(f"{what}: Redis is not reachable"))
-        d = self._timed(defer.maybeDeferred(conn.eval, script, keys, args))
-        d.addErrback(self._unavailable, what)
+        if writer:
+            # The last argument of publish.lua and history.lua (see _check_master).
+            args = [*args, getattr(conn, "writer", "")]
+        d = self._measured(self._timed(defer.maybeDeferred(conn.eval, script, keys, args)))
+        d.addErrback(self._unavailable, what, conn)
         return d
+
+    def _measured(self, d: defer.Deferred[Any]) -> defer.Deferred[Any]:
+        started = self._reactor.seconds()
+
+        def done(result: Any) -> Any:
+            self.shard.observe(self._reactor.seconds() - started)
+            return result
+
+        return d.addBoth(done)
 
     def execute(self, what: str, command: str, *args: Any) -> defer.Deferred[Any]:
         """Run one Redis command on a live command connection, with the command
@@ -632,18 +712,23 @@ class RedisBroker:
         conn = self._connection()
         if conn is None:
             return defer.fail(Unavailable(f"{what}: Redis is not reachable"))
-        d = self._timed(defer.maybeDeferred(conn.execute_command, command, *args))
-        d.addErrback(self._unavailable, what)
+        d = self._measured(self._timed(defer.maybeDeferred(conn.execute_command, command, *args)))
+        d.addErrback(self._unavailable, what, conn)
         return d
 
     def eval(self, what: str, script: bytes, keys: list[str], args: list[Any]) -> defer.Deferred[Any]:
         """Run a Lua script as :meth:`execute` runs a command."""
         return self._eval(what, script, keys, args)
 
-    def _unavailable(self, failure: Failure, what: str) -> Failure:
+    def _unavailable(self, failure: Failure, what: str, conn: Any = None) -> Failure:
         if failure.check(Unavailable):
             return failure
-        if failure.check(_txredisapi().ResponseError):
+        if failure.check(_txredisapi().ResponseError) and failure.getErrorMessage().startswith("READONLY"):
+            # A master demoted under us (Sentinel failover): reconnect to the new one.
+            self._log.warn("{what}: {url} is read-only now; reconnecting", what=what, url=self.name)
+            if conn is not None and conn.transport is not None:
+                conn.transport.abortConnection()
+        elif failure.check(_txredisapi().ResponseError):
             self._log.error("{what} failed in Redis: {error}", what=what, error=failure.getErrorMessage())
         else:
             self._log.warn("{what} failed: {error}", what=what, error=failure.getErrorMessage() or failure.type.__name__)
@@ -669,13 +754,13 @@ class RedisBroker:
             self._meta_expiry,
         ]
         keys = [self.meta_key(channel), self.history_key(channel)]
+        args.append(self._idempotency_ms)
         if idempotency_key is not None:
             keys.append(self.idempotency_key(channel, idempotency_key))
-            args.append(self._idempotency_ms)
         conn = self._connection_for(channel)
         if conn is None:
             return defer.fail(Unavailable("publish: Redis is not reachable"))
-        d = self._eval("publish", self._publish_script, keys, args, conn)
+        d = self._eval("publish", self._publish_script, keys, args, conn, writer=True)
         self._track(channel, conn, d)
 
         def published(reply: list[Any]) -> Publication:
@@ -691,7 +776,7 @@ class RedisBroker:
             "0" if since is None else str(since.seq),
             self._meta_expiry,
         ]
-        d = self._eval("history", self._history_script, [self.meta_key(channel), self.history_key(channel)], args)
+        d = self._eval("history", self._history_script, [self.meta_key(channel), self.history_key(channel)], args, writer=True)
 
         def answer(reply: list[Any]) -> HistoryResult:
             epoch, top, now = _text(reply[0]), int(reply[1]), int(reply[2])
