@@ -71,7 +71,7 @@ def parse_redis_url(url: str) -> RedisURL:
     """
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme == CLUSTER:
-        # The slot routing exists (gateway.broker.cluster) but the broker does not
+        # The slot routing exists (gateway.broker.slots) but the broker does not
         # use it yet: refuse rather than run a cluster through one node.
         raise ConfigError(f"redis: {CLUSTER}:// is not supported yet, got {url!r}")
     if scheme == SENTINEL:

@@ -16,7 +16,7 @@ import pytest
 
 from gateway.testing import sleep
 
-__all__ = ["TIMEOUT_FACTOR", "RedisServer", "SentinelSet", "Subscriber", "free_port", "until", "wait_for", "ws_publish_many"]
+__all__ = ["TIMEOUT_FACTOR", "RedisCluster", "RedisServer", "SentinelSet", "Subscriber", "free_port", "until", "wait_for", "ws_publish_many"]
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 TIMEOUT_FACTOR = float(os.environ.get("GATEWAY_TESTS_TIMEOUT_FACTOR", "1"))
@@ -168,6 +168,49 @@ class SentinelSet:
                 proc.wait(10)
         self.replica.kill()
         self.master.kill()
+
+
+class RedisCluster:
+    """A Redis Cluster of ``masters`` masters (each with ``replicas`` replicas), every node its
+    own ``redis-server --cluster-enabled yes`` on a free port, built with
+    ``redis-cli --cluster create``; ready once every node reports ``cluster_state:ok``."""
+
+    def __init__(self, directory: str, masters: int = 3, replicas: int = 0) -> None:
+        self.replicas = replicas
+        self.nodes = []
+        for i in range(masters * (1 + replicas)):
+            path = os.path.join(directory, f"node{i}")
+            os.makedirs(path, exist_ok=True)
+            self.nodes.append(
+                # The cluster bus port defaults to port + 10000, which may be past 65535.
+                RedisServer(path, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                            "--cluster-node-timeout", "1000", "--cluster-port", str(free_port()))
+            )
+
+    @property
+    def ports(self) -> list[int]:
+        return [n.port for n in self.nodes]
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
+             "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+            check=True, capture_output=True, timeout=60 * TIMEOUT_FACTOR,
+        )
+        deadline = time.monotonic() + 30 * TIMEOUT_FACTOR
+        while not all("cluster_state:ok" in n.cli("CLUSTER", "INFO") for n in self.nodes):
+            if time.monotonic() > deadline:
+                raise AssertionError("the cluster did not reach cluster_state:ok")
+            time.sleep(0.05)
+
+    def node_id(self, port: int) -> str:
+        return next(n for n in self.nodes if n.port == port).cli("CLUSTER", "MYID").strip()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.kill()
 
 
 async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
