@@ -44,7 +44,7 @@ class _GatewayCollector(Collector):
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
 
-    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily]:
         stats = self.gateway.stats
         conns = GaugeMetricFamily("gateway_connections", "Open client connections.", labels=["transport"])
         for t in TRANSPORTS:

@@ -66,6 +66,17 @@ whose server stopped answering, and a health check PINGs both connections every
 idle.  A publish that timed out may still have been applied by Redis (its
 subscribers then get it); it is reported as unavailable, never as done.
 
+*Sentinel.*  With ``redis+sentinel://`` both factories connect through a
+:class:`~gateway.broker.sentinel.SentinelEndpoint`, which asks the Sentinels for the
+master before every attempt; a command connection counts only once ``INFO
+replication`` says ``role:master``, and its ``master_replid`` becomes the *writer*
+passed to publish.lua and history.lua.  A channel whose meta hash was written under
+another writer (a replica promoted since) starts a new epoch: asynchronous
+replication may have lost the old master's last acked publications, and going on in
+the same epoch would hand their seqs to other publications, a silent gap.  A master
+demoted while connected is left on its ``READONLY`` errors, on the health check's
+``ROLE`` and when the Sentinels name another address.
+
 *Reconnecting.*  txredisapi's ClientService-based slots back off from
 ``reconnect_initial_delay`` to ``reconnect_max_delay`` (set per factory, not on
 the global class), with jitter.
@@ -73,7 +84,8 @@ the global class), with jitter.
 Keys, under a configurable prefix (``redis://host:port/db?prefix=gw``, default
 ``gateway``), with the channel name as a Redis Cluster hash tag::
 
-    {prefix}:{<channel>}:meta   hash: e = epoch, s = latest seq
+    {prefix}:{<channel>}:meta   hash: e = epoch, s = latest seq, w = writer (Sentinel:
+                                the replication ID of the master that began the epoch)
     {prefix}:{<channel>}:hist   list of entries, oldest first
     {prefix}:{<channel>}:idem:<sha-256 hex of the key>
                                 "<seq>:<epoch>:<ts>" of the first publication

@@ -20,6 +20,7 @@ configuration time (see :mod:`gateway.broker.redisurl`).
 
 from __future__ import annotations
 
+import itertools
 import re
 from typing import Any
 
@@ -88,8 +89,7 @@ def parse_redirect(message: str | bytes, current: Address | None = None) -> Redi
     when it is another error.  An empty host (``":6381"``, a node that does not know its
     own address) means the host of ``current``, the node that answered."""
     text = message.decode("utf-8", "replace") if isinstance(message, bytes) else message
-    if text.startswith("ERR "):
-        text = text[4:]
+    text = text.removeprefix("ERR ")
     match = _REDIRECT_RE.match(text.strip())
     if match is None:
         return None
@@ -131,7 +131,7 @@ def parse_slots(reply: Any, current: Address | None = None) -> list[tuple[int, i
             host = current[0]
         ranges.append((start, end, (host, port)))
     ranges.sort()
-    for (_, end, _), (start, _, _) in zip(ranges, ranges[1:]):
+    for (_, end, _), (start, _, _) in itertools.pairwise(ranges):
         if start <= end:
             raise ValueError("CLUSTER SLOTS: overlapping ranges")
     return ranges

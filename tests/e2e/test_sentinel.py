@@ -66,7 +66,7 @@ def check_stream(sub: Subscriber, acked: dict[tuple[str, int], str]) -> dict[str
                 left[position[0]] = position[1]
             position = (e["epoch"], e["seq"])
     lost = 0
-    for (epoch, seq), _data in acked.items():
+    for epoch, seq in acked:
         if (epoch, seq) in delivered:
             continue
         assert epoch in left and seq > left[epoch], f"acked {(epoch, seq)} silently missing for {sub.channel}"
@@ -75,7 +75,7 @@ def check_stream(sub: Subscriber, acked: dict[tuple[str, int], str]) -> dict[str
 
 
 async def test_master_killed_mid_stream_fails_over_without_silent_loss(sentinels):
-    config = dict(redis=sentinels.url, drain_timeout=2.0)
+    config = {"redis": sentinels.url, "drain_timeout": 2.0}
     a = start_gateway(Config(node_id="a", **config))
     b = start_gateway(Config(node_id="b", **config))
 
@@ -227,7 +227,7 @@ def test_scripts_start_a_new_epoch_under_another_writer(redis_server):
     """publish.lua and history.lua keep a stream's epoch while the writer (the master's
     replication ID) is the one that wrote it, and start a new epoch under another one;
     with no writer (one Redis) there is no check."""
-    e1, s1 = publish_as(redis_server, "A")
+    e1, _ = publish_as(redis_server, "A")
     assert (e1, 2) == publish_as(redis_server, "A")
     assert (e1, 2, 1) == history_as(redis_server, "A", e1, 1)
     assert (e1, 3) == publish_as(redis_server, "")  # unguarded: the stream goes on

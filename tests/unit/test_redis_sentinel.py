@@ -10,7 +10,12 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from gateway.broker.redisurl import parse_redis_url
-from gateway.broker.sentinel import MasterNotFound, SentinelEndpoint, parse_info, parse_role
+from gateway.broker.sentinel import (
+    MasterNotFound,
+    SentinelEndpoint,
+    parse_info,
+    parse_role,
+)
 from gateway.config import ConfigError
 
 
@@ -144,7 +149,7 @@ def test_silent_sentinels_fail_discovery_after_the_timeout():
 
 
 def test_a_new_master_is_reported_once():
-    ep, clock, fakes, changes = endpoint(count=1)
+    ep, _, fakes, changes = endpoint(count=1)
     for port in (7000, 7000, 7001, 7001):
         got = results(ep.discover())
         fakes[0].calls[-1].callback({"m": state(port)})
@@ -153,7 +158,7 @@ def test_a_new_master_is_reported_once():
 
 
 def test_close_fails_pending_discoveries_and_refuses_new_ones():
-    ep, clock, fakes, _ = endpoint()
+    ep, clock, _, _ = endpoint()
     got = results(ep.discover())
     ep.close()
     assert 1 == len(got) and got[0].check(MasterNotFound) and 1 == ep._manager.disconnected

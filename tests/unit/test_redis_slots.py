@@ -5,11 +5,21 @@ tests/e2e/test_cluster_routing.py."""
 from __future__ import annotations
 
 import pytest
+from twisted.internet.task import Clock
 
 from gateway.broker.redis import RedisBroker
+from gateway.broker.slots import (
+    SLOTS,
+    Redirect,
+    SlotMap,
+    crc16,
+    group_by_owner,
+    hash_tag,
+    key_slot,
+    parse_redirect,
+    parse_slots,
+)
 from gateway.core.channels import is_valid_channel
-from gateway.broker.slots import SLOTS, Redirect, SlotMap, crc16, group_by_owner, hash_tag, key_slot, parse_redirect, parse_slots
-from twisted.internet.task import Clock
 
 A, B, C = ("10.0.0.1", 7000), ("10.0.0.2", 7001), ("10.0.0.3", 7002)
 
