@@ -21,9 +21,13 @@ def broker_from_config(config: Config, reactor: Any) -> IBroker:
         return InMemoryBroker(config.history_size, config.history_ttl, clock=reactor)
     from gateway.broker.redisurl import parse_redis_url
 
-    parse_redis_url(config.redis)  # ConfigError naming what is wrong
+    url = parse_redis_url(config.redis)  # ConfigError naming what is wrong
     try:
         from gateway.broker.redis import RedisBroker
     except ImportError:
         raise ConfigError("redis: the Redis broker is not available in this build") from None
+    if url.scheme == "redis+cluster":
+        from gateway.broker.cluster import ClusterBroker
+
+        return ClusterBroker.from_config(config, reactor)
     return RedisBroker.from_config(config, reactor)  # type: ignore[no-any-return]

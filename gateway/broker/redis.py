@@ -250,6 +250,32 @@ def _protocols() -> dict[str, type]:
         def messageReceived(self, pattern: Any, channel: bytes, message: bytes) -> None:
             self.factory.broker._message_received(channel, message)
 
+        # Sharded pub/sub (Redis Cluster): txredisapi knows SUBSCRIBE and PSUBSCRIBE
+        # only.  One channel per SSUBSCRIBE/SUNSUBSCRIBE, so each has one reply; a
+        # "sunsubscribe" nobody asked for is the server dropping a channel whose slot
+        # moved away.
+        def replyReceived(self, reply: Any) -> None:
+            kind = reply[0] if isinstance(reply, list) and len(reply) == 3 else None
+            if kind == b"smessage":
+                self.messageReceived(None, reply[1], reply[2])
+            elif kind == b"ssubscribe":
+                self.replyQueue.put(reply)
+            elif kind == b"sunsubscribe":
+                if getattr(self, "_sunsubscribing", 0) > 0:
+                    self._sunsubscribing -= 1
+                    self.replyQueue.put(reply)
+                else:
+                    self.factory.broker._shard_channel_dropped(reply[1])
+            else:
+                super().replyReceived(reply)
+
+        def ssubscribe(self, channel: str) -> Any:
+            return self.execute_command("SSUBSCRIBE", channel, apply_timeout=False)
+
+        def sunsubscribe(self, channel: str) -> Any:
+            self._sunsubscribing = getattr(self, "_sunsubscribing", 0) + 1
+            return self.execute_command("SUNSUBSCRIBE", channel)
+
     class _Factory(txredisapi.RedisFactory):
         """A RedisFactory that never gives up while the broker runs.
 
@@ -329,8 +355,16 @@ class RedisBroker:
         reconnect_initial_delay: float = 0.1,
         reconnect_max_delay: float = 1.0,
         idempotency_ttl: float = IDEMPOTENCY_TTL,
+        sharded: bool = False,
+        on_dropped: Any = None,
     ) -> None:
         self.url = parse_redis_url(url)
+        # One shard of a Redis Cluster (gateway.broker.cluster): sharded pub/sub on
+        # hash-tagged channels, scripts guarded by the master's replication ID, and
+        # MOVED/ASK reported as Redirected; on_dropped(channel) when the server drops
+        # a sharded subscription (its slot moved).
+        self.sharded = sharded
+        self._on_dropped = on_dropped
         self.name = self.url.display()
         self.history_size = history_size
         self.history_ttl = history_ttl
@@ -348,7 +382,13 @@ class RedisBroker:
         self._idem_fmt = prefix + ":{{{}}}:idem:{}"
         self._idempotency_ms = str(max(1, math.ceil(idempotency_ttl * 1000)))
         self._pub_prefix = f"{prefix}:{self.url.db}:pub:"
+        if sharded:
+            # The channel's hash tag: SPUBLISH from the script reaches the subscribers
+            # of the channel's own shard.
+            self._pub_prefix = f"{prefix}:{{"
         self._pub_prefix_bytes = self._pub_prefix.encode()
+        self._pub_suffix = "}:pub" if sharded else ""
+        self._pub_suffix_bytes = self._pub_suffix.encode()
         self._control_channel = f"{prefix}:{self.url.db}:control"
         self._control_channel_bytes = self._control_channel.encode()
         self._rev_fmt = prefix + ":{{rev:{}}}"
@@ -391,7 +431,7 @@ class RedisBroker:
         self.shard = ShardStats(shard or "redis")
         # Under Sentinel the scripts guard every stream with the master's replication
         # ID (publish.lua ARGV[9]): a promoted replica has a new one.
-        self._guarded = self.url.scheme in (SENTINEL, CLUSTER)
+        self._guarded = sharded or self.url.scheme in (SENTINEL, CLUSTER)
 
     @classmethod
     def from_config(cls, config: Config, reactor: Any) -> RedisBroker:
@@ -417,7 +457,23 @@ class RedisBroker:
 
     def pubsub_channel(self, channel: str) -> str:
         """The Redis pub/sub channel carrying ``channel``'s publications."""
-        return self._pub_prefix + channel
+        return self._pub_prefix + channel + self._pub_suffix
+
+    def _channel_of(self, redis_channel: bytes) -> str | None:
+        if not redis_channel.startswith(self._pub_prefix_bytes) or not redis_channel.endswith(self._pub_suffix_bytes):
+            return None
+        return redis_channel[len(self._pub_prefix_bytes) : len(redis_channel) - len(self._pub_suffix_bytes)].decode()
+
+    def _shard_channel_dropped(self, redis_channel: Any) -> None:
+        if isinstance(redis_channel, str):
+            redis_channel = redis_channel.encode()
+        channel = self._channel_of(redis_channel)
+        if channel is None or channel not in self._channels:
+            return
+        self._log.info("{url} dropped the subscription of {channel} (its slot moved)", url=self.name, channel=channel)
+        self._channels.discard(channel)
+        if self._on_dropped is not None:
+            self._on_dropped(channel)
 
     @property
     def control_channel(self) -> str:
@@ -594,7 +650,8 @@ class RedisBroker:
         if self._subscriber_connections:
             self._buffered = []
         channels = sorted(self._channels)
-        ds = [self._timed(conn.subscribe(self.pubsub_channel(c))) for c in channels]
+        subscribe = conn.ssubscribe if self.sharded else conn.subscribe
+        ds = [self._timed(subscribe(self.pubsub_channel(c))) for c in channels]
         ds.append(self._timed(conn.subscribe(self._control_channel)))
         ds.append(self._timed(defer.maybeDeferred(conn.execute_command, "PING")))
         d = defer.gatherResults(ds, consumeErrors=True)
@@ -695,15 +752,28 @@ class RedisBroker:
         d.addBoth(done)
 
     def _eval(
-        self, what: str, script: bytes, keys: list[str], args: list[Any], conn: Any = None, writer: bool = False
+        self,
+        what: str,
+        script: bytes,
+        keys: list[str],
+        args: list[Any],
+        conn: Any = None,
+        writer: bool = False,
+        asking: bool = False,
     ) -> defer.Deferred[Any]:
         if conn is None:
             conn = self._connection()
         if conn is None:
             return defer.fail(Unavailable(f"{what}: Redis is not reachable"))
         if writer:
-            # The last argument of publish.lua and history.lua (see _check_master).
+            # The last argument of publish.lua and history.lua (see _check_master),
+            # and for publish.lua in a cluster, SPUBLISH.
             args = [*args, getattr(conn, "writer", "")]
+            if self.sharded and script is self._publish_script:
+                args.append("SPUBLISH")
+        if asking:
+            # ASK redirect: this one command, on the importing node (same connection, next).
+            conn.execute_command("ASKING").addErrback(lambda f: None)
         d = self._measured(self._timed(defer.maybeDeferred(conn.eval, script, keys, args)))
         d.addErrback(self._unavailable, what, conn)
         return d
@@ -735,6 +805,12 @@ class RedisBroker:
     def _unavailable(self, failure: Failure, what: str, conn: Any = None) -> Failure:
         if failure.check(Unavailable):
             return failure
+        if self.sharded and failure.check(_txredisapi().ResponseError):
+            from gateway.broker.slots import parse_redirect
+
+            redirect = parse_redirect(failure.getErrorMessage(), (self.url.host, self.url.port))
+            if redirect is not None:
+                return Failure(Redirected(redirect, f"{what}: {redirect.kind} to {redirect.address[0]}:{redirect.address[1]}"))
         if failure.check(_txredisapi().ResponseError) and failure.getErrorMessage().startswith("READONLY"):
             # A master demoted under us (Sentinel failover): reconnect to the new one.
             self._log.warn("{what}: {url} is read-only now; reconnecting", what=what, url=self.name)
@@ -749,7 +825,7 @@ class RedisBroker:
     # -- IBroker -------------------------------------------------------------------
 
     def publish(
-        self, channel: str, data: Any, sender: str | None = None, idempotency_key: str | None = None
+        self, channel: str, data: Any, sender: str | None = None, idempotency_key: str | None = None, asking: bool = False
     ) -> defer.Deferred[Publication]:
         try:
             # Refuse what could not be delivered before it takes a seq.
@@ -772,7 +848,7 @@ class RedisBroker:
         conn = self._connection_for(channel)
         if conn is None:
             return defer.fail(Unavailable("publish: Redis is not reachable"))
-        d = self._eval("publish", self._publish_script, keys, args, conn, writer=True)
+        d = self._eval("publish", self._publish_script, keys, args, conn, writer=True, asking=asking)
         self._track(channel, conn, d)
 
         def published(reply: list[Any]) -> Publication:
@@ -812,7 +888,8 @@ class RedisBroker:
             return defer.fail(Unavailable("subscribe: Redis is not reachable"))
         self._channels.add(channel)
         if conn is not None:
-            d = self._timed(defer.maybeDeferred(conn.subscribe, self.pubsub_channel(channel)))
+            subscribe = conn.ssubscribe if self.sharded else conn.subscribe
+            d = self._timed(defer.maybeDeferred(subscribe, self.pubsub_channel(channel)))
         else:
             # The connection, when it comes, subscribes to every wanted channel.
             waiter: defer.Deferred[None] = defer.Deferred()
@@ -830,7 +907,8 @@ class RedisBroker:
         conn = self._subscriber
         if conn is None or self._stopping:
             return defer.succeed(None)
-        d = self._timed(defer.maybeDeferred(conn.unsubscribe, self.pubsub_channel(channel)))
+        unsubscribe = conn.sunsubscribe if self.sharded else conn.unsubscribe
+        d = self._timed(defer.maybeDeferred(unsubscribe, self.pubsub_channel(channel)))
         # Not fatal: a reconnect subscribes only to wanted channels, and stray
         # messages for unwanted ones are dropped.
         d.addErrback(lambda f: self._log.warn("unsubscribe {channel} failed: {error}", channel=channel, error=f.getErrorMessage()))
@@ -845,6 +923,10 @@ class RedisBroker:
         return self.execute("control", "PUBLISH", self._control_channel, body).addCallback(lambda _: None)
 
     # -- presence ---------------------------------------------------------------
+
+    def _presence_mode(self, mode: str) -> str:
+        # presence.lua: "us"/"qs" publish join/leave with SPUBLISH (sharded pub/sub).
+        return mode + "s" if self.sharded else mode
 
     def presence_keys(self, channel: str) -> list[str]:
         """The Redis keys of ``channel``'s presence (see lua/presence.lua)."""
@@ -861,7 +943,7 @@ class RedisBroker:
         ds = []
         for channel, args in by_channel.items():
             for i in range(0, len(args), 3 * PRESENCE_CHUNK):
-                chunk = ["u", self.pubsub_channel(channel), *args[i : i + 3 * PRESENCE_CHUNK]]
+                chunk = [self._presence_mode("u"), self.pubsub_channel(channel), *args[i : i + 3 * PRESENCE_CHUNK]]
                 ds.append(self._eval("presence", self._presence_script, self.presence_keys(channel), chunk))
         if not ds:
             return defer.succeed(None)
@@ -874,7 +956,7 @@ class RedisBroker:
         return d.addCallbacks(lambda _: None, unwrap)
 
     def presence_query(self, channel: str, limit: int, after: str | None) -> defer.Deferred[PresencePage]:
-        args = ["q", self.pubsub_channel(channel), str(limit), after or ""]
+        args = [self._presence_mode("q"), self.pubsub_channel(channel), str(limit), after or ""]
         d = self._eval("presence", self._presence_script, self.presence_keys(channel), args)
 
         def answer(reply: list[Any]) -> PresencePage:
@@ -915,10 +997,8 @@ class RedisBroker:
         if redis_channel == self._control_channel_bytes:
             self._control_received(message)
             return
-        if not redis_channel.startswith(self._pub_prefix_bytes):
-            return
-        channel = redis_channel[len(self._pub_prefix_bytes) :].decode()
-        if channel not in self._channels or self._listener is None:
+        channel = self._channel_of(redis_channel)
+        if channel is None or channel not in self._channels or self._listener is None:
             return
         if message[:1] == b"P":
             self._presence_message(channel, message)
@@ -942,6 +1022,15 @@ class RedisBroker:
             return
         if self._listener is not None:
             self._listener.control_received(decoded)
+
+
+class Redirected(Unavailable):
+    """A Redis Cluster ``MOVED``/``ASK`` reply (``redirect``); unavailable to whoever
+    does not follow it (gateway.broker.cluster does)."""
+
+    def __init__(self, redirect: Any, message: str) -> None:
+        super().__init__(message)
+        self.redirect = redirect
 
 
 def _text(value: Any) -> str:

@@ -70,11 +70,7 @@ def parse_redis_url(url: str) -> RedisURL:
         ConfigError: naming what is wrong.
     """
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-    if scheme == CLUSTER:
-        # The slot routing exists (gateway.broker.slots) but the broker does not
-        # use it yet: refuse rather than run a cluster through one node.
-        raise ConfigError(f"redis: {CLUSTER}:// is not supported yet, got {url!r}")
-    if scheme == SENTINEL:
+    if scheme in (SENTINEL, CLUSTER):
         return _parse_multi(url, scheme)
     try:
         parts = urlsplit(url)

@@ -100,6 +100,17 @@ class RedisServer:
         return out.stdout
 
 
+def wait_replicas_in_sync(nodes: list[RedisServer], deadline: float) -> None:
+    """Until every replica among ``nodes`` has finished its first sync."""
+    while True:
+        infos = [n.cli("INFO", "replication") for n in nodes]
+        if all("role:master" in i or "master_link_status:up" in i for i in infos):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError("a replica did not sync with its master")
+        time.sleep(0.05)
+
+
 class SentinelSet:
     """A master, one replica and three Sentinels (quorum 2, down after 1 s), each its own
     process on a free port, for failover tests.  The replica copies the master; the
@@ -108,7 +119,7 @@ class SentinelSet:
     def __init__(self, directory: str, name: str = "mymaster") -> None:
         self.name = name
         self.directory = directory
-        self.master = RedisServer(self._dir("master"))
+        self.master = RedisServer(self._dir("master"), "--repl-diskless-sync-delay", "0")
         self.replica = RedisServer(self._dir("replica"), "--replicaof", "127.0.0.1", str(self.master.port))
         self.sentinel_ports = [free_port() for _ in range(3)]
         self.sentinels: list[subprocess.Popen[bytes]] = []
@@ -140,8 +151,10 @@ class SentinelSet:
             self.sentinels.append(
                 subprocess.Popen([REDIS_SERVER, conf, "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             )
-        # Ready for a failover once every Sentinel knows the replica and the two others.
+        # Ready for a failover once the replica is in sync and every Sentinel knows it
+        # and the two others.
         deadline = time.monotonic() + 30 * TIMEOUT_FACTOR
+        wait_replicas_in_sync([self.replica], deadline)
         while not all(self._sentinel_ready(p) for p in self.sentinel_ports):
             if time.monotonic() > deadline:
                 raise AssertionError("the Sentinels did not discover the replica and each other")
@@ -184,7 +197,9 @@ class RedisCluster:
             self.nodes.append(
                 # The cluster bus port defaults to port + 10000, which may be past 65535.
                 RedisServer(path, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                            "--cluster-node-timeout", "1000", "--cluster-port", str(free_port()))
+                            "--cluster-node-timeout", "1000", "--cluster-port", str(free_port()),
+                            # Replicas in sync at once (a never-synced replica is not promoted).
+                            "--repl-diskless-sync-delay", "0")
             )
 
     @property
@@ -204,6 +219,7 @@ class RedisCluster:
             if time.monotonic() > deadline:
                 raise AssertionError("the cluster did not reach cluster_state:ok")
             time.sleep(0.05)
+        wait_replicas_in_sync(self.nodes, deadline)
 
     def node_id(self, port: int) -> str:
         return next(n for n in self.nodes if n.port == port).cli("CLUSTER", "MYID").strip()

@@ -42,13 +42,20 @@ def test_sentinel_url_forms():
         ("redis+sentinel://,h2/m", "invalid host"),
         ("redis+sentinel://h1/m?x=1", "unknown URL parameter"),
         ("redis+sentinel://h1/m?prefix=a b", "prefix must match"),
-        ("redis+cluster://h1:7000,h2:7001", "not supported yet"),
+        ("redis+cluster://h1:7000,h2:7001/0", "no path"),
         ("rediss://h1", "expected redis://"),
     ],
 )
 def test_bad_sentinel_urls_are_config_errors(url, error):
     with pytest.raises(ConfigError, match=error):
         parse_redis_url(url)
+
+
+def test_cluster_url():
+    url = parse_redis_url("redis+cluster://u:p@h1:7000,h2?prefix=gw")
+    assert ("redis+cluster", (("h1", 7000), ("h2", 6379)), 0, "gw") == (url.scheme, url.nodes, url.db, url.prefix)
+    assert ("u", "p") == (url.username, url.password)
+    assert "redis+cluster://h1:7000,h2:6379?prefix=gw" == url.display()
 
 
 def test_parse_info_and_role():

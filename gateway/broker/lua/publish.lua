@@ -18,6 +18,8 @@
 --          promoted, or the slot moved) is treated as missing: that master may have
 --          acked publications the data here never received, so the stream must not
 --          go on with the same epoch and reuse their seqs (a silent gap).
+-- ARGV[10] optional: "SPUBLISH" in a Redis Cluster (sharded pub/sub; ARGV[1] then
+--          carries the channel's hash tag), else PUBLISH
 --
 -- Returns  {seq, epoch, ts}: the seq given to this publication, the channel's
 --          epoch, and the acceptance time (Redis TIME, ms since the Unix epoch).
@@ -81,7 +83,7 @@ end
 
 redis.call("EXPIRE", hist, ARGV[6])
 redis.call("EXPIRE", meta, ARGV[7])
-redis.call("PUBLISH", ARGV[1], entry)
+redis.call(ARGV[10] == "SPUBLISH" and "SPUBLISH" or "PUBLISH", ARGV[1], entry)
 if idem then
   redis.call("SET", idem, seq .. ":" .. epoch .. ":" .. ts, "PX", ARGV[8])
 end
