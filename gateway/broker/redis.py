@@ -92,6 +92,8 @@ Keys, under a configurable prefix (``redis://host:port/db?prefix=gw``, default
                                 with that idempotency key, expiring after 5 min
     {prefix}:<db>:pub:<channel> pub/sub channel (pub/sub ignores the db number,
                                 so it is part of the name)
+    {prefix}:{<channel>}:pub    the same in a Redis Cluster (sharded pub/sub,
+                                SPUBLISH/SSUBSCRIBE, in the channel's slot)
     {prefix}:<db>:control       pub/sub channel of control messages (revocation),
                                 subscribed by every node's pub/sub connection
     {prefix}:{rev:<sub>}        a revoked identity (see gateway.auth.revocation)

@@ -5,7 +5,8 @@
   the master that the Sentinels name ``MASTER_NAME``, found again after a failover
   (the password is the data nodes'; the Sentinels are asked without one);
 * ``redis+cluster://[[user]:password@]host1:7000,host2:7001[?prefix=P]``: a Redis
-  Cluster, reached through any of the seed nodes (a cluster has database 0 only).
+  Cluster, reached through any of the seed nodes (a cluster has database 0 only;
+  see :mod:`gateway.broker.cluster`).
 
 Pure parsing (no Twisted, no txredisapi), so configuration can validate the option
 before anything starts.

@@ -14,8 +14,7 @@ Every key of a gateway channel carries the channel's hash tag (``P:{<channel>}:m
 ``:hist``, ``:idem:<sha>``, the presence keys), so each script touches one slot; a
 revocation is one key tagged by identity (``P:{rev:<sub>}``).
 
-The Redis broker does not route through this yet: ``redis+cluster://`` is refused at
-configuration time (see :mod:`gateway.broker.redisurl`).
+:mod:`gateway.broker.cluster` routes through these.
 """
 
 from __future__ import annotations
