@@ -13,6 +13,7 @@ Everything it starts is stopped when it ends, also on Ctrl-C and on errors.
     python bench/fanout.py --transport poll
     python bench/fanout.py --redis                          # cross-node, through Redis
     python bench/fanout.py --redis --sentinel               # the same, through Redis Sentinel
+    python bench/fanout.py --redis --cluster                # the same, through a 3-master Redis Cluster
     python bench/fanout.py --subscribers 10 --duration 1    # smoke test, a few seconds
     python bench/fanout.py --json                           # JSON line on stdout, summary on stderr
 
@@ -239,6 +240,34 @@ def start_redis(children: Children, tmp: str, name: str = "redis", extra: tuple[
         "pid": proc.pid,
         "argv": argv,
     }
+
+
+def start_cluster(children: Children, tmp: str, channel: str) -> tuple[dict[str, Any], str]:
+    """--cluster: three cluster-enabled masters joined with ``redis-cli --cluster create``;
+    returns the master serving ``channel``'s slot (whose figures the report shows) and
+    the redis+cluster:// URL."""
+    masters = [
+        start_redis(children, tmp, f"redis-c{i}", ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                                                   "--cluster-port", str(free_port())))
+        for i in range(3)
+    ]  # fmt: skip
+    subprocess.run(["redis-cli", "--cluster", "create", *(f"{LOOPBACK}:{m['port']}" for m in masters), "--cluster-yes"],
+                   check=True, capture_output=True, timeout=60)
+    deadline = time.monotonic() + 30
+    while not all("cluster_state:ok" in str(redis_command(m["port"], "CLUSTER", "INFO")) for m in masters):
+        if time.monotonic() > deadline:
+            raise BenchError("the cluster did not reach cluster_state:ok within 30 s")
+        time.sleep(0.1)
+    owner = None
+    for m in masters:
+        try:
+            redis_command(m["port"], "EXISTS", "gateway:{" + channel + "}:meta")
+            owner = m
+        except RuntimeError:  # MOVED: another master serves the slot
+            pass
+    if owner is None:
+        raise BenchError("no master serves the channel's slot")
+    return owner, "redis+cluster://" + ",".join(f"{LOOPBACK}:{m['port']}" for m in masters)
 
 
 def start_sentinels(children: Children, tmp: str, master_port: int) -> str:
@@ -574,7 +603,14 @@ async def run_bench(
     auth_args, sub_token, pub_token = auth_setup(args.auth, tmp)
     if args.auth != "none":
         log(f"authentication: {args.auth} JWT on the upgrade (token=)")
-    if args.redis:
+    channel = f"bench:fanout:{os.getpid()}:{int(time.time())}"
+    if args.redis and args.cluster:
+        redis, redis_url = start_cluster(children, tmp, channel)
+        log(f"3-master cluster {redis_url}; the channel's slot is on port {redis['port']} (its figures below)")
+        node_a = start_gateway(children, tmp, "a", redis_url, env, auth_args)
+        node_b = start_gateway(children, tmp, "b", redis_url, env, auth_args)
+        pub_node, sub_node = node_a, node_b
+    elif args.redis:
         redis = start_redis(children, tmp)
         redis_url = f"redis://{LOOPBACK}:{redis['port']}/0"
         log(f"redis-server pid {redis['pid']} on port {redis['port']}")
@@ -592,7 +628,6 @@ async def run_bench(
         pub_node = sub_node = node_a
         log(f"gateway pid {node_a['pid']} on port {node_a['port']}")
 
-    channel = f"bench:fanout:{os.getpid()}:{int(time.time())}"
     warmup_count = int(round(args.warmup * args.rate))
     measured = max(1, int(round(args.duration * args.rate)))
     total = warmup_count + measured
@@ -762,7 +797,7 @@ async def run_bench(
     result: dict[str, Any] = {
         "transport": args.transport,
         "gateway_source": source,
-        "mode": ("redis-sentinel-cross-node" if args.sentinel else "redis-cross-node") if args.redis else "single-node",
+        "mode": ("redis-sentinel-cross-node" if args.sentinel else "redis-cluster-cross-node" if args.cluster else "redis-cross-node") if args.redis else "single-node",
         "subscribers_requested": args.subscribers,
         "subscribers": live_subs,
         "subscribe_failures": failed,
@@ -999,6 +1034,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="cross-node: own redis-server, publisher on node A, subscribers on node B",
     )
     p.add_argument(
+        "--cluster",
+        action="store_true",
+        help="with --redis: a 3-master Redis Cluster instead of one redis-server (the channel lives on one of them)",
+    )
+    p.add_argument(
         "--sentinel",
         action="store_true",
         help="with --redis: the nodes reach the redis-server through three Sentinels (a replica follows it)",
@@ -1089,8 +1129,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.subscribers = DEFAULT_SUBSCRIBERS[args.transport]
     if args.subscribers < 1 or args.clients < 1 or args.rate <= 0 or args.duration <= 0:
         p.error("--subscribers, --clients, --rate and --duration must be positive")
-    if args.sentinel and not args.redis:
-        p.error("--sentinel needs --redis")
+    if (args.sentinel or args.cluster) and not args.redis:
+        p.error("--sentinel and --cluster need --redis")
+    if args.sentinel and args.cluster:
+        p.error("--sentinel or --cluster, not both")
     if (
         args.subscribers > 20000
         or args.clients > 16

@@ -141,15 +141,19 @@ class SlotMap:
 
     def __init__(self) -> None:
         self._owner: list[Address | None] = [None] * SLOTS
+        self._ranges: list[tuple[int, int, Address]] | None = None  # as last replaced
         self.version = 0  # bumped on every change
 
     def replace(self, ranges: list[tuple[int, int, Address]]) -> set[int]:
         """Take a full map (from :func:`parse_slots`); returns the slots whose owner changed."""
+        if ranges == self._ranges:
+            return set()  # the usual refresh: nothing to rebuild
         owner: list[Address | None] = [None] * SLOTS
         for start, end, address in ranges:
             owner[start : end + 1] = [address] * (end - start + 1)
         changed = {slot for slot in range(SLOTS) if owner[slot] != self._owner[slot]}
         self._owner = owner
+        self._ranges = list(ranges)
         if changed:
             self.version += 1
         return changed
@@ -166,6 +170,7 @@ class SlotMap:
         if redirect.kind != "MOVED" or self._owner[redirect.slot] == redirect.address:
             return False
         self._owner[redirect.slot] = redirect.address
+        self._ranges = None
         self.version += 1
         return True
 
