@@ -44,7 +44,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gateway.broker.redis import RedisBroker, Redirected
+from gateway.broker.redis import Redirected, RedisBroker
 from gateway.broker.redisurl import parse_redis_url
 from gateway.broker.shards import ShardStats
 from gateway.broker.slots import Address, SlotMap, key_slot, parse_slots
@@ -121,6 +121,8 @@ class ClusterBroker:
         self._again = False
         self._stopping = False
         self.refreshes = 0
+        self.redirects = {"MOVED": 0, "ASK": 0}  # redirects followed
+        self.dropped = 0  # subscriptions a master dropped (slot moved)
         self._started: defer.Deferred[None] | None = None
         self._start_calls: list[Any] = []
         # Keys and names are the links' (one prefix for all).
@@ -290,11 +292,13 @@ class ClusterBroker:
                     connectTimeout=self.connect_timeout,
                     replyTimeout=self.connect_timeout,
                 )
-            except Exception:  # noqa: BLE001 - any seed failing: try the next one
+            except Exception as e:  # noqa: BLE001 - any seed failing: try the next one
+                self._log.warn("seed {host}:{port}: {error}", host=host, port=port, error=e)
                 continue
             try:
                 return await conn.execute_command("CLUSTER", "SLOTS"), (host, port)
-            except Exception:  # noqa: BLE001
+            except Exception as e:  # noqa: BLE001
+                self._log.warn("seed {host}:{port}: CLUSTER SLOTS failed: {error}", host=host, port=port, error=e)
                 continue
             finally:
                 await conn.disconnect()
@@ -355,6 +359,7 @@ class ClusterBroker:
     def _dropped(self, channel: str) -> None:
         # A master dropped a sharded subscription: its slot moved.  Mark it nowhere so
         # the refresh subscribes it on the new owner.
+        self.dropped += 1
         if channel in self._channels:
             self._channels[channel] = ("", 0)
         self.refresh()
@@ -372,6 +377,7 @@ class ClusterBroker:
         """Follow one MOVED/ASK: retry on the named node (after ASKING for ASK)."""
         failure.trap(Redirected)
         redirect = failure.value.redirect
+        self.redirects[redirect.kind] += 1
         if redirect.kind == "MOVED":
             self.slot_map.moved(redirect)
             self.refresh()

@@ -214,6 +214,11 @@ async def test_slot_resharded_while_publishing(cluster):
             if not keys:
                 break
             src.cli("MIGRATE", "127.0.0.1", str(dst.port), "", "0", "5000", "KEYS", *keys)
+        # Mid-migration (keys on the target, the slot still the source's): ASK.
+        async with httpx.AsyncClient(timeout=10) as client:
+            asked = await client.post(a.base + "/publish", json={"channel": channel, "data": "asked"})
+        assert 200 == asked.status_code, asked.text
+        pub.outcomes.append((channel, "asked", "ok", asked.json()["epoch"], asked.json()["seq"]))
         for n in cluster.nodes:
             n.cli("CLUSTER", "SETSLOT", str(slot), "NODE", dst_id)
         moved = time.monotonic()
@@ -226,20 +231,25 @@ async def test_slot_resharded_while_publishing(cluster):
         last = max(acked, key=lambda o: (o[3] == acked[-1][3], o[4]))
         await until(lambda: all(s.messages and s.messages[-1]["data"] == last[1] for s in subs), timeout=15, what="last delivered")
         following = {n.bus.broker._channels.get(channel) for n in (a, b)}
+        followed = [(dict(n.bus.broker.redirects), n.bus.broker.dropped) for n in (a, b)]
         for s in subs:
             await s.close()
-        return subs, acked, target, following, time.monotonic() - moved, pub.outcomes + pub_b.outcomes
+        return subs, acked, target, following, time.monotonic() - moved, pub.outcomes + pub_b.outcomes, followed
 
     try:
-        subs, acked, target, following, elapsed, outcomes = await aio(scenario())
+        subs, acked, target, following, elapsed, outcomes, followed = await aio(scenario())
     finally:
         await a.stop()
         await b.stop()
     assert {target} == following
+    # Both nodes publish continuously: each met the move as a redirect, and each had its
+    # sharded subscription dropped by the old owner.
+    assert all(r["MOVED"] + r["ASK"] >= 1 and d == 1 for r, d in followed), followed
+    assert followed[0][0]["ASK"] >= 1, followed
     by_key = {(o[3], o[4]): o[1] for o in acked}
     assert len(by_key) == len(acked), "an (epoch, seq) was acked twice"
     figures = [check_stream(s, by_key) for s in subs]
     # The channel's keys moved to another master: one reset to a new epoch there.
     assert all(f["resets"] == 1 for f in figures), figures
     refused = sum(o[2] == "unavailable" for o in outcomes)
-    print(f"\ncluster reshard: {len(acked)} acked, {refused} refused; {figures}")
+    print(f"\ncluster reshard: {len(acked)} acked, {refused} refused, {elapsed:.1f} s after the move; (redirects followed, subscriptions dropped) per node {followed}; {figures}")
