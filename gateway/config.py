@@ -58,7 +58,7 @@ def _positive(v: Any) -> bool:
 
 OPTIONS: tuple[Option, ...] = (
     Option("listen", str, (DEFAULT_LISTEN,), f"Twisted endpoint to listen on (repeatable; default {DEFAULT_LISTEN}).", True, "ENDPOINT"),
-    Option("redis", str, None, "Share channels through Redis: redis://[[USER]:PASSWORD@]HOST[:PORT][/DB][?prefix=P] (default: in-process bus).", metavar="URL"),
+    Option("redis", str, None, "Share channels through Redis: redis://[[USER]:PASSWORD@]HOST[:PORT][/DB][?prefix=P], redis+sentinel://[[USER]:PASSWORD@]HOST:PORT,.../MASTER[/DB][?prefix=P] or redis+cluster://[[USER]:PASSWORD@]HOST:PORT,...[?prefix=P] (default: in-process bus).", metavar="URL"),
     Option("jwt-secret", str, None, "HS256 secret for JWT authentication.", metavar="SECRET"),
     Option("jwt-public-key", str, None, "PEM public key file for RS256/ES256 JWT authentication.", metavar="FILE"),
     Option("jwt-secret-file", str, None, "File holding the HS256 secret (instead of --jwt-secret, which ps shows).", metavar="FILE"),

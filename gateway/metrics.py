@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET, Request
@@ -44,7 +44,7 @@ class _GatewayCollector(Collector):
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
 
-    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily]:
         stats = self.gateway.stats
         conns = GaugeMetricFamily("gateway_connections", "Open client connections.", labels=["transport"])
         for t in TRANSPORTS:
@@ -63,8 +63,29 @@ class _GatewayCollector(Collector):
         yield GaugeMetricFamily("gateway_broker_up", "1 while the message bus can take publications.", value=1 if self.gateway.bus.is_ready() else 0)
         yield GaugeMetricFamily("gateway_channels", "Channels with local subscribers.", value=len(self.gateway.bus.channels))
         yield GaugeMetricFamily("gateway_subscriptions", "Local subscriptions.", value=self.gateway.bus.subscriber_count())
+        yield from _shard_metrics(self.gateway)
         yield from limit_metrics(self.gateway)
         yield from presence_metrics(self.gateway)
+
+
+def _shard_metrics(gateway: Gateway) -> Iterator[GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily]:
+    """Per Redis shard (gateway.broker.shards): nothing for the in-memory broker."""
+    shards = getattr(gateway.bus.broker, "shards", None)
+    if shards is None:
+        return
+    stats = shards()
+    up = GaugeMetricFamily("gateway_redis_shard_up", "1 while this node can run commands on the Redis shard.", labels=["shard"])
+    latency = HistogramMetricFamily("gateway_redis_command_seconds", "Redis command and script round trips, per shard.", labels=["shard"])
+    reconnects = CounterMetricFamily(
+        "gateway_redis_pubsub_reconnects", "Times the pub/sub connection to the shard was re-established and resubscribed.", labels=["shard"]
+    )
+    for shard in stats:
+        up.add_metric([shard.name], 1 if shard.up else 0)
+        latency.add_metric([shard.name], shard.buckets(), shard.total)
+        reconnects.add_metric([shard.name], shard.pubsub_reconnects)
+    yield up
+    yield latency
+    yield reconnects
 
 
 def make_registry(gateway: Gateway) -> CollectorRegistry:

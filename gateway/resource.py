@@ -49,7 +49,12 @@ class ReadyResource(JSONResource):
         if gw.draining:
             return send_json(request, 503, {"status": "unavailable", "reason": "draining"})
         if not gw.bus.is_ready():
-            return send_json(request, 503, {"status": "unavailable", "reason": "message bus not reachable"})
+            body: dict[str, object] = {"status": "unavailable", "reason": "message bus not reachable"}
+            shards = getattr(gw.bus.broker, "shards", None)
+            if shards is not None:
+                # Which Redis shards (by host:port, or Sentinel master name) are down.
+                body["shards_down"] = [s.name for s in shards() if not s.up]
+            return send_json(request, 503, body)
         return send_json(request, 200, {"status": "ready", "node": gw.config.node_id})
 
 

@@ -10,7 +10,8 @@
 -- A member is "<kind><len(owner)>:<owner><id>": kind "s" (id = sub) or "a"
 -- (anonymous); owner = a node id, or "" for a long-poll lease.
 --
--- ARGV[1] = "u" (update) or "q" (query); ARGV[2] = the pub/sub channel that
+-- ARGV[1] = "u" (update) or "q" (query), followed by "s" in a Redis Cluster (events
+-- go out with SPUBLISH); ARGV[2] = the pub/sub channel that
 -- join/leave events go to ("P" .. JSON ["join","alice","leave","bob",...]).
 --   update: ARGV[3..] = member, count, ttl_ms, ... (count 0 removes; an expiry
 --           only ever moves later).  Returns the number of events.
@@ -72,7 +73,7 @@ for _, member in ipairs(expired) do
 end
 
 local result
-if ARGV[1] == 'u' then
+if string.sub(ARGV[1], 1, 1) == 'u' then
   local longest = 0
   for i = 3, #ARGV, 3 do
     local ttl = tonumber(ARGV[i + 2])
@@ -115,6 +116,6 @@ else
 end
 
 if #events > 0 then
-  redis.call('PUBLISH', ARGV[2], 'P' .. cjson.encode(events))
+  redis.call(string.sub(ARGV[1], 2, 2) == 's' and 'SPUBLISH' or 'PUBLISH', ARGV[2], 'P' .. cjson.encode(events))
 end
 return result

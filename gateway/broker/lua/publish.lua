@@ -12,7 +12,14 @@
 -- ARGV[5]  history ttl in milliseconds: the oldest entry kept
 -- ARGV[6]  expiry of the history list in seconds (an idle channel's history goes away)
 -- ARGV[7]  expiry of the meta hash in seconds (refreshed on every publish)
--- ARGV[8]  with KEYS[3]: how long the idempotency key is remembered, in milliseconds
+-- ARGV[8]  how long the idempotency key is remembered, in milliseconds (used with KEYS[3])
+-- ARGV[9]  the writer: the master's replication ID under Sentinel or Cluster, "" for
+--          one Redis.  A meta hash last written under another writer (a replica was
+--          promoted, or the slot moved) is treated as missing: that master may have
+--          acked publications the data here never received, so the stream must not
+--          go on with the same epoch and reuse their seqs (a silent gap).
+-- ARGV[10] optional: "SPUBLISH" in a Redis Cluster (sharded pub/sub; ARGV[1] then
+--          carries the channel's hash tag), else PUBLISH
 --
 -- Returns  {seq, epoch, ts}: the seq given to this publication, the channel's
 --          epoch, and the acceptance time (Redis TIME, ms since the Unix epoch).
@@ -32,7 +39,11 @@ end
 
 local meta, hist, idem = KEYS[1], KEYS[2], KEYS[3]
 
+local writer = ARGV[9] or ""
 local epoch = redis.call("HGET", meta, "e")
+if epoch and writer ~= "" and redis.call("HGET", meta, "w") ~= writer then
+  epoch = false
+end
 if idem and epoch then
   local first = redis.call("GET", idem)
   if first then
@@ -46,6 +57,9 @@ if not epoch then
   epoch = ARGV[3]
   redis.call("DEL", hist)
   redis.call("HSET", meta, "e", epoch, "s", 0)
+  if writer ~= "" then
+    redis.call("HSET", meta, "w", writer)
+  end
 end
 local seq = redis.call("HINCRBY", meta, "s", 1)
 
@@ -69,7 +83,7 @@ end
 
 redis.call("EXPIRE", hist, ARGV[6])
 redis.call("EXPIRE", meta, ARGV[7])
-redis.call("PUBLISH", ARGV[1], entry)
+redis.call(ARGV[10] == "SPUBLISH" and "SPUBLISH" or "PUBLISH", ARGV[1], entry)
 if idem then
   redis.call("SET", idem, seq .. ":" .. epoch .. ":" .. ts, "PX", ARGV[8])
 end
