@@ -169,8 +169,36 @@ class Bus:
         return self.broker.stop()
 
     def is_ready(self) -> bool:
-        """True while the broker can take publications."""
+        """True while the broker can take publications on every channel."""
         return bool(self.broker.is_ready())
+
+    def channel_ready(self, channel: str) -> bool:
+        """True while the broker can take publications on ``channel`` (with Redis
+        Cluster: while the master of its slot is reachable, whatever the others do)."""
+        return bool(self.broker.channel_ready(channel))
+
+    def readiness(self) -> tuple[str, list[str]]:
+        """``("ready", [])`` while every channel can be published; ``("degraded",
+        down)`` while some Redis shards are down (``down``: their names) and others
+        serve their channels (Redis Cluster); ``("down", down)`` while none can."""
+        if self.broker.is_ready():
+            return "ready", []
+        shards = getattr(self.broker, "shards", None)
+        if shards is None:
+            return "down", []
+        stats = shards()
+        down = [s.name for s in stats if not s.up]
+        return ("degraded" if len(down) < len(stats) else "down"), down
+
+    def unavailable(self, channels: Iterable[str]) -> Unavailable | None:
+        """The :class:`Unavailable` error for the first of ``channels`` the broker
+        cannot take publications on now, or None when it can take all of them."""
+        for channel in channels:
+            if not self.broker.channel_ready(channel):
+                if self.readiness()[0] == "down":
+                    return Unavailable("the message bus is not available")
+                return Unavailable(f"the message bus is not available for channel {channel!r} (its Redis shard is down)")
+        return None
 
     # -- public API ---------------------------------------------------------
 
@@ -213,8 +241,9 @@ class Bus:
         except Exception:
             self._log.failure("a publish hook failed before publishing to {channel}", channel=channel)
             return defer.fail(Internal("a publish hook failed"))
-        if not self.broker.is_ready():
-            return defer.fail(Unavailable("the message bus is not available"))
+        unavailable = self.unavailable((channel,))
+        if unavailable is not None:
+            return defer.fail(unavailable)
         if idempotency_key is None:
             d = self.broker.publish(channel, data, sender)
         else:

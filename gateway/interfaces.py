@@ -87,7 +87,17 @@ class IBroker(Interface):
         """Release connections and timers. Returns a Deferred."""
 
     def is_ready():  # type: ignore[no-untyped-def]
-        """True while publishes can be made durable right now."""
+        """True while publishes on every channel can be made durable right now."""
+
+    def channel_ready(channel):  # type: ignore[no-untyped-def]
+        """True while publishes on ``channel`` can be made durable right now.
+
+        The same as :meth:`is_ready` for a broker with one backend.  A broker over
+        shards (Redis Cluster) answers for the shard of ``channel``: while one
+        shard is down, the channels of the others stay ready, so a partial outage
+        stays partial.  Every gate that concerns one channel (publish, subscribe,
+        SSE, poll, presence) asks this rather than :meth:`is_ready`.
+        """
 
     def publish(channel, data, sender=None, idempotency_key=None):  # type: ignore[no-untyped-def]
         """Publish ``data`` on ``channel``; ``idempotency_key`` (a valid key, see

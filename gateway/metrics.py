@@ -60,7 +60,7 @@ class _GatewayCollector(Collector):
         for t in TRANSPORTS:
             deliveries.add_metric([t], stats.deliveries[t])
         yield deliveries
-        yield GaugeMetricFamily("gateway_broker_up", "1 while the message bus can take publications.", value=1 if self.gateway.bus.is_ready() else 0)
+        yield GaugeMetricFamily("gateway_broker_up", "1 while the message bus can take publications on every channel (0 while any Redis shard is down: gateway_redis_shard_up says which).", value=1 if self.gateway.bus.is_ready() else 0)
         yield GaugeMetricFamily("gateway_channels", "Channels with local subscribers.", value=len(self.gateway.bus.channels))
         yield GaugeMetricFamily("gateway_subscriptions", "Local subscriptions.", value=self.gateway.bus.subscriber_count())
         yield from _shard_metrics(self.gateway)

@@ -94,9 +94,9 @@ class Presence:
             self._timer.cancel()
         self._timer = None
         self._stopped = True
-        changes = self.state.take_changes()
         broker = self.bus.broker
-        if not changes or not broker.is_ready():
+        changes = [c for c in self.state.take_changes() if broker.channel_ready(c.channel)]
+        if not changes:
             return defer.succeed(None)
         d = defer.maybeDeferred(broker.presence_update, changes)
         return d.addErrback(lambda f: None)
@@ -147,7 +147,7 @@ class Presence:
     def query(self, channel: str, limit: int, after: str | None) -> defer.Deferred[PresencePage]:
         """The presence of ``channel``; fails with :class:`Unavailable` while the store is unreachable."""
         broker = self.bus.broker
-        if not broker.is_ready():
+        if not broker.channel_ready(channel):
             return defer.fail(Unavailable("presence is not available: the message bus is down"))
         d = defer.maybeDeferred(broker.presence_query, channel, limit, after)
 
@@ -188,10 +188,15 @@ class Presence:
         if not changes:
             return
         broker = self.bus.broker
-        if not broker.is_ready():
-            # Kept for the next refresh, which also runs as soon as the broker is back.
-            self.state.put_back(changes)
-            return
+        ready = {c.channel: broker.channel_ready(c.channel) for c in changes}
+        held = [c for c in changes if not ready[c.channel]]
+        if held:
+            # Kept for the next refresh, which also runs as soon as the broker (the
+            # channel's Redis shard) is back; the other channels' changes go now.
+            self.state.put_back(held)
+            changes = [c for c in changes if ready[c.channel]]
+            if not changes:
+                return
         self._inflight = True
         self.updates += len({c.channel for c in changes})
         self.changes_sent += len(changes)
@@ -209,7 +214,8 @@ class Presence:
         self._refresh_due = False
         # While the broker is down the refresh that runs when it is back sends them;
         # otherwise (one update timed out) they go again shortly.
-        if self.bus.broker.is_ready() and self._timer is None and not self._stopped:
+        ready = any(self.bus.broker.channel_ready(c.channel) for c in changes)
+        if ready and self._timer is None and not self._stopped:
             self._timer = self.clock.callLater(RETRY_SECONDS, self.flush)
 
     def _done(self) -> None:
@@ -217,7 +223,9 @@ class Presence:
         if self._refresh_due:
             self._refresh_due = False
             self.refresh()
-        elif self.state.pending:
+        elif any(self.bus.broker.channel_ready(c) for c in self.state.pending_channels()):
+            # (Changes held for a channel whose shard is down wait for the refresh
+            # that runs when it is back, not for a timer.)
             self._schedule()
 
 

@@ -38,7 +38,15 @@ class HealthResource(JSONResource):
 
 
 class ReadyResource(JSONResource):
-    """``GET /readyz``: 200 when this node can serve and publish, else 503."""
+    """``GET /readyz``: 200 when this node can serve and publish, else 503.
+
+    A Redis Cluster with some masters down but others up is *degraded*: 200 with
+    ``"status": "degraded"`` and the shards that are down.  Every node of the cluster
+    sees the same shards down, so a 503 would have a load balancer take every node
+    out at once, and the channels of the healthy shards with them; their clients
+    instead keep being served, and the channels of the shards that are down get
+    ``unavailable`` (docs/protocol.md section 10).
+    """
 
     def __init__(self, gateway: Gateway) -> None:
         super().__init__()
@@ -48,13 +56,18 @@ class ReadyResource(JSONResource):
         gw = self.gateway
         if gw.draining:
             return send_json(request, 503, {"status": "unavailable", "reason": "draining"})
-        if not gw.bus.is_ready():
+        state, down = gw.bus.readiness()
+        if state == "down":
             body: dict[str, object] = {"status": "unavailable", "reason": "message bus not reachable"}
-            shards = getattr(gw.bus.broker, "shards", None)
-            if shards is not None:
+            if hasattr(gw.bus.broker, "shards"):
                 # Which Redis shards (by host:port, or Sentinel master name) are down.
-                body["shards_down"] = [s.name for s in shards() if not s.up]
+                body["shards_down"] = down
             return send_json(request, 503, body)
+        if state == "degraded":
+            # Still in the load balancer: the channels of the other shards are served.
+            return send_json(
+                request, 200, {"status": "degraded", "reason": "some Redis shards are down", "shards_down": down, "node": gw.config.node_id}
+            )
         return send_json(request, 200, {"status": "ready", "node": gw.config.node_id})
 
 

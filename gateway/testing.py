@@ -117,7 +117,8 @@ class ManualBroker:
     does, but nothing reaches the listener until the test calls :meth:`deliver`, which
     makes lost, repeated and reordered pub/sub deliveries easy to stage.  With
     ``hold_history=True`` every :meth:`history` answer waits in :attr:`held` until
-    the test fires it (:meth:`release_history`).
+    the test fires it (:meth:`release_history`).  Channels in :attr:`down` fail as
+    those of a Redis Cluster master that is down would (the others are served).
     """
 
     name = "manual"
@@ -135,6 +136,7 @@ class ManualBroker:
         self.subscribed: set[str] = set()
         self.listener: Any = None
         self.ready = True
+        self.down: set[str] = set()  # channels whose (stand-in) shard is down
         self.hold_history = False
         self.held: list[tuple[str, Any, defer.Deferred[Any]]] = []
         self.history_calls: list[tuple[str, Any]] = []
@@ -162,7 +164,10 @@ class ManualBroker:
         return defer.succeed(None)
 
     def is_ready(self) -> bool:
-        return self.ready
+        return self.ready and not self.down
+
+    def channel_ready(self, channel: str) -> bool:
+        return self.ready and channel not in self.down
 
     def publish(self, channel: str, data: Any, sender: str | None = None, idempotency_key: str | None = None) -> defer.Deferred[Any]:
         """Append to the channel's stream; a key seen within 5 minutes (on :attr:`now`)
@@ -171,7 +176,7 @@ class ManualBroker:
         from gateway.core.model import Publication
         from gateway.errors import Unavailable
 
-        if not self.ready:
+        if not self.channel_ready(channel):
             return defer.fail(Unavailable("broker down"))
         stream = self.stream(channel)
         if idempotency_key is not None:
@@ -190,6 +195,10 @@ class ManualBroker:
 
     def history(self, channel: str, since: Any) -> defer.Deferred[Any]:
         self.history_calls.append((channel, since))
+        if channel in self.down:
+            from gateway.errors import Unavailable
+
+            return defer.fail(Unavailable("history: the channel's shard is down"))
         if self.hold_history:
             # The answer is read now (like a Redis reply on its way) and handed over later.
             d: defer.Deferred[Any] = defer.Deferred()
@@ -229,7 +238,7 @@ class ManualBroker:
         """Apply presence changes to an in-memory table (events go to the listener)."""
         from gateway.errors import Unavailable
 
-        if not self.ready:
+        if not self.ready or any(c.channel in self.down for c in changes):
             return defer.fail(Unavailable("broker down"))
         for channel, events in self._presence_table().update(changes, self.now()).items():
             if channel in self.subscribed:
@@ -239,7 +248,7 @@ class ManualBroker:
     def presence_query(self, channel: str, limit: int, after: Any) -> defer.Deferred[Any]:
         from gateway.errors import Unavailable
 
-        if not self.ready:
+        if not self.channel_ready(channel):
             return defer.fail(Unavailable("broker down"))
         page, _ = self._presence_table().query(channel, limit, after, self.now())
         return defer.succeed(page)

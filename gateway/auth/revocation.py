@@ -160,7 +160,10 @@ class RedisRevocations:
         sub = identity.sub
         if sub is None:
             return False
-        if not self.broker.is_ready():
+        key = self.broker.revocation_key(sub)
+        # The Redis (in a Cluster: the master of the key's slot, as for execute) that
+        # holds this identity's revocation; another shard being down does not matter.
+        if not self.broker.channel_ready(key):
             return defer.fail(Unavailable("revocations cannot be checked: Redis is not reachable"))
         hit = self._cache.get(sub)
         if hit is not None:
@@ -168,7 +171,7 @@ class RedisRevocations:
                 return is_revoked_at(hit[0], identity.iat)
             del self._cache[sub]
         generation = self._generation
-        d = self.broker.execute("revocation check", "GET", self.broker.revocation_key(sub))
+        d = self.broker.execute("revocation check", "GET", key)
 
         def answer(value: Any) -> bool:
             at = _second(value)

@@ -24,10 +24,17 @@ any more are closed.  A channel used under another master starts a new epoch (th
 writer guard of publish.lua), so what a promoted replica had not received, or a
 migration raced, is a ``reset``, never reused seqs.
 
-*Readiness.*  Ready while every slot has a master whose link is up; ``shards()`` lists
-every link (``host:port``) for ``/metrics`` and ``/readyz``.  While a master is down,
-calls for its channels fail fast with :class:`~gateway.errors.Unavailable`; the other
-shards go on.
+*Readiness.*  :meth:`~ClusterBroker.is_ready` holds while every slot has a master
+whose link is up; :meth:`~ClusterBroker.channel_ready` while the master of the
+channel's slot has its link up, so a partial outage stays partial: while a master is
+down (before its replica is promoted, or for good without one), calls for its
+channels fail fast with :class:`~gateway.errors.Unavailable` and the gates of the
+bus, SSE, poll and presence refuse those channels only; the other shards go on.
+When the link is back, its resubscribe and the listener's ``broker_reconnected``
+fill the gaps.  (The healthy masters keep answering only with
+``cluster-require-full-coverage no``; with Redis's default they refuse every key
+while a slot has no master, and every channel is unavailable.)  ``shards()`` lists
+every link (``host:port``) for ``/metrics`` and ``/readyz``.
 
 *Control messages* (revocations) use plain ``PUBLISH``, which a cluster delivers to
 every node; every link subscribes, and only the messages of one link (the first master
@@ -218,6 +225,14 @@ class ClusterBroker:
         if self._stopping or not self.slot_map.covered():
             return False
         return all(a in self.links and self.links[a].is_ready() for a in self.slot_map.masters())
+
+    def channel_ready(self, channel: str) -> bool:
+        """True while the master of ``channel``'s slot is known and its link is up."""
+        if self._stopping:
+            return False
+        address = self.slot_map.owner(key_slot(channel))
+        link = self.links.get(address) if address is not None else None
+        return link is not None and link.is_ready()
 
     def shards(self) -> list[ShardStats]:
         """One entry per master link (``host:port``)."""

@@ -91,6 +91,9 @@ class InMemoryBroker:
     def is_ready(self) -> bool:
         return self._listener is not None
 
+    def channel_ready(self, channel: str) -> bool:
+        return self.is_ready()
+
     # -- IBroker ----------------------------------------------------------
 
     def _stream(self, channel: str) -> Stream:

@@ -569,6 +569,10 @@ class RedisBroker:
         """
         return bool(not self._stopping and self._commands)
 
+    def channel_ready(self, channel: str) -> bool:
+        """One Redis holds every channel: :meth:`is_ready`."""
+        return self.is_ready()
+
     def shards(self) -> list[ShardStats]:
         """Per-shard figures for ``/metrics`` and ``/readyz`` (one shard here)."""
         return [self.shard]

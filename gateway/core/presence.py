@@ -368,6 +368,10 @@ class NodePresence:
         """True when changes wait for a flush."""
         return bool(self._dirty)
 
+    def pending_channels(self) -> set[str]:
+        """The channels of the changes that wait for a flush."""
+        return {d[1] if len(d) == 4 else d[0] for d in self._dirty}  # ("p", channel, kind, id) for a lease
+
     def _change(self, dirty: tuple[str, ...]) -> PresenceChange | None:
         if dirty[0] == "p":
             key: _Key = dirty[1:]  # type: ignore[assignment]

@@ -202,8 +202,10 @@ class PollResource(CORSResource):
         timeout = parse_timeout(single_param(params, "timeout"))
         if gateway.draining:
             raise Unavailable("node is draining")
-        if not gateway.bus.is_ready():
-            raise Unavailable("the message bus is not available")
+        unavailable = gateway.bus.unavailable(channels)
+        if unavailable is not None:
+            # Only the channels whose Redis shard is down: the others go on.
+            raise unavailable
         join_leave = parse_join_leave(single_param(params, "join_leave"))
         client = parse_client_id(single_param(params, "client"))
         since = {c: p for c, p in cursor.items() if c in channels}

@@ -604,8 +604,10 @@ class SSEResource(CORSResource):
                 since, reset_all = {}, True
         if gateway.draining:
             raise Unavailable("node is draining")
-        if not gateway.bus.is_ready():
-            raise Unavailable("the message bus is not available")
+        unavailable = gateway.bus.unavailable(channels)
+        if unavailable is not None:
+            # Only the channels whose Redis shard is down: the others go on.
+            raise unavailable
         since = {c: p for c, p in since.items() if c in channels}
         join_leave = parse_join_leave(single_param(params, "join_leave"))
         SSEStream(gateway, request, channels, since, reset_all, join_leave).start()

@@ -21,10 +21,14 @@ class FakeBroker:
 
     def __init__(self) -> None:
         self.ready = True
+        self.down: set[str] = set()  # channels whose shard is down
         self.calls: list[tuple[list[Any], defer.Deferred[None]]] = []
 
     def is_ready(self) -> bool:
-        return self.ready
+        return self.ready and not self.down
+
+    def channel_ready(self, channel: str) -> bool:
+        return self.ready and channel not in self.down
 
     def presence_update(self, changes: list[Any]) -> defer.Deferred[None]:
         d: defer.Deferred[None] = defer.Deferred()
@@ -108,6 +112,37 @@ def test_broker_down_keeps_changes_and_refresh_resends_them():
     broker.ready = True
     p.refresh()  # what the gateway does when the broker is back
     assert [("room", "alice", 1), ("room", "bob", 1)] == counts(broker.calls[1][0])
+
+
+def test_a_shard_down_holds_its_channels_changes_the_others_go():
+    """Redis Cluster with one master down: the changes of its channels wait (no timer
+    spinning meanwhile) for the refresh that runs when it is back; the other channels'
+    changes go as usual."""
+    p, broker, clock = make(ttl=8.0)
+    broker.down = {"dark"}
+    p.connection_added("lit", "alice")
+    p.connection_added("dark", "bob")
+    clock.advance(BATCH_SECONDS)
+    assert [("lit", "alice", 1)] == counts(broker.calls[0][0])
+    broker.answer()
+    # Only the refresh loop's next call is left: no flush timer for the held change.
+    assert [2.0] == [c.getTime() for c in clock.getDelayedCalls() if c.active()]
+    p.connection_added("lit", "carol")
+    clock.advance(BATCH_SECONDS)
+    assert [("lit", "carol", 1)] == counts(broker.calls[1][0])
+    broker.answer()
+    broker.down = set()
+    p.refresh()  # what the gateway does when the shard is back
+    assert ("dark", "bob", 1) in counts(broker.calls[2][0])
+
+
+def test_stop_sends_the_changes_of_the_shards_that_are_up():
+    p, broker, clock = make()
+    broker.down = {"dark"}
+    p.connection_added("lit", "alice")
+    p.connection_added("dark", "bob")
+    p.stop()
+    assert [("lit", "alice", 1)] == counts(broker.calls[0][0])
 
 
 def test_a_failed_update_is_retried_while_the_broker_looks_up():

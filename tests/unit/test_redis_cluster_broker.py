@@ -216,6 +216,26 @@ def test_readiness_needs_every_slot_served_by_a_ready_link():
     assert not broker.is_ready()
 
 
+def test_a_channel_is_ready_while_the_master_of_its_slot_is():
+    """One master down: its channels are not ready, every other channel still is."""
+    broker = cluster(THIRDS)
+    on = {address: channel_in(broker, address) for address in (A, B, C)}
+    assert all(broker.channel_ready(c) for c in on.values())
+    broker.links[B].ready = False
+    assert not broker.is_ready()
+    assert (True, False, True) == tuple(broker.channel_ready(on[a]) for a in (A, B, C))
+    # The other shards' channels go on.
+    assert ("published", A) == result(broker.publish(on[A], 1))
+    assert ("published", C) == result(broker.publish(on[C], 1))
+    broker.links[B].ready = True
+    assert broker.channel_ready(on[B]) and broker.is_ready()
+    # A slot with no owner (or whose owner has no link yet): not ready.
+    broker._apply([(0, 5460, A), (10923, 16383, C)])
+    assert not broker.channel_ready(on[B]) and broker.channel_ready(on[A])
+    broker._stopping = True
+    assert not broker.channel_ready(on[A])
+
+
 def test_control_messages_come_from_one_link():
     from gateway.broker.cluster import _LinkListener
 

@@ -133,6 +133,9 @@ class FakeRedis:
     def is_ready(self) -> bool:
         return self.ready
 
+    def channel_ready(self, key: str) -> bool:
+        return self.ready
+
     def revocation_key(self, sub: str) -> str:
         return "gateway:{rev:" + sub + "}"
 
