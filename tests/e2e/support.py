@@ -79,6 +79,16 @@ class RedisServer:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
 
+    def pause(self) -> None:
+        """SIGSTOP the server: its connections stay open and nothing answers (a hung master)."""
+        assert self.proc is not None and self.proc.poll() is None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT a paused server."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
     def command(self, *args: str) -> bytes:
         """Send one command, return the first reply line (enough for PING, FLUSHALL, DBSIZE, ...)."""
         payload = b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a.encode()), a.encode()) for a in args)
@@ -186,9 +196,10 @@ class SentinelSet:
 class RedisCluster:
     """A Redis Cluster of ``masters`` masters (each with ``replicas`` replicas), every node its
     own ``redis-server --cluster-enabled yes`` on a free port, built with
-    ``redis-cli --cluster create``; ready once every node reports ``cluster_state:ok``."""
+    ``redis-cli --cluster create``; ready once every node reports ``cluster_state:ok``.
+    ``extra``: more redis-server arguments for every node."""
 
-    def __init__(self, directory: str, masters: int = 3, replicas: int = 0) -> None:
+    def __init__(self, directory: str, masters: int = 3, replicas: int = 0, extra: tuple[str, ...] = ()) -> None:
         self.replicas = replicas
         self.nodes = []
         for i in range(masters * (1 + replicas)):
@@ -199,7 +210,7 @@ class RedisCluster:
                 RedisServer(path, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                             "--cluster-node-timeout", "1000", "--cluster-port", str(free_port()),
                             # Replicas in sync at once (a never-synced replica is not promoted).
-                            "--repl-diskless-sync-delay", "0")
+                            "--repl-diskless-sync-delay", "0", *extra)
             )
 
     @property
