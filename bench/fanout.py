@@ -14,6 +14,7 @@ Everything it starts is stopped when it ends, also on Ctrl-C and on errors.
     python bench/fanout.py --redis                          # cross-node, through Redis
     python bench/fanout.py --redis --sentinel               # the same, through Redis Sentinel
     python bench/fanout.py --redis --cluster                # the same, through a 3-master Redis Cluster
+    python bench/fanout.py --redis --sub-nodes 2            # subscribers spread over nodes B and C, publisher on A
     python bench/fanout.py --subscribers 10 --duration 1    # smoke test, a few seconds
     python bench/fanout.py --json                           # JSON line on stdout, summary on stderr
 
@@ -446,21 +447,31 @@ class Worker:
             raise BenchError(f"{self.name} exited ({self.proc.poll()})") from None
 
 
+def start_sub_nodes(
+    children: Children, tmp: str, args: argparse.Namespace, redis_url: str, env: dict[str, str], auth_args: list[str]
+) -> list[dict[str, Any]]:
+    """--redis: the ``--sub-nodes`` subscriber nodes B, C, ..."""
+    return [start_gateway(children, tmp, chr(ord("b") + i), redis_url, env, auth_args) for i in range(args.sub_nodes)]
+
+
 def spawn_workers(
     children: Children,
     args: argparse.Namespace,
     tmp: str,
-    port: int,
+    ports: list[int],
     channel: str,
     warmup_count: int,
     max_time: float,
     sub_token: str | None = None,
 ) -> list[Worker]:
+    """``--clients`` load generators, each on one of ``ports`` in turn (the
+    subscriber nodes), the subscribers split evenly between them."""
     n = args.subscribers
     k = max(1, min(args.clients, n))
     workers = []
     for w in range(k):
         count = n // k + (1 if w < n % k else 0)
+        port = ports[w % len(ports)]
         samples = os.path.join(tmp, f"latency-{w}.bin")
         argv = [
             sys.executable, os.path.join(HERE, "loadclient.py"),
@@ -608,8 +619,7 @@ async def run_bench(
         redis, redis_url = start_cluster(children, tmp, channel)
         log(f"3-master cluster {redis_url}; the channel's slot is on port {redis['port']} (its figures below)")
         node_a = start_gateway(children, tmp, "a", redis_url, env, auth_args)
-        node_b = start_gateway(children, tmp, "b", redis_url, env, auth_args)
-        pub_node, sub_node = node_a, node_b
+        pub_node, sub_nodes = node_a, start_sub_nodes(children, tmp, args, redis_url, env, auth_args)
     elif args.redis:
         redis = start_redis(children, tmp)
         redis_url = f"redis://{LOOPBACK}:{redis['port']}/0"
@@ -618,15 +628,18 @@ async def run_bench(
             redis_url = start_sentinels(children, tmp, redis["port"])
             log(f"a replica and three Sentinels: {redis_url}")
         node_a = start_gateway(children, tmp, "a", redis_url, env, auth_args)
-        node_b = start_gateway(children, tmp, "b", redis_url, env, auth_args)
-        pub_node, sub_node = node_a, node_b
-        log(
-            f"gateway nodes: A (publisher) pid {node_a['pid']} port {node_a['port']}; B (subscribers) pid {node_b['pid']} port {node_b['port']}"
-        )
+        pub_node, sub_nodes = node_a, start_sub_nodes(children, tmp, args, redis_url, env, auth_args)
     else:
         node_a = start_gateway(children, tmp, "a", None, env, auth_args)
-        pub_node = sub_node = node_a
+        pub_node, sub_nodes = node_a, [node_a]
         log(f"gateway pid {node_a['pid']} on port {node_a['port']}")
+    if args.redis:
+        log(
+            f"gateway nodes: {pub_node['name']} (publisher) pid {pub_node['pid']} port {pub_node['port']}; "
+            + "; ".join(f"{n['name']} (subscribers) pid {n['pid']} port {n['port']}" for n in sub_nodes)
+        )
+    # Every gateway node, the publisher's first.
+    nodes = list({id(n): n for n in [pub_node, *sub_nodes]}.values())
 
     warmup_count = int(round(args.warmup * args.rate))
     measured = max(1, int(round(args.duration * args.rate)))
@@ -636,7 +649,7 @@ async def run_bench(
 
     t_connect = time.monotonic()
     workers = spawn_workers(
-        children, args, tmp, sub_node["port"], channel, warmup_count, max_time, sub_token
+        children, args, tmp, [n["port"] for n in sub_nodes], channel, warmup_count, max_time, sub_token
     )
     readies = await asyncio.gather(*(w.read("ready", connect_budget) for w in workers))
     for w, r in zip(workers, readies):
@@ -658,9 +671,7 @@ async def run_bench(
     )
     await asyncio.wait_for(publisher.opened, 10)
 
-    procs = {node_a["name"]: node_a["pid"]}
-    if sub_node is not pub_node:
-        procs[sub_node["name"]] = sub_node["pid"]
+    procs = {n["name"]: n["pid"] for n in nodes}
     if redis:
         procs["redis-server"] = redis["pid"]
     for w in workers:
@@ -668,7 +679,7 @@ async def run_bench(
 
     metrics0 = {
         n["name"]: metric_deliveries(n["port"])
-        for n in {id(pub_node): pub_node, id(sub_node): sub_node}.values()
+        for n in nodes
     }
     idle: dict[str, Any] = {}
     if redis:
@@ -711,7 +722,7 @@ async def run_bench(
             t_first_send_us = now_us()
             if args.py_spy:
                 profilers = start_profilers(
-                    children, args, [pub_node, sub_node] if redis else [sub_node], tmp
+                    children, args, nodes, tmp
                 )
         if publisher.transport.is_closing():
             raise BenchError(
@@ -738,7 +749,7 @@ async def run_bench(
     publisher.transport.close()
     metrics1 = {
         n["name"]: metric_deliveries(n["port"])
-        for n in {id(pub_node): pub_node, id(sub_node): sub_node}.values()
+        for n in nodes
     }
 
     # -- figures ------------------------------------------------------------------
@@ -786,18 +797,20 @@ async def run_bench(
             }
         )
     servers = {}
-    for node in {id(pub_node): pub_node, id(sub_node): sub_node}.values():
+    for node in nodes:
         c = cpu_delta(node["name"])
         servers[node["name"]] = {
             "cpu_s": round(c, 3),
             "cpu_pct_of_core": round(100 * c / cpu_wall, 1),
         }
-    sub_cpu = cpu_delta(sub_node["name"])
+    sub_cpu = sum(cpu_delta(n["name"]) for n in sub_nodes)
 
     result: dict[str, Any] = {
         "transport": args.transport,
         "gateway_source": source,
         "mode": ("redis-sentinel-cross-node" if args.sentinel else "redis-cluster-cross-node" if args.cluster else "redis-cross-node") if args.redis else "single-node",
+        "publisher_node": pub_node["name"],
+        "subscriber_nodes": [n["name"] for n in sub_nodes],
         "subscribers_requested": args.subscribers,
         "subscribers": live_subs,
         "subscribe_failures": failed,
@@ -952,7 +965,7 @@ def summary(r: dict[str, Any]) -> str:
     for name, s in r["server"].items():
         lines.append(f"  server {name}: {s['cpu_pct_of_core']}% of a core")
     lines.append(
-        f"  server CPU per delivery (subscriber node): {r['server_cpu_us_per_delivery']} us"
+        f"  server CPU per delivery (subscriber nodes {', '.join(r['subscriber_nodes'])}): {r['server_cpu_us_per_delivery']} us"
     )
     for c in r["clients"]:
         lines.append(
@@ -1032,6 +1045,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--redis",
         action="store_true",
         help="cross-node: own redis-server, publisher on node A, subscribers on node B",
+    )
+    p.add_argument(
+        "--sub-nodes",
+        type=int,
+        default=1,
+        help="with --redis: gateway nodes the subscribers are spread over (B, C, ...), the publisher on node A (default 1)",
     )
     p.add_argument(
         "--cluster",
@@ -1133,6 +1152,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--sentinel and --cluster need --redis")
     if args.sentinel and args.cluster:
         p.error("--sentinel or --cluster, not both")
+    if args.sub_nodes != 1 and not args.redis:
+        p.error("--sub-nodes needs --redis")
+    if not 1 <= args.sub_nodes <= min(4, args.clients):
+        p.error("--sub-nodes must be 1 to 4 and at most --clients (each node needs a load generator)")
     if (
         args.subscribers > 20000
         or args.clients > 16
