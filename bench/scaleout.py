@@ -5,8 +5,8 @@ Each run is ``fanout.py --redis [--cluster] --sub-nodes 2``: 1,000 WebSocket sub
 spread over gateway nodes B and C, the publisher on node A.  For every topology and rate
 (one after the other, ``--repeat`` times) it prints one Markdown row: deliveries per
 second against offered, latency, and the CPU of every process (the three gateway nodes,
-the Redis server holding the channel, the load generators together), so that what
-saturates is visible.  Raw JSON lines go to ``bench/results/scaleout-*.jsonl`` (not
+the Redis server holding the channel, the load generators together; percentages of one
+core over the measured window, drain included), so that what saturates is visible.  Raw JSON lines go to ``bench/results/scaleout-*.jsonl`` (not
 committed).
 
     python bench/scaleout.py                                 # rates 20 50 100 200, once each
@@ -52,7 +52,7 @@ def row(r: dict) -> str:
         f"| {r['topology']} | {r['rate_per_s']:g} | {r['deliveries_per_s'] / 1000:.1f}k / {r['offered_deliveries_per_s'] / 1000:.0f}k "
         f"| {r['deliveries_missing']} | {r['latency_ms']['p50']:.0f} / {r['latency_ms']['p99']:.0f} "
         f"| {servers['gateway-a']['cpu_pct_of_core']:.0f}% | {servers['gateway-b']['cpu_pct_of_core']:.0f}% "
-        f"| {servers['gateway-c']['cpu_pct_of_core']:.0f}% | {r['redis']['redis_cpu_pct_of_core']:.1f}% "
+        f"| {servers['gateway-c']['cpu_pct_of_core']:.0f}% | {r['server_cpu_us_per_delivery']:.1f} | {r['redis']['redis_cpu_pct_of_core']:.1f}% "
         f"| {clients:.0f}% | {m['busy_pct_of_all_cores']:.0f}% | {m['others_cpu_s']:.1f} |"
     )
 
@@ -72,11 +72,11 @@ def main() -> int:
         for rate in args.rates:
             for topology in TOPOLOGIES:
                 r = run(topology, rate, args, out)
-                rows.append(row(r) if r else f"| {topology} | {rate:g} | failed | | | | | | | | | |")
+                rows.append(row(r) if r else f"| {topology} | {rate:g} | failed | | | | | | | | | | |")
                 print(rows[-1], flush=True)
     print()
-    print("| topology | pub/s | deliveries/s (got / offered) | missing | latency p50 / p99 ms | node A (pub) CPU | node B CPU | node C CPU | Redis CPU | load generators CPU | machine busy (2 cores) | other processes CPU-s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| topology | pub/s | deliveries/s (got / offered) | missing | latency p50 / p99 ms | node A (pub) CPU | node B CPU | node C CPU | B+C CPU µs/delivery | Redis CPU | load generators CPU | machine busy (2 cores) | other processes CPU-s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for line in rows:
         print(line)
     print(f"\nraw results: {out}")
