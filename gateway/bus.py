@@ -188,7 +188,8 @@ class Bus:
             return "down", []
         stats = shards()
         down = [s.name for s in stats if not s.up]
-        return ("degraded" if len(down) < len(stats) else "down"), down
+        # One shard (one Redis, Sentinel) is all or nothing, whatever its figures say.
+        return ("degraded" if len(stats) > 1 and len(down) < len(stats) else "down"), down
 
     def unavailable(self, channels: Iterable[str]) -> Unavailable | None:
         """The :class:`Unavailable` error for the first of ``channels`` the broker
