@@ -33,7 +33,7 @@ def run(topology: str, rate: float, args: argparse.Namespace, out: str) -> dict 
         "--sub-nodes", "2", "--subscribers", str(args.subscribers), "--rate", f"{rate:g}",
         "--duration", f"{args.duration:g}", "--json", *args.extra,
     ]  # fmt: skip
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=600)
     sys.stderr.write(proc.stderr)
     if proc.returncode != 0 or not proc.stdout.strip():
         return None
