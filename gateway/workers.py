@@ -144,9 +144,14 @@ class _WorkerProcess(protocol.ProcessProtocol):
 
 
 def _exit_process(reactor: Any) -> Callable[[Exit], None]:
-    """What twistd's supervisor does on :class:`Exit`: stop the reactor, with that exit status."""
+    """What twistd's supervisor does on :class:`Exit`: print its error line (as every
+    startup error is printed, see :mod:`gateway.tap`), stop the reactor, exit with its status."""
 
     def exit_(outcome: Exit) -> None:
+        if outcome.error is not None:
+            from gateway.tap import report
+
+            report(outcome.error)
         if outcome.status:
             # twistd exits 0 once the reactor stops; a startup error must be status 1.
             # At exit, after twistd removed its pid file and flushed its log:
@@ -352,10 +357,6 @@ class WorkerSupervisor(service.Service):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
-        if outcome.error is not None:
-            from gateway.tap import report
-
-            report(outcome.error)
         if outcome.status == 0:
             self._log.info("every worker has exited")
         if self.on_exit is not None:
