@@ -172,7 +172,7 @@ class Supervision:
     def next_wakeup(self) -> float | None:
         """When :meth:`tick` has something to do (a restart or a kill), or None."""
         times = [w.restart_at for w in self._workers.values() if w.restart_at is not None]
-        if self.kill_at is not None and self.running():
+        if self.kill_at is not None and any(w.running and not w.killed for w in self._workers.values()):
             times.append(self.kill_at)
         return min(times) if times else None
 

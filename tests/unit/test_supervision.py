@@ -172,6 +172,8 @@ def test_a_worker_that_does_not_drain_in_time_is_killed_and_the_status_is_1():
     assert [] == s.tick(10.0 + 2.0 + KILL_GRACE - 0.01)
     assert [Kill(2)] == without_logs(s.tick(10.0 + 2.0 + KILL_GRACE))
     assert [] == s.tick(20.0)  # killed once
+    # Nothing more to do until it exits: no wake-up (a past one would make the adapter spin).
+    assert s.next_wakeup() is None
     assert [Exit(1)] == s.exited(2, KILLED, 17.5)
 
 
