@@ -90,6 +90,9 @@ class _NoConnections(protocol.Factory):
 
     noisy = False
 
+    def logPrefix(self) -> str:
+        return "gateway supervisor (the workers accept)"
+
 
 def _exit_status(reason: Failure) -> ExitStatus:
     value = reason.value
