@@ -192,6 +192,7 @@ def makeService(options: GatewayOptions) -> service.IService:
     ``--workers``, the supervisor of :mod:`gateway.workers` instead."""
     from gateway.service import GatewayService
 
+    svc: service.IService
     try:
         if options.config.workers is not None:
             from gateway.workers import make_supervisor

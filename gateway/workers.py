@@ -31,7 +31,8 @@ import json
 import os
 import signal
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 from twisted.application import service
@@ -41,7 +42,15 @@ from twisted.python.failure import Failure
 
 import gateway
 from gateway.config import Config, ConfigError
-from gateway.core.supervision import Exit, ExitStatus, Kill, Log, Spawn, Supervision, Terminate
+from gateway.core.supervision import (
+    Exit,
+    ExitStatus,
+    Kill,
+    Log,
+    Spawn,
+    Supervision,
+    Terminate,
+)
 from gateway.service import ListenError, _problem, parse_endpoint
 
 __all__ = ["SHAREABLE", "WorkerSupervisor", "check_shareable", "worker_config", "worker_spec"]
@@ -82,7 +91,8 @@ def worker_spec(config: Config, index: int, sockets: list[tuple[int, int, str]],
 
 def config_from_spec(values: dict[str, Any]) -> Config:
     """The inverse of ``attrs.asdict`` for :class:`Config` (JSON turned its tuples into lists)."""
-    return Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+    fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    return Config(**fields)
 
 
 class _NoConnections(protocol.Factory):

@@ -35,7 +35,6 @@ The rules:
 from __future__ import annotations
 
 import signal as _signal
-from typing import Union
 
 import attrs
 
@@ -123,7 +122,7 @@ class Exit:
     error: str | None = None
 
 
-Action = Union[Spawn, Terminate, Kill, Log, Exit]
+Action = Spawn | Terminate | Kill | Log | Exit
 
 
 def backoff_delay(exits: int) -> float:

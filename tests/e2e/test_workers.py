@@ -94,7 +94,7 @@ class Supervised:
 
     def connections(self, client: httpx.Client, transport: str) -> float:
         text = client.get("/metrics").text
-        return float(re.search(rf'^gateway_connections{{transport="{transport}"}} (\S+)$', text, re.M).group(1))
+        return float(re.search(rf'^gateway_connections{{transport="{transport}"}} (\S+)$', text, re.MULTILINE).group(1))
 
     def wait_connections(self, client: httpx.Client, transport: str, at_least: int) -> None:
         deadline = time.monotonic() + 10 * TIMEOUT_FACTOR

@@ -13,6 +13,7 @@ import textwrap
 import pytest
 
 from tests.e2e.support import TIMEOUT_FACTOR, free_port
+from tests.e2e.test_workers import alive
 from tests.integration.test_startup_errors import assert_one_line_error
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
@@ -111,4 +112,4 @@ def test_a_worker_that_cannot_start_is_one_line_and_status_1(tmp_path):
         assert 1 == len(re.findall(rf"worker {index} started", proc.stdout)), proc.stdout
     assert "could not start (exit status 1)" in proc.stdout
     for pid in re.findall(r"started \(pid (\d+)\)", proc.stdout):
-        assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"
+        assert not alive(int(pid))
