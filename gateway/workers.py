@@ -281,7 +281,9 @@ class WorkerSupervisor(service.Service):
         self._started = True
         if self.handle_signals:
             signal.signal(signal.SIGTERM, self._signalled)
-            signal.signal(signal.SIGINT, self._signalled)
+            # As Twisted does: a SIGINT ignored at startup (a background job) stays ignored.
+            if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+                signal.signal(signal.SIGINT, self._signalled)
         self._do(self.machine.start(self.reactor.seconds()))
 
     def _signalled(self, signum: int, frame: Any) -> None:
