@@ -334,3 +334,15 @@ def test_workers_die_with_a_killed_supervisor(supervised):
     while any(alive(pid) for pid in pids.values()):
         assert time.monotonic() < deadline, f"still running: {[p for p in pids.values() if alive(p)]}"
         time.sleep(0.05)
+
+
+def test_sigint_drains_like_sigterm(supervised):
+    """Ctrl-C (SIGINT to the supervisor) drains the workers too, and the exit status is 0."""
+    gw = supervised(drain_timeout=1.0)
+    for node in NODES:
+        gw.client_on(node)
+    pids = gw.worker_pids()
+    gw.proc.send_signal(signal.SIGINT)
+    assert 0 == gw.proc.wait(gw.drain_timeout + 5 * TIMEOUT_FACTOR), gw.log()
+    assert "SIGINT: draining the workers" in gw.log()
+    assert not [pid for pid in pids.values() if alive(pid)]
