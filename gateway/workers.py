@@ -60,6 +60,9 @@ SHAREABLE = ("tcp", "tcp6")
 
 UP_FD = 3
 FIRST_SOCKET_FD = 4
+# Bounds on what the supervisor holds of a worker's output.
+MAX_LINE = 65536
+MAX_EARLY_LINES = 100
 
 
 def check_shareable(description: str) -> None:
@@ -131,13 +134,18 @@ class _WorkerProcess(protocol.ProcessProtocol):
             return
         if childFD not in self._partial:
             return
-        *lines, self._partial[childFD] = (self._partial[childFD] + data).split(b"\n")
+        *lines, rest = (self._partial[childFD] + data).split(b"\n")
+        if len(rest) > MAX_LINE:  # no newline in sight: pass it on as it is
+            lines.append(rest)
+            rest = b""
+        self._partial[childFD] = rest
         for raw in lines:
             self._line(childFD, raw.decode("utf-8", "replace").rstrip("\r"))
 
     def _line(self, fd: int, line: str) -> None:
         if fd == 2 and not self.up:
             self.early_stderr.append(line)
+            del self.early_stderr[:-MAX_EARLY_LINES]
         else:
             self.supervisor.relay(self.index, line)
 
