@@ -346,3 +346,21 @@ def test_sigint_drains_like_sigterm(supervised):
     assert 0 == gw.proc.wait(gw.drain_timeout + 5 * TIMEOUT_FACTOR), gw.log()
     assert "SIGINT: draining the workers" in gw.log()
     assert not [pid for pid in pids.values() if alive(pid)]
+
+
+def test_a_worker_that_does_not_drain_is_killed_and_the_status_is_1(supervised):
+    """A worker that cannot drain (stopped with SIGSTOP) is killed drain timeout + 5 s after
+    the SIGTERM; the other drains normally; the supervisor exits 1 and nothing is left."""
+    gw = supervised(drain_timeout=1.0)
+    for node in NODES:
+        gw.client_on(node)
+    pids = gw.worker_pids()
+    os.kill(pids[2], signal.SIGSTOP)
+    try:
+        gw.proc.send_signal(signal.SIGTERM)
+        assert 1 == gw.proc.wait(gw.drain_timeout + 15 * TIMEOUT_FACTOR), gw.log()
+    finally:
+        if alive(pids[2]):
+            os.kill(pids[2], signal.SIGCONT)
+    assert "worker 2 did not exit within 6 s of the drain; killing it" in gw.log()
+    assert not [pid for pid in pids.values() if alive(pid)]
