@@ -73,6 +73,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("auth-cache", float, 30.0, "Seconds an --auth-url answer is cached per credential.", metavar="SECONDS", check=(lambda v: v >= 0, "must be >= 0")),
     Option("auth-timeout", float, 10.0, "Seconds a WebSocket may take to authenticate (auth command) when the upgrade carried no token.", metavar="SECONDS", check=(_positive, "must be > 0")),
     Option("revocation-ttl", float, 86400.0, "Seconds POST /disconnect keeps refusing an identity's earlier tokens.", metavar="SECONDS", check=(_positive, "must be > 0")),
+    Option("presence-ttl", float, 30.0, "Seconds a long-poll client stays present after its last poll ended (and the most a dead node's clients stay).", metavar="SECONDS", check=(_positive, "must be > 0")),
     Option("publish-rate", float, None, "Publications per second (bursts of as many) per connection, identity, API key or client address (default: unlimited).", metavar="N", check=(_positive, "must be > 0")),
     Option("max-connections", int, None, "Open WebSockets, SSE streams and held polls per node (default: unlimited).", metavar="N", check=(_positive, "must be > 0")),
     Option("allowed-origin", str, (), "Browser origin allowed to connect (repeatable; default: every origin).", True, "ORIGIN"),
@@ -83,6 +84,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("node-id", str, None, "This node's name in logs and health output (default: host:pid).", metavar="ID"),
     Option("hook", str, (), "Publish hook NAME[:ARGS] from the plugins package, e.g. log or allow-channels:room:* (repeatable).", True, "HOOK"),
     Option("drain-timeout", float, 10.0, "Seconds a SIGTERM drain may take before exiting.", metavar="SECONDS", check=(lambda v: v >= 0, "must be >= 0")),
+    Option("demo", bool, False, "Serve the demo chat page (built on /gateway.js) at /demo/."),
 )
 
 _BY_NAME = {o.name: o for o in OPTIONS}
@@ -112,6 +114,7 @@ class Config:
     auth_cache: float = 30.0
     auth_timeout: float = 10.0
     revocation_ttl: float = 86400.0
+    presence_ttl: float = 30.0
     publish_rate: float | None = None
     max_connections: int | None = None
     allowed_origin: tuple[str, ...] = ()
@@ -122,6 +125,7 @@ class Config:
     node_id: str = attrs.field(factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     drain_timeout: float = 10.0
     hook: tuple[str, ...] = ()
+    demo: bool = False
     # Tuning knobs that are not command-line options.
     max_subscriptions: int = 1000
     max_send_buffer: int = 4 * 1024 * 1024
@@ -129,6 +133,11 @@ class Config:
 
 def _convert(option: Option, value: Any, source: str) -> Any:
     def one(v: Any) -> Any:
+        if option.kind is bool:
+            # A flag: true or false in TOML, present or absent on the command line.
+            if not isinstance(v, bool):
+                raise ConfigError(f"{option.name}: expected true or false, got {v!r} ({source})")
+            return v
         if option.kind is str:
             if not isinstance(v, str):
                 raise ConfigError(f"{option.name}: expected a string, got {v!r} ({source})")
@@ -212,9 +221,11 @@ def options_markdown() -> str:
     rows = ["| option | default | meaning |", "|---|---|---|"]
     for o in OPTIONS:
         default = o.default
-        if isinstance(default, tuple):
+        if isinstance(default, bool):
+            default = "on" if default else "off"
+        elif isinstance(default, tuple):
             default = ", ".join(default) if default else "none"
-        rows.append(f"| `--{o.name}`{' (repeatable)' if o.repeatable else ''} | {'none' if default is None else default} | {o.help} |")
+        rows.append(f"| `--{o.name}`{' (repeatable)' if o.repeatable else ''}{' (flag)' if o.kind is bool else ''} | {'none' if default is None else default} | {o.help} |")
     return "\n".join(rows)
 
 

@@ -15,6 +15,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from gateway.core.auth import Identity
 from gateway.errors import Forbidden
 from gateway.metrics_limits import limit_metrics
+from gateway.presence import presence_metrics
 from gateway.transports._auth import (
     api_keys_configured,
     as_gateway_error,
@@ -50,6 +51,11 @@ class _GatewayCollector(Collector):
             conns.add_metric([t], stats.connections[t])
         yield conns
         yield CounterMetricFamily("gateway_publications", "Publications accepted by this node.", value=stats.publications)
+        yield CounterMetricFamily(
+            "gateway_publications_deduplicated",
+            "Publishes answered with an earlier publication of their idempotency key (nothing published).",
+            value=self.gateway.bus.deduplicated,
+        )
         deliveries = CounterMetricFamily("gateway_deliveries", "Events delivered to clients.", labels=["transport"])
         for t in TRANSPORTS:
             deliveries.add_metric([t], stats.deliveries[t])
@@ -58,6 +64,7 @@ class _GatewayCollector(Collector):
         yield GaugeMetricFamily("gateway_channels", "Channels with local subscribers.", value=len(self.gateway.bus.channels))
         yield GaugeMetricFamily("gateway_subscriptions", "Local subscriptions.", value=self.gateway.bus.subscriber_count())
         yield from limit_metrics(self.gateway)
+        yield from presence_metrics(self.gateway)
 
 
 def make_registry(gateway: Gateway) -> CollectorRegistry:

@@ -17,9 +17,11 @@ from gateway.metrics import MetricsResource, make_registry
 from gateway.transports._http import JSONResource, NotFoundResource, send_json
 from gateway.transports.disconnect import DisconnectResource
 from gateway.transports.poll import PollResource
+from gateway.transports.presence import PresenceResource
 from gateway.transports.publish import PublishResource
 from gateway.transports.sse import SSEResource
 from gateway.transports.websocket import websocket_resource
+from gateway.webclient import JAVASCRIPT, DemoResource, StaticFile
 
 __all__ = ["GatewayResource", "HealthResource", "ReadyResource"]
 
@@ -52,7 +54,8 @@ class ReadyResource(JSONResource):
 
 
 class GatewayResource(resource.Resource):
-    """The gateway's resource tree: ``ws``, ``sse``, ``poll``, ``publish``, ``healthz``, ``readyz``, ``metrics``.
+    """The gateway's resource tree: ``ws``, ``sse``, ``poll``, ``publish``, ``healthz``, ``readyz``,
+    ``metrics``, ``disconnect``, ``gateway.js``, ``gateway.d.ts`` and, with ``--demo``, ``demo/``.
 
     Every method on every path gets a JSON answer (docs/protocol.md section 7): an
     endpoint's own, a ``405`` with ``Allow`` for a method it does not serve, or a
@@ -76,6 +79,11 @@ class GatewayResource(resource.Resource):
         self.putChild(b"readyz", ReadyResource(gateway))
         self.putChild(b"metrics", MetricsResource(self.registry, gateway))
         self.putChild(b"disconnect", DisconnectResource(gateway))
+        self.putChild(b"presence", PresenceResource(gateway))
+        self.putChild(b"gateway.js", StaticFile.named("gateway.js", JAVASCRIPT))
+        self.putChild(b"gateway.d.ts", StaticFile.named("gateway.d.ts", b"application/typescript; charset=utf-8"))
+        if gateway.config.demo:
+            self.putChild(b"demo", DemoResource())
         self._not_found = NotFoundResource()
 
     def getChild(self, path: bytes, request: Any) -> resource.Resource:

@@ -75,8 +75,9 @@ class GatewayOptions(usage.Options):
         "keyed by long option name; the command line wins."
     )
     optParameters: list[list[Any]] = [["config", None, None, "TOML file with the same options (keys are long option names)."]] + [
-        [o.name, None, None, o.help] for o in OPTIONS if not o.repeatable
+        [o.name, None, None, o.help] for o in OPTIONS if not o.repeatable and o.kind is not bool
     ]
+    optFlags: list[list[Any]] = [[o.name, None, o.help] for o in OPTIONS if o.kind is bool]
 
     def __init__(self) -> None:
         super().__init__()
@@ -90,7 +91,8 @@ class GatewayOptions(usage.Options):
         raise SystemExit(0)
 
     def postOptions(self) -> None:
-        cli = {o.name: self[o.name] for o in OPTIONS}
+        # A flag left out is "not given" (None), so a TOML `demo = true` stands.
+        cli = {o.name: (True if self[o.name] else None) if o.kind is bool else self[o.name] for o in OPTIONS}
         try:
             self.config = load_config(cli, self["config"])
         except ConfigError as e:

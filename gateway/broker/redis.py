@@ -34,6 +34,17 @@ subscribes to on each (re)connect, before :meth:`RedisBroker.start` reports the
 node started; they go to the listener's ``control_received``.  They are not
 stored: a node whose pub/sub connection is down when one is sent misses it.
 
+*Idempotency keys.*  A publish with an ``idempotency_key`` passes one more key
+to the same script, ``{prefix}:{<channel>}:idem:<sha-256 of the key>`` (hashed, so
+whatever the client chose cannot shape key names; the channel's hash tag keeps it
+in the slot of the channel's other keys).  The script answers a key that holds a
+publication of the channel's current epoch with that publication and does nothing
+else; otherwise it publishes and ``SET``\\s the key with ``PX`` (5 minutes).  The
+check and the publish are one atomic step, so a retry on any node, or two
+concurrent publishes with one key, publish once.  When Redis lost the keys
+(flushed, replaced) the key is gone with the epoch, and a retry publishes anew in
+the new epoch.
+
 *Publisher order.*  Redis runs the commands of one connection in the order they
 were sent, but nothing orders commands sent on two connections of the pool.  So
 a channel's publishes all go out on one connection: the one the channel's name
@@ -64,11 +75,19 @@ Keys, under a configurable prefix (``redis://host:port/db?prefix=gw``, default
 
     {prefix}:{<channel>}:meta   hash: e = epoch, s = latest seq
     {prefix}:{<channel>}:hist   list of entries, oldest first
+    {prefix}:{<channel>}:idem:<sha-256 hex of the key>
+                                "<seq>:<epoch>:<ts>" of the first publication
+                                with that idempotency key, expiring after 5 min
     {prefix}:<db>:pub:<channel> pub/sub channel (pub/sub ignores the db number,
                                 so it is part of the name)
     {prefix}:<db>:control       pub/sub channel of control messages (revocation),
                                 subscribed by every node's pub/sub connection
     {prefix}:{rev:<sub>}        a revoked identity (see gateway.auth.revocation)
+    {prefix}:{<channel>}:pe / :pc / :pt / :ps / :pa
+                                presence: entries by expiry, their counts, totals
+                                per sub, subs present, anonymous count
+                                (lua/presence.lua); join/leave events go out on the
+                                channel's pub/sub channel as "P<json>"
 
 Memory is bounded by the history settings: each history list holds at most
 ``history_size`` entries none older than ``history_ttl`` (trimmed on every
@@ -82,6 +101,7 @@ in-memory broker, which forgets a channel after 24 h idle.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import zlib
@@ -99,7 +119,9 @@ from gateway.broker.memory import STREAM_IDLE_SECONDS, new_epoch
 from gateway.broker.redisurl import RedisURL, parse_redis_url
 from gateway.config import Config
 from gateway.core.events import encode_json
+from gateway.core.idempotency import IDEMPOTENCY_TTL
 from gateway.core.model import HistoryResult, Position, Publication
+from gateway.core.presence import PresenceChange, PresenceEvent, PresencePage
 from gateway.core.stream import recover
 from gateway.errors import BadRequest, Unavailable
 from gateway.interfaces import IBroker, IBrokerListener
@@ -112,6 +134,8 @@ HISTORY_EXPIRY_MARGIN = 10
 # Most pub/sub messages held back while a reconnected subscriber waits for a
 # command connection (see RedisBroker._finish_reconnect).
 MAX_BUFFERED = 10000
+# Most presence changes in one script call (bounds one call's time inside Redis).
+PRESENCE_CHUNK = 1000
 
 
 def load_script(name: str) -> bytes:
@@ -272,6 +296,8 @@ class RedisBroker:
         health_interval: seconds between PINGs on idle connections (0: none).
         reconnect_initial_delay: first reconnection delay, in seconds.
         reconnect_max_delay: cap of the reconnection backoff, in seconds.
+        idempotency_ttl: seconds an ``idempotency_key`` is remembered per channel
+            (millisecond precision; tests shorten it).
     """
 
     _log = Logger()
@@ -289,6 +315,7 @@ class RedisBroker:
         health_interval: float = 1.0,
         reconnect_initial_delay: float = 0.1,
         reconnect_max_delay: float = 1.0,
+        idempotency_ttl: float = IDEMPOTENCY_TTL,
     ) -> None:
         self.url = parse_redis_url(url)
         self.name = self.url.display()
@@ -305,6 +332,8 @@ class RedisBroker:
         prefix = self.url.prefix
         self._meta_fmt = prefix + ":{{{}}}:meta"
         self._hist_fmt = prefix + ":{{{}}}:hist"
+        self._idem_fmt = prefix + ":{{{}}}:idem:{}"
+        self._idempotency_ms = str(max(1, math.ceil(idempotency_ttl * 1000)))
         self._pub_prefix = f"{prefix}:{self.url.db}:pub:"
         self._pub_prefix_bytes = self._pub_prefix.encode()
         self._control_channel = f"{prefix}:{self.url.db}:control"
@@ -315,6 +344,8 @@ class RedisBroker:
         self._meta_expiry = str(int(max(STREAM_IDLE_SECONDS, math.ceil(2 * history_ttl))))
         self._publish_script = load_script("publish.lua")
         self._history_script = load_script("history.lua")
+        self._presence_script = load_script("presence.lua")
+        self._presence_fmt = prefix + ":{{{}}}:"
 
         self._listener: IBrokerListener | None = None
         self._pool: Any = None
@@ -356,6 +387,12 @@ class RedisBroker:
     def history_key(self, channel: str) -> str:
         """The Redis key of ``channel``'s history list."""
         return self._hist_fmt.format(channel)
+
+    def idempotency_key(self, channel: str, key: str) -> str:
+        """The Redis key remembering ``key`` (an idempotency key) on ``channel``: the
+        key's SHA-256, so no client-chosen text ends up in key names."""
+        digest = hashlib.sha256(key.encode("utf-8")).hexdigest()
+        return self._idem_fmt.format(channel, digest)
 
     def pubsub_channel(self, channel: str) -> str:
         """The Redis pub/sub channel carrying ``channel``'s publications."""
@@ -614,7 +651,9 @@ class RedisBroker:
 
     # -- IBroker -------------------------------------------------------------------
 
-    def publish(self, channel: str, data: Any, sender: str | None = None) -> defer.Deferred[Publication]:
+    def publish(
+        self, channel: str, data: Any, sender: str | None = None, idempotency_key: str | None = None
+    ) -> defer.Deferred[Publication]:
         try:
             # Refuse what could not be delivered before it takes a seq.
             body = encode_json({"c": channel, "d": data, "f": sender})
@@ -629,15 +668,19 @@ class RedisBroker:
             self._history_expiry,
             self._meta_expiry,
         ]
+        keys = [self.meta_key(channel), self.history_key(channel)]
+        if idempotency_key is not None:
+            keys.append(self.idempotency_key(channel, idempotency_key))
+            args.append(self._idempotency_ms)
         conn = self._connection_for(channel)
         if conn is None:
             return defer.fail(Unavailable("publish: Redis is not reachable"))
-        d = self._eval("publish", self._publish_script, [self.meta_key(channel), self.history_key(channel)], args, conn)
+        d = self._eval("publish", self._publish_script, keys, args, conn)
         self._track(channel, conn, d)
 
         def published(reply: list[Any]) -> Publication:
-            seq, epoch, ts = reply
-            return Publication(channel, int(seq), _text(epoch), data, int(ts), sender)
+            seq, epoch, ts = reply[:3]
+            return Publication(channel, int(seq), _text(epoch), data, int(ts), sender, duplicate=len(reply) > 3)
 
         return d.addCallback(published)
 
@@ -704,6 +747,59 @@ class RedisBroker:
             return defer.fail()
         return self.execute("control", "PUBLISH", self._control_channel, body).addCallback(lambda _: None)
 
+    # -- presence ---------------------------------------------------------------
+
+    def presence_keys(self, channel: str) -> list[str]:
+        """The Redis keys of ``channel``'s presence (see lua/presence.lua)."""
+        base = self._presence_fmt.format(channel)
+        return [base + "pe", base + "pc", base + "pt", base + "ps", base + "pa"]
+
+    def presence_update(self, changes: list[PresenceChange]) -> defer.Deferred[None]:
+        """One ``EVALSHA`` of lua/presence.lua per channel (at most
+        :data:`PRESENCE_CHUNK` changes each), all sent at once."""
+        by_channel: dict[str, list[str]] = {}
+        for change in changes:
+            args = by_channel.setdefault(change.channel, [])
+            args.extend((change.member, str(change.count), str(max(1, math.ceil(change.ttl * 1000)))))
+        ds = []
+        for channel, args in by_channel.items():
+            for i in range(0, len(args), 3 * PRESENCE_CHUNK):
+                chunk = ["u", self.pubsub_channel(channel), *args[i : i + 3 * PRESENCE_CHUNK]]
+                ds.append(self._eval("presence", self._presence_script, self.presence_keys(channel), chunk))
+        if not ds:
+            return defer.succeed(None)
+        d = defer.gatherResults(ds, consumeErrors=True)
+
+        def unwrap(failure: Failure) -> Failure:
+            failure.trap(defer.FirstError)
+            return failure.value.subFailure  # type: ignore[no-any-return]
+
+        return d.addCallbacks(lambda _: None, unwrap)
+
+    def presence_query(self, channel: str, limit: int, after: str | None) -> defer.Deferred[PresencePage]:
+        args = ["q", self.pubsub_channel(channel), str(limit), after or ""]
+        d = self._eval("presence", self._presence_script, self.presence_keys(channel), args)
+
+        def answer(reply: list[Any]) -> PresencePage:
+            count, anonymous, more = int(reply[0]), int(reply[1]), bool(int(reply[2]))
+            rest = reply[3:]
+            members = tuple((_text(rest[i]), int(rest[i + 1])) for i in range(0, len(rest), 2))
+            return PresencePage(channel, members, count, anonymous, more)
+
+        return d.addCallback(answer)
+
+    def _presence_message(self, channel: str, message: bytes) -> None:
+        try:
+            flat = json.loads(message[1:])
+            events = [PresenceEvent(flat[i], channel, flat[i + 1]) for i in range(0, len(flat), 2)]
+            if not all(e.type in ("join", "leave") and isinstance(e.sub, str) for e in events):
+                raise ValueError("not join/leave events")
+        except (ValueError, TypeError, IndexError):
+            self._log.warn("undecodable presence message on {channel}: {message!r}", channel=channel, message=message[:200])
+            return
+        if self._listener is not None:
+            self._listener.presence_received(channel, events)
+
     @property
     def subscribed_channels(self) -> frozenset[str]:
         """Channels delivered to this node (for tests and metrics)."""
@@ -726,6 +822,9 @@ class RedisBroker:
             return
         channel = redis_channel[len(self._pub_prefix_bytes) :].decode()
         if channel not in self._channels or self._listener is None:
+            return
+        if message[:1] == b"P":
+            self._presence_message(channel, message)
             return
         try:
             pub = _parse_entry(channel, message)

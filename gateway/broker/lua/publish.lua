@@ -2,6 +2,8 @@
 --
 -- KEYS[1]  the channel's meta hash: field "e" = epoch, field "s" = latest seq
 -- KEYS[2]  the channel's history list, oldest entry first
+-- KEYS[3]  optional: the key remembering this publication's idempotency key
+--          (same hash tag as the channel's other keys); value "<seq>:<epoch>:<ts>"
 -- ARGV[1]  the Redis pub/sub channel to PUBLISH the entry on
 -- ARGV[2]  body: the JSON object {"c": channel, "d": data, "f": sender or null}
 -- ARGV[3]  a fresh epoch, used only when the channel has no meta hash (never
@@ -10,9 +12,15 @@
 -- ARGV[5]  history ttl in milliseconds: the oldest entry kept
 -- ARGV[6]  expiry of the history list in seconds (an idle channel's history goes away)
 -- ARGV[7]  expiry of the meta hash in seconds (refreshed on every publish)
+-- ARGV[8]  with KEYS[3]: how long the idempotency key is remembered, in milliseconds
 --
 -- Returns  {seq, epoch, ts}: the seq given to this publication, the channel's
 --          epoch, and the acceptance time (Redis TIME, ms since the Unix epoch).
+--          With KEYS[3] naming a key that holds a publication of the channel's
+--          current epoch: {seq, epoch, ts, 1}, that first publication's values,
+--          and nothing else is done (no seq, no history entry, no PUBLISH).  A
+--          key left from an epoch that is gone (the meta hash was lost) does not
+--          count: the publication is made anew and the key overwritten.
 --
 -- The entry stored in history and published is "<seq>:<ts>:<epoch>:<body>", so a
 -- subscriber builds the publication from the message alone.  A new epoch starts
@@ -22,9 +30,18 @@ if redis.replicate_commands then
   redis.replicate_commands()
 end
 
-local meta, hist = KEYS[1], KEYS[2]
+local meta, hist, idem = KEYS[1], KEYS[2], KEYS[3]
 
 local epoch = redis.call("HGET", meta, "e")
+if idem and epoch then
+  local first = redis.call("GET", idem)
+  if first then
+    local first_seq, first_epoch, first_ts = string.match(first, "^(%d+):([^:]+):(%d+)$")
+    if first_epoch == epoch then
+      return {tonumber(first_seq), first_epoch, tonumber(first_ts), 1}
+    end
+  end
+end
 if not epoch then
   epoch = ARGV[3]
   redis.call("DEL", hist)
@@ -53,5 +70,8 @@ end
 redis.call("EXPIRE", hist, ARGV[6])
 redis.call("EXPIRE", meta, ARGV[7])
 redis.call("PUBLISH", ARGV[1], entry)
+if idem then
+  redis.call("SET", idem, seq .. ":" .. epoch .. ":" .. ts, "PX", ARGV[8])
+end
 
 return {seq, epoch, now}
