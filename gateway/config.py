@@ -59,6 +59,7 @@ def _positive(v: Any) -> bool:
 OPTIONS: tuple[Option, ...] = (
     Option("listen", str, (DEFAULT_LISTEN,), f"Twisted endpoint to listen on (repeatable; default {DEFAULT_LISTEN}).", True, "ENDPOINT"),
     Option("redis", str, None, "Share channels through Redis: redis://[[USER]:PASSWORD@]HOST[:PORT][/DB][?prefix=P], redis+sentinel://[[USER]:PASSWORD@]HOST:PORT,.../MASTER[/DB][?prefix=P] or redis+cluster://[[USER]:PASSWORD@]HOST:PORT,...[?prefix=P] (default: in-process bus).", metavar="URL"),
+    Option("workers", int, None, "Run N worker processes on the same listening sockets, each a node sharing channels through --redis (default: this process serves).", metavar="N", check=(_positive, "must be > 0")),
     Option("jwt-secret", str, None, "HS256 secret for JWT authentication.", metavar="SECRET"),
     Option("jwt-public-key", str, None, "PEM public key file for RS256/ES256 JWT authentication.", metavar="FILE"),
     Option("jwt-secret-file", str, None, "File holding the HS256 secret (instead of --jwt-secret, which ps shows).", metavar="FILE"),
@@ -99,6 +100,7 @@ class Config:
 
     listen: tuple[str, ...] = (DEFAULT_LISTEN,)
     redis: str | None = None
+    workers: int | None = None
     jwt_secret: str | None = None
     jwt_public_key: str | None = None
     jwt_secret_file: str | None = None
@@ -207,6 +209,8 @@ def load_config(cli: Mapping[str, Any] | None = None, config_file: str | None = 
         from gateway.broker.redisurl import parse_redis_url
 
         parse_redis_url(values["redis"])
+    if values.get("workers") is not None and values.get("redis") is None:
+        raise ConfigError("workers: needs --redis (the workers share channels through Redis)")
     if values.get("node_id") is None:
         values.pop("node_id", None)
     return Config(**values)

@@ -190,11 +190,18 @@ def probe_listen(description: str) -> str | None:
 
 
 def makeService(options: GatewayOptions) -> service.IService:
-    """Build the node's service from parsed options (twistd calls this)."""
+    """Build the node's service from parsed options (twistd calls this); with
+    ``--workers``, the supervisor of :mod:`gateway.workers` instead."""
     from gateway.service import GatewayService
 
+    svc: service.IService
     try:
-        svc = GatewayService(options.config)
+        if options.config.workers is not None:
+            from gateway.workers import make_supervisor
+
+            svc = make_supervisor(options.config)
+        else:
+            svc = GatewayService(options.config)
     except ConfigError as e:
         fail(str(e))
     for description in options.config.listen:
