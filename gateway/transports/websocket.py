@@ -81,6 +81,7 @@ from gateway.errors import (
 )
 from gateway.transports._backpressure import HeldMessages
 from gateway.transports._session import ClientSession
+from gateway.transports._tickwrite import tick_writer
 
 __all__ = ["GatewayWebSocketFactory", "GatewayWebSocketProtocol", "upgrade_credentials", "websocket_resource"]
 
@@ -517,8 +518,9 @@ class GatewayWebSocketProtocol(WebSocketServerProtocol):
         if self._perMessageCompress is None and not self.send_queue:
             # What sendPreparedMessage() ends up doing for an uncompressed connection,
             # minus Autobahn's per-send debug formatting (measured at 8-14% of a
-            # delivery's CPU in bench/fanout.py).
-            self.transport.write(frame.payloadHybi)  # type: ignore[union-attr]
+            # delivery's CPU in bench/fanout.py), sent once per connection at the
+            # end of the reactor turn (see _tickwrite).
+            self.factory.writer.write(self.transport, frame.payloadHybi)
         else:
             self.sendPreparedMessage(frame)
         self.factory.gateway.stats.deliveries["websocket"] += 1
@@ -579,6 +581,7 @@ class GatewayWebSocketFactory(WebSocketServerFactory):
         # No version in the Server header of the 101 answer.
         super().__init__(server=SERVER_NAME.decode("ascii"))
         self.gateway = gateway
+        self.writer = tick_writer(gateway)
         config = gateway.config
         self.setProtocolOptions(
             failByDrop=False,
