@@ -68,6 +68,11 @@ class HeldMessages:
         self._held: deque[tuple[Any, int]] = deque()
         self.held_bytes = 0
 
+    @property
+    def idle(self) -> bool:
+        """True when :meth:`offer` would write a message at once (not paused, nothing held)."""
+        return not self.paused and not self._held
+
     def offer(self, message: Any, size: int, limit: int) -> bool:
         """Write ``message`` now or hold it; False when the held backlog passes ``limit``."""
         if not self.paused and not self._held:

@@ -56,6 +56,10 @@ from twisted.web.http import toChunk
 __all__ = ["TickWriter", "tick_writer", "write_body"]
 
 
+# The connection classes of plain TCP sockets (tested by identity on the hot path).
+_TCP_TYPES = frozenset({tcp.Server, tcp.Client})
+
+
 def _plain_tcp(transport: Any) -> bool:
     return isinstance(transport, tcp.Connection) and not getattr(transport, "TLS", False)
 
@@ -82,18 +86,30 @@ class TickWriter:
 
     def write(self, transport: Any, data: bytes) -> None:
         """Write ``data`` to ``transport``: sent at the end of this reactor turn."""
-        if not _plain_tcp(transport) or transport.disconnecting or transport._writeDisconnecting:
-            # Closing: Twisted is already writing it out; keep to its path.
-            transport.write(data)
+        if (
+            type(transport) not in _TCP_TYPES
+            or transport.TLS
+            or transport.disconnecting
+            or transport._writeDisconnecting
+            or not transport.connected
+            or transport._writeDisconnected
+            or not data
+        ):
+            self._write_otherwise(transport, data)
             return
-        if not transport.connected or transport._writeDisconnected or not data:
-            return  # what FileDescriptor.write() does
         transport._tempDataBuffer.append(data)
         transport._tempDataLen += len(data)
         transport._maybePauseProducer()
         self._pending[id(transport)] = transport
         if self._call is None:
             self._call = self._clock.callLater(0, self.flush)
+
+    @staticmethod
+    def _write_otherwise(transport: Any, data: bytes) -> None:
+        if not _plain_tcp(transport) or transport.disconnecting or transport._writeDisconnecting:
+            # Not TCP, or closing (Twisted is already writing it out): its own path.
+            transport.write(data)
+        # else lost, or nothing to write: dropped, as FileDescriptor.write() does.
 
     def flush(self) -> None:
         """Send what every pending connection has buffered (one ``send()`` each)."""

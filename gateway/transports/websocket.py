@@ -501,7 +501,11 @@ class GatewayWebSocketProtocol(WebSocketServerProtocol):
     def send_publication(self, prepared: PreparedPublication) -> None:
         """Send a prepared ``message`` frame (shared by every subscriber)."""
         if self.state == WebSocketProtocol.STATE_OPEN:
-            self._enqueue((prepared.payload, prepared), len(prepared.payload))
+            if self._out.idle:
+                # What offer() would do (write it now), minus its calls and tuple.
+                self._write_publication(prepared)
+            else:
+                self._enqueue((prepared.payload, prepared), len(prepared.payload))
 
     def _enqueue(self, message: tuple[bytes, PreparedPublication | None], size: int) -> None:
         if not self._out.offer(message, size, self.factory.gateway.config.max_send_buffer):
@@ -514,6 +518,9 @@ class GatewayWebSocketProtocol(WebSocketServerProtocol):
         if prepared is None:
             self.sendMessage(payload)
             return
+        self._write_publication(prepared)
+
+    def _write_publication(self, prepared: PreparedPublication) -> None:
         frame = prepared.form(_WS_FORM, self.factory.prepareMessage)
         if self._perMessageCompress is None and not self.send_queue:
             # What sendPreparedMessage() ends up doing for an uncompressed connection,
