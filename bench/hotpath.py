@@ -43,6 +43,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--payload-bytes", type=int, default=64)
     p.add_argument("--gateway-src", help="put this source tree first on sys.path")
+    p.add_argument("--no-access-log", action="store_true", help="the node's --no-access-log (when its code has it)")
     p.add_argument("--json", action="store_true")
     return p.parse_args()
 
@@ -60,7 +61,7 @@ def main() -> None:
     import gateway
     from gateway.testing import start_gateway
 
-    running = start_gateway(access_log=False) if _has_option("access_log") else start_gateway()
+    running = start_gateway(access_log=False) if args.no_access_log and _has_option("access_log") else start_gateway()
     port = running.port
     channel = "bench"
     n = args.subscribers

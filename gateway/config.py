@@ -31,7 +31,8 @@ class Option:
 
     Attributes:
         name: the long option name, also the TOML key.
-        kind: ``str``, ``int`` or ``float`` (the type of one value).
+        kind: ``str``, ``int``, ``float`` or ``bool`` (the type of one value; a
+            ``bool`` is a pair of flags, ``--NAME`` and ``--no-NAME``).
         default: the value when nothing sets it.
         help: one line for ``--help``.
         repeatable: the option may be given several times (a TOML array).
@@ -82,6 +83,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("node-id", str, None, "This node's name in logs and health output (default: host:pid).", metavar="ID"),
     Option("hook", str, (), "Publish hook NAME[:ARGS] from the plugins package, e.g. log or allow-channels:room:* (repeatable).", True, "HOOK"),
     Option("drain-timeout", float, 10.0, "Seconds a SIGTERM drain may take before exiting.", metavar="SECONDS", check=(lambda v: v >= 0, "must be >= 0")),
+    Option("access-log", bool, True, "One access-log line per HTTP request (token= values redacted); --no-access-log writes none."),
 )
 
 _BY_NAME = {o.name: o for o in OPTIONS}
@@ -120,6 +122,7 @@ class Config:
     node_id: str = attrs.field(factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     drain_timeout: float = 10.0
     hook: tuple[str, ...] = ()
+    access_log: bool = True
     # Tuning knobs that are not command-line options.
     max_subscriptions: int = 1000
     max_send_buffer: int = 4 * 1024 * 1024
@@ -127,6 +130,10 @@ class Config:
 
 def _convert(option: Option, value: Any, source: str) -> Any:
     def one(v: Any) -> Any:
+        if option.kind is bool:
+            if not isinstance(v, bool):
+                raise ConfigError(f"{option.name}: expected true or false, got {v!r} ({source})")
+            return v
         if option.kind is str:
             if not isinstance(v, str):
                 raise ConfigError(f"{option.name}: expected a string, got {v!r} ({source})")
@@ -210,6 +217,9 @@ def options_markdown() -> str:
         default = o.default
         if isinstance(default, tuple):
             default = ", ".join(default) if default else "none"
+        if o.kind is bool:
+            rows.append(f"| `--{o.name}` / `--no-{o.name}` | {'on' if default else 'off'} | {o.help} |")
+            continue
         rows.append(f"| `--{o.name}`{' (repeatable)' if o.repeatable else ''} | {'none' if default is None else default} | {o.help} |")
     return "\n".join(rows)
 

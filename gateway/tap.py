@@ -75,7 +75,7 @@ class GatewayOptions(usage.Options):
         "keyed by long option name; the command line wins."
     )
     optParameters: list[list[Any]] = [["config", None, None, "TOML file with the same options (keys are long option names)."]] + [
-        [o.name, None, None, o.help] for o in OPTIONS if not o.repeatable
+        [o.name, None, None, o.help] for o in OPTIONS if not o.repeatable and o.kind is not bool
     ]
 
     def __init__(self) -> None:
@@ -83,6 +83,8 @@ class GatewayOptions(usage.Options):
         for o in OPTIONS:
             if o.repeatable:
                 self[o.name] = []
+            elif o.kind is bool:
+                self[o.name] = None
 
     def opt_version(self) -> NoReturn:
         """Print the gateway's version and exit."""
@@ -105,9 +107,21 @@ def _repeatable(name: str, help_text: str) -> Any:
     return opt
 
 
+def _flag(name: str, value: bool, help_text: str) -> Any:
+    def opt(self: GatewayOptions) -> None:
+        self[name] = value
+
+    opt.__doc__ = help_text
+    return opt
+
+
 for _o in OPTIONS:
     if _o.repeatable:
         setattr(GatewayOptions, "opt_" + _o.name.replace("-", "_"), _repeatable(_o.name, _o.help))
+    elif _o.kind is bool:
+        # --NAME and --no-NAME; unset (None) unless given, so a --config file still applies.
+        setattr(GatewayOptions, "opt_" + _o.attr, _flag(_o.name, True, _o.help))
+        setattr(GatewayOptions, "opt_no_" + _o.attr, _flag(_o.name, False, f"Turn --{_o.name} off."))
 
 
 class Options(GatewayOptions):

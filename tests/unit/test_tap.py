@@ -251,3 +251,11 @@ def test_probe_listen_finds_a_port_in_use_and_leaves_a_free_one_free():
     assert probe_listen(f"tcp:{port}:interface=127.0.0.1") is None
     with _socket.socket() as again:
         again.bind(("127.0.0.1", port))
+
+
+def test_access_log_flags():
+    """--no-access-log turns the access log off, --access-log on; neither leaves the default (on)."""
+    assert parse().config.access_log is True
+    assert parse("--no-access-log").config.access_log is False
+    assert parse("--access-log").config.access_log is True
+    assert parse("--no-access-log", "--access-log").config.access_log is True
