@@ -268,8 +268,12 @@ class ChannelSetRequest:
             sub.cancel()
         self._live.clear()
         try:
-            if self.session is not None:
-                self.session.close()
+            # Dropped, not only closed: the session refers back to this request, and
+            # a cycle would leave the whole request (headers, channel, cursor) to the
+            # cyclic garbage collector instead of freeing it here.
+            session, self.session = self.session, None
+            if session is not None:
+                session.close()
             self._on_release()
         finally:
             self.gateway.connection_closed(self.transport, self)
