@@ -361,7 +361,7 @@ class Bus:
             if sub.active:
                 try:
                     sub.subscriber.on_publication(prepared)
-                except Exception:
+                except Exception:  # noqa: BLE001 - a subscriber's failure must not stop the fan-out
                     self._log.failure("delivering to a subscriber of {channel} failed", channel=sub.channel)
 
     # -- broker outcomes ----------------------------------------------------
