@@ -145,13 +145,13 @@ def tick_writer(gateway: Any) -> TickWriter:
     return writer
 
 
-def write_body(writer: TickWriter, request: Any, data: bytes) -> None:
+def write_body(writer: TickWriter, request: Any, data: bytes, chunk: bytes | None = None) -> None:
     """``request.write(data)`` for a response whose headers are out, through ``writer``.
 
     Frames ``data`` as ``Request.write`` does (a chunk when the response is
-    chunked) and counts it in ``sentLength``; anything unusual (headers not yet
-    written, a finished or disconnected request, a HEAD request, no channel) is
-    left to ``request.write``.
+    chunked; ``chunk``, when given, is that chunk already built) and counts it in
+    ``sentLength``; anything unusual (headers not yet written, a finished or
+    disconnected request, a HEAD request, no channel) is left to ``request.write``.
     """
     channel = getattr(request, "channel", None)
     transport = getattr(channel, "transport", None)
@@ -161,10 +161,12 @@ def write_body(writer: TickWriter, request: Any, data: bytes) -> None:
         or request.finished
         or request._disconnected
         or request.method == b"HEAD"
-        or transport is None
-        or not _plain_tcp(transport)
+        or (type(transport) not in _TCP_TYPES and not _plain_tcp(transport))
     ):
         request.write(data)
         return
     request.sentLength += len(data)
-    writer.write(transport, b"".join(toChunk(data)) if request.chunked else data)
+    if request.chunked:
+        writer.write(transport, chunk if chunk is not None else b"".join(toChunk(data)))
+    else:
+        writer.write(transport, data)
