@@ -24,9 +24,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from fanout import start_gateway  # noqa: E402
-from loadclient import WSConnection  # noqa: E402
-from procs import LOOPBACK, Children, http_get  # noqa: E402
+from fanout import start_gateway
+from loadclient import WSConnection
+from procs import LOOPBACK, Children, http_get
 
 
 def rss_kib(pid: int) -> int:
@@ -85,11 +85,11 @@ async def open_many(transport: str, port: int, count: int, concurrency: int) -> 
         async with sem:
             done: asyncio.Future[str] = loop.create_future()
             if transport == "ws":
-                factory = lambda: WSIdle(port, done)  # noqa: E731
+                factory = lambda: WSIdle(port, done)
             elif transport == "sse":
-                factory = lambda: HTTPIdle(port, "/sse?channel=idle", done, True)  # noqa: E731
+                factory = lambda: HTTPIdle(port, "/sse?channel=idle", done, True)
             else:
-                factory = lambda: HTTPIdle(port, "/poll?channel=idle&timeout=60", done, False)  # noqa: E731
+                factory = lambda: HTTPIdle(port, "/poll?channel=idle&timeout=60", done, False)
             t, _ = await loop.create_connection(factory, LOOPBACK, port)
             opened.append(t)
             return await asyncio.wait_for(done, 30)
