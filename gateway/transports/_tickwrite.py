@@ -156,12 +156,12 @@ def write_body(writer: TickWriter, request: Any, data: bytes, chunk: bytes | Non
     channel = getattr(request, "channel", None)
     transport = getattr(channel, "transport", None)
     if (
-        not data
+        (type(transport) not in _TCP_TYPES and not _plain_tcp(transport))
+        or not data
         or not request.startedWriting
         or request.finished
         or request._disconnected
         or request.method == b"HEAD"
-        or (type(transport) not in _TCP_TYPES and not _plain_tcp(transport))
     ):
         request.write(data)
         return

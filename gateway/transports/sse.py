@@ -453,7 +453,7 @@ class SSEStream(ChannelSetRequest):
         # One channel: the cursor after a publication is the publication's own
         # position, so the whole event, id line and chunk framing included, is
         # the same bytes for every such stream and is built once.
-        chunked = bool(self.request.chunked)
+        chunked = bool(getattr(self.request, "chunked", False))
         data, chunk = prepared.form(_SSE_SINGLE_CHUNKED if chunked else _SSE_SINGLE, _single_channel_event(chunked, self.channels[0], prepared))
         self._write(data, chunk)
         self.gateway.delivered("sse")
