@@ -76,7 +76,7 @@ def gateway_src(extra: list[str]) -> tuple[str | None, str | None]:
 
         ref = extra[extra.index("--snapshot") + 1]
         tmp = tempfile.mkdtemp(prefix="table-src-")
-        archive = subprocess.run(["git", "archive", ref, "gateway"], capture_output=True, check=True, cwd=HERE).stdout
+        archive = subprocess.run(["git", "archive", ref, "gateway"], capture_output=True, check=True, cwd=os.path.dirname(HERE)).stdout
         subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
         return tmp, tmp
     return None, None

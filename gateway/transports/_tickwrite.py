@@ -40,7 +40,7 @@ Flow control is Twisted's: the append calls ``_maybePauseProducer`` like
 This module is the one place that touches Twisted's private write state
 (``_tempDataBuffer``, ``_tempDataLen``, ``_maybePauseProducer``,
 ``_writeDisconnected``, ``_writeDisconnecting``) and twisted.web's request
-internals for :func:`write_body`; tests/unit/test_tickwrite.py pins what it relies
+internals for :func:`write_body`; tests/integration/test_tickwrite.py pins what it relies
 on.  Any transport that is not a plain TCP connection (TLS, a test's
 StringTransport, a ProtocolWrapper) gets a plain ``write()``.
 """
