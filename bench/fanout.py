@@ -12,6 +12,8 @@ Everything it starts is stopped when it ends, also on Ctrl-C and on errors.
     python bench/fanout.py --transport sse
     python bench/fanout.py --transport poll
     python bench/fanout.py --redis                          # cross-node, through Redis
+    python bench/fanout.py --redis --sentinel               # the same, through Redis Sentinel
+    python bench/fanout.py --redis --cluster                # the same, through a 3-master Redis Cluster
     python bench/fanout.py --subscribers 10 --duration 1    # smoke test, a few seconds
     python bench/fanout.py --json                           # JSON line on stdout, summary on stderr
 
@@ -200,18 +202,18 @@ def start_gateway(
     }
 
 
-def start_redis(children: Children, tmp: str) -> dict[str, Any]:
+def start_redis(children: Children, tmp: str, name: str = "redis", extra: tuple[str, ...] = ()) -> dict[str, Any]:
     port = free_port()
     if port == 6379:
         port = free_port()
-    rdir = os.path.join(tmp, "redis")
+    rdir = os.path.join(tmp, name)
     os.mkdir(rdir)
     argv = [
         "/usr/bin/redis-server", "--port", str(port), "--bind", LOOPBACK, "--save", "", "--appendonly", "no",
-        "--dir", rdir, "--daemonize", "no", "--logfile", os.path.join(rdir, "redis.log"),
+        "--dir", rdir, "--daemonize", "no", "--logfile", os.path.join(rdir, "redis.log"), *extra,
     ]  # fmt: skip
     proc = children.popen(
-        "redis-server",
+        "redis-server" if name == "redis" else name,
         argv,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
@@ -238,6 +240,67 @@ def start_redis(children: Children, tmp: str) -> dict[str, Any]:
         "pid": proc.pid,
         "argv": argv,
     }
+
+
+def start_cluster(children: Children, tmp: str, channel: str) -> tuple[dict[str, Any], str]:
+    """--cluster: three cluster-enabled masters joined with ``redis-cli --cluster create``;
+    returns the master serving ``channel``'s slot (whose figures the report shows) and
+    the redis+cluster:// URL."""
+    masters = [
+        start_redis(children, tmp, f"redis-c{i}", ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                                                   "--cluster-port", str(free_port())))
+        for i in range(3)
+    ]  # fmt: skip
+    subprocess.run(["redis-cli", "--cluster", "create", *(f"{LOOPBACK}:{m['port']}" for m in masters), "--cluster-yes"],
+                   check=True, capture_output=True, timeout=60)
+    deadline = time.monotonic() + 30
+    while not all("cluster_state:ok" in str(redis_command(m["port"], "CLUSTER", "INFO")) for m in masters):
+        if time.monotonic() > deadline:
+            raise BenchError("the cluster did not reach cluster_state:ok within 30 s")
+        time.sleep(0.1)
+    owner = None
+    for m in masters:
+        try:
+            redis_command(m["port"], "EXISTS", "gateway:{" + channel + "}:meta")
+            owner = m
+        except RuntimeError:  # MOVED: another master serves the slot
+            pass
+    if owner is None:
+        raise BenchError("no master serves the channel's slot")
+    return owner, "redis+cluster://" + ",".join(f"{LOOPBACK}:{m['port']}" for m in masters)
+
+
+def start_sentinels(children: Children, tmp: str, master_port: int) -> str:
+    """--sentinel: a replica of the master and three Sentinels watching it; returns the
+    redis+sentinel:// URL once every Sentinel knows the replica and the two others."""
+    start_redis(children, tmp, "redis-replica", ("--replicaof", LOOPBACK, str(master_port)))
+    ports = []
+    for i in range(3):
+        port = free_port()
+        sdir = os.path.join(tmp, f"sentinel{i}")
+        os.mkdir(sdir)
+        conf = os.path.join(sdir, "sentinel.conf")
+        with open(conf, "w") as f:
+            f.write(
+                f"port {port}\nbind {LOOPBACK}\ndaemonize no\ndir {sdir}\nlogfile {sdir}/sentinel.log\n"
+                f"sentinel monitor bench {LOOPBACK} {master_port} 2\n"
+                "sentinel down-after-milliseconds bench 1000\nsentinel failover-timeout bench 5000\n"
+            )
+        children.popen(f"sentinel{i}", ["/usr/bin/redis-server", conf, "--sentinel"],
+                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        ports.append(port)
+    deadline = time.monotonic() + 30
+    for port in ports:
+        while True:
+            out = subprocess.run(["redis-cli", "-p", str(port), "SENTINEL", "MASTER", "bench"],
+                                 capture_output=True, text=True, timeout=10, check=False).stdout.split("\n")
+            fields = dict(zip(out[::2], out[1::2]))
+            if fields.get("num-slaves") == "1" and fields.get("num-other-sentinels") == "2":
+                break
+            if time.monotonic() > deadline:
+                raise BenchError("the Sentinels did not discover the replica and each other within 30 s")
+            time.sleep(0.1)
+    return "redis+sentinel://" + ",".join(f"{LOOPBACK}:{p}" for p in ports) + "/bench/0"
 
 
 def metric_deliveries(port: int) -> dict[str, float]:
@@ -540,10 +603,20 @@ async def run_bench(
     auth_args, sub_token, pub_token = auth_setup(args.auth, tmp)
     if args.auth != "none":
         log(f"authentication: {args.auth} JWT on the upgrade (token=)")
-    if args.redis:
+    channel = f"bench:fanout:{os.getpid()}:{int(time.time())}"
+    if args.redis and args.cluster:
+        redis, redis_url = start_cluster(children, tmp, channel)
+        log(f"3-master cluster {redis_url}; the channel's slot is on port {redis['port']} (its figures below)")
+        node_a = start_gateway(children, tmp, "a", redis_url, env, auth_args)
+        node_b = start_gateway(children, tmp, "b", redis_url, env, auth_args)
+        pub_node, sub_node = node_a, node_b
+    elif args.redis:
         redis = start_redis(children, tmp)
         redis_url = f"redis://{LOOPBACK}:{redis['port']}/0"
         log(f"redis-server pid {redis['pid']} on port {redis['port']}")
+        if args.sentinel:
+            redis_url = start_sentinels(children, tmp, redis["port"])
+            log(f"a replica and three Sentinels: {redis_url}")
         node_a = start_gateway(children, tmp, "a", redis_url, env, auth_args)
         node_b = start_gateway(children, tmp, "b", redis_url, env, auth_args)
         pub_node, sub_node = node_a, node_b
@@ -555,7 +628,6 @@ async def run_bench(
         pub_node = sub_node = node_a
         log(f"gateway pid {node_a['pid']} on port {node_a['port']}")
 
-    channel = f"bench:fanout:{os.getpid()}:{int(time.time())}"
     warmup_count = int(round(args.warmup * args.rate))
     measured = max(1, int(round(args.duration * args.rate)))
     total = warmup_count + measured
@@ -725,7 +797,7 @@ async def run_bench(
     result: dict[str, Any] = {
         "transport": args.transport,
         "gateway_source": source,
-        "mode": "redis-cross-node" if args.redis else "single-node",
+        "mode": ("redis-sentinel-cross-node" if args.sentinel else "redis-cluster-cross-node" if args.cluster else "redis-cross-node") if args.redis else "single-node",
         "subscribers_requested": args.subscribers,
         "subscribers": live_subs,
         "subscribe_failures": failed,
@@ -962,6 +1034,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="cross-node: own redis-server, publisher on node A, subscribers on node B",
     )
     p.add_argument(
+        "--cluster",
+        action="store_true",
+        help="with --redis: a 3-master Redis Cluster instead of one redis-server (the channel lives on one of them)",
+    )
+    p.add_argument(
+        "--sentinel",
+        action="store_true",
+        help="with --redis: the nodes reach the redis-server through three Sentinels (a replica follows it)",
+    )
+    p.add_argument(
         "--subscribers",
         type=int,
         default=None,
@@ -1047,6 +1129,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.subscribers = DEFAULT_SUBSCRIBERS[args.transport]
     if args.subscribers < 1 or args.clients < 1 or args.rate <= 0 or args.duration <= 0:
         p.error("--subscribers, --clients, --rate and --duration must be positive")
+    if (args.sentinel or args.cluster) and not args.redis:
+        p.error("--sentinel and --cluster need --redis")
+    if args.sentinel and args.cluster:
+        p.error("--sentinel or --cluster, not both")
     if (
         args.subscribers > 20000
         or args.clients > 16

@@ -24,6 +24,7 @@ from gateway.hooks import load_hooks
 from gateway.interfaces import IBroker, IPublishHook
 from gateway.metrics import Stats
 from gateway.metrics_limits import LimitStats
+from gateway.presence import Presence
 
 __all__ = ["Gateway"]
 
@@ -89,7 +90,10 @@ class Gateway:
         self.revoker = Revoker(self, revocations_for(self.bus.broker, reactor))
         self.auth.revocations = self.revoker.store
         self.bus.on_control = self.revoker.control_received
-        self.bus.on_reconnected = self._recheck_revocations
+        self.bus.on_reconnected = self._broker_reconnected
+        # Presence (section 11): this node's clients in the cluster's presence store.
+        self.presence = Presence(self.bus, config.node_id, config.presence_ttl, reactor)
+        self.bus.on_presence = self.presence.events_received
         self.draining = False
         self._connections: dict[str, set[Any]] = {"websocket": set(), "sse": set(), "poll": set()}
         self._drained: list[defer.Deferred[None]] = []
@@ -97,13 +101,15 @@ class Gateway:
     # -- lifecycle ---------------------------------------------------------
 
     def start(self) -> defer.Deferred[None]:
-        """Start the bus (and its broker)."""
+        """Start the bus (and its broker) and the presence refresh."""
+        self.presence.start()
         return self.bus.start()
 
     def stop(self) -> defer.Deferred[None]:
         """Stop the bus and the authenticators (their connections); call after :meth:`drain`."""
 
         async def stop() -> None:
+            await self.presence.stop()
             try:
                 await self.bus.stop()
             finally:
@@ -223,6 +229,11 @@ class Gateway:
         """Every identity with open sessions on this node, with those sessions."""
         return [(sub, list(sessions)) for sub, sessions in self._by_sub.items()]
 
+    def _broker_reconnected(self) -> None:
+        self._recheck_revocations()
+        # Redis may have come back empty: register this node's live clients again.
+        self.presence.refresh()
+
     def _recheck_revocations(self) -> None:
         d = defer.ensureDeferred(self.revoker.recheck())
         d.addErrback(lambda f: self._log.failure("re-checking revocations failed", f))
@@ -247,8 +258,18 @@ class Gateway:
         allowed = self.config.allowed_origin
         return not allowed or origin in allowed
 
-    def publish(self, channel: str, data: Any, sender: str | None = None) -> defer.Deferred[Publication]:
-        """Publish through the bus, refusing while draining."""
+    def publish(
+        self, channel: str, data: Any, sender: str | None = None, idempotency_key: str | None = None
+    ) -> defer.Deferred[Publication]:
+        """Publish through the bus, refusing while draining.
+
+        ``idempotency_key`` (1-64 characters): a repeat on the channel within 5
+        minutes, on any node, publishes nothing and fires with the first
+        publication's seq and epoch (``Publication.duplicate`` set); see
+        :meth:`gateway.bus.Bus.publish`.
+        """
         if self.draining:
             return defer.fail(Unavailable("node is draining"))
-        return self.bus.publish(channel, data, sender)
+        if idempotency_key is None:
+            return self.bus.publish(channel, data, sender)
+        return self.bus.publish(channel, data, sender, idempotency_key=idempotency_key)

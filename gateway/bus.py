@@ -53,6 +53,7 @@ from zope.interface import implementer
 from gateway.core import sequencer as sq
 from gateway.core.channels import validate_channel
 from gateway.core.events import PreparedPublication
+from gateway.core.idempotency import validate_idempotency_key
 from gateway.core.model import HistoryResult, Position, Publication
 from gateway.errors import GatewayError, Internal, Unavailable
 from gateway.interfaces import IBroker, IBrokerListener
@@ -146,10 +147,14 @@ class Bus:
         self._prepared: dict[str, dict[tuple[str, int], PreparedPublication]] = {}
         # IPublishHook providers, run around every publish in order.
         self.hooks: list[Any] = []
+        # Publishes answered as duplicates of an idempotency key (nothing published).
+        self.deduplicated = 0
         # Called with each control message from the broker (set by the Gateway).
         self.on_control: Any = None
         # Called after the broker reconnected (control messages may have been lost).
         self.on_reconnected: Any = None
+        # Called with (channel, [PresenceEvent]) from the broker (set by the Gateway).
+        self.on_presence: Any = None
 
     # -- lifecycle --------------------------------------------------------
 
@@ -183,16 +188,24 @@ class Bus:
         """Local subscriptions on ``channel``, or on every channel."""
         return self._sequencer.subscriber_count(channel)
 
-    def publish(self, channel: str, data: Any, sender: str | None = None) -> defer.Deferred[Publication]:
+    def publish(
+        self, channel: str, data: Any, sender: str | None = None, idempotency_key: str | None = None
+    ) -> defer.Deferred[Publication]:
         """Publish ``data`` on ``channel``; fires with the ordered publication.
 
         Local subscribers receive it through the broker, like every other node's.
         Publish hooks (:attr:`hooks`) run before (and may refuse it) and after.
-        Fails with :class:`~gateway.errors.BadRequest` for an invalid channel and
-        :class:`~gateway.errors.Unavailable` when the broker cannot take it.
+        With an ``idempotency_key`` (1-64 characters), a repeat of the key on the
+        channel within 5 minutes, on any node, publishes nothing and fires with
+        the first publication's seq and epoch (``duplicate`` set); the ``after``
+        hooks do not run for it (docs/protocol.md section 7).
+        Fails with :class:`~gateway.errors.BadRequest` for an invalid channel or
+        key and :class:`~gateway.errors.Unavailable` when the broker cannot take it.
         """
         try:
             validate_channel(channel)
+            if idempotency_key is not None:
+                validate_idempotency_key(idempotency_key)
             for hook in self.hooks:
                 hook.before_publish(channel, data, sender)
         except GatewayError:
@@ -202,11 +215,18 @@ class Bus:
             return defer.fail(Internal("a publish hook failed"))
         if not self.broker.is_ready():
             return defer.fail(Unavailable("the message bus is not available"))
-        d = self.broker.publish(channel, data, sender)
+        if idempotency_key is None:
+            d = self.broker.publish(channel, data, sender)
+        else:
+            d = self.broker.publish(channel, data, sender, idempotency_key=idempotency_key)
         d.addCallbacks(self._published, self._as_gateway_error, errbackArgs=("publish",))
         return d
 
     def _published(self, pub: Publication) -> Publication:
+        if pub.duplicate:
+            # Nothing was published: no hook sees it a second time.
+            self.deduplicated += 1
+            return pub
         for hook in self.hooks:
             try:
                 hook.after_publish(pub)
@@ -258,6 +278,14 @@ class Bus:
             self.on_control(message)
         except Exception:
             self._log.failure("handling a control message failed: {message!r}", message=message)
+
+    def presence_received(self, channel: str, events: list[Any]) -> None:
+        if self.on_presence is None:
+            return
+        try:
+            self.on_presence(channel, events)
+        except Exception:
+            self._log.failure("handling presence events on {channel} failed", channel=channel)
 
     # -- carrying out the sequencer's actions ---------------------------------
 

@@ -59,7 +59,7 @@ def _positive(v: Any) -> bool:
 
 OPTIONS: tuple[Option, ...] = (
     Option("listen", str, (DEFAULT_LISTEN,), f"Twisted endpoint to listen on (repeatable; default {DEFAULT_LISTEN}).", True, "ENDPOINT"),
-    Option("redis", str, None, "Share channels through Redis: redis://[[USER]:PASSWORD@]HOST[:PORT][/DB][?prefix=P] (default: in-process bus).", metavar="URL"),
+    Option("redis", str, None, "Share channels through Redis: redis://[[USER]:PASSWORD@]HOST[:PORT][/DB][?prefix=P], redis+sentinel://[[USER]:PASSWORD@]HOST:PORT,.../MASTER[/DB][?prefix=P] or redis+cluster://[[USER]:PASSWORD@]HOST:PORT,...[?prefix=P] (default: in-process bus).", metavar="URL"),
     Option("jwt-secret", str, None, "HS256 secret for JWT authentication.", metavar="SECRET"),
     Option("jwt-public-key", str, None, "PEM public key file for RS256/ES256 JWT authentication.", metavar="FILE"),
     Option("jwt-secret-file", str, None, "File holding the HS256 secret (instead of --jwt-secret, which ps shows).", metavar="FILE"),
@@ -73,6 +73,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("auth-cache", float, 30.0, "Seconds an --auth-url answer is cached per credential.", metavar="SECONDS", check=(lambda v: v >= 0, "must be >= 0")),
     Option("auth-timeout", float, 10.0, "Seconds a WebSocket may take to authenticate (auth command) when the upgrade carried no token.", metavar="SECONDS", check=(_positive, "must be > 0")),
     Option("revocation-ttl", float, 86400.0, "Seconds POST /disconnect keeps refusing an identity's earlier tokens.", metavar="SECONDS", check=(_positive, "must be > 0")),
+    Option("presence-ttl", float, 30.0, "Seconds a long-poll client stays present after its last poll ended (and the most a dead node's clients stay).", metavar="SECONDS", check=(_positive, "must be > 0")),
     Option("publish-rate", float, None, "Publications per second (bursts of as many) per connection, identity, API key or client address (default: unlimited).", metavar="N", check=(_positive, "must be > 0")),
     Option("max-connections", int, None, "Open WebSockets, SSE streams and held polls per node (default: unlimited).", metavar="N", check=(_positive, "must be > 0")),
     Option("allowed-origin", str, (), "Browser origin allowed to connect (repeatable; default: every origin).", True, "ORIGIN"),
@@ -83,6 +84,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("node-id", str, None, "This node's name in logs and health output (default: host:pid).", metavar="ID"),
     Option("hook", str, (), "Publish hook NAME[:ARGS] from the plugins package, e.g. log or allow-channels:room:* (repeatable).", True, "HOOK"),
     Option("drain-timeout", float, 10.0, "Seconds a SIGTERM drain may take before exiting.", metavar="SECONDS", check=(lambda v: v >= 0, "must be >= 0")),
+    Option("demo", bool, False, "Serve the demo chat page (built on /gateway.js) at /demo/."),
     Option("access-log", bool, True, "One access-log line per HTTP request (token= values redacted); --no-access-log writes none."),
 )
 
@@ -112,6 +114,7 @@ class Config:
     auth_cache: float = 30.0
     auth_timeout: float = 10.0
     revocation_ttl: float = 86400.0
+    presence_ttl: float = 30.0
     publish_rate: float | None = None
     max_connections: int | None = None
     allowed_origin: tuple[str, ...] = ()
@@ -122,6 +125,7 @@ class Config:
     node_id: str = attrs.field(factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     drain_timeout: float = 10.0
     hook: tuple[str, ...] = ()
+    demo: bool = False
     access_log: bool = True
     # Tuning knobs that are not command-line options.
     max_subscriptions: int = 1000
@@ -131,6 +135,7 @@ class Config:
 def _convert(option: Option, value: Any, source: str) -> Any:
     def one(v: Any) -> Any:
         if option.kind is bool:
+            # A flag: true or false in TOML, present or absent on the command line.
             if not isinstance(v, bool):
                 raise ConfigError(f"{option.name}: expected true or false, got {v!r} ({source})")
             return v
@@ -215,10 +220,12 @@ def options_markdown() -> str:
     rows = ["| option | default | meaning |", "|---|---|---|"]
     for o in OPTIONS:
         default = o.default
-        if isinstance(default, tuple):
+        if isinstance(default, bool):
+            default = "on" if default else "off"
+        elif isinstance(default, tuple):
             default = ", ".join(default) if default else "none"
         if o.kind is bool:
-            rows.append(f"| `--{o.name}` / `--no-{o.name}` | {'on' if default else 'off'} | {o.help} |")
+            rows.append(f"| `--{o.name}` / `--no-{o.name}` | {default} | {o.help} |")
             continue
         rows.append(f"| `--{o.name}`{' (repeatable)' if o.repeatable else ''} | {'none' if default is None else default} | {o.help} |")
     return "\n".join(rows)

@@ -34,6 +34,14 @@ class IBrokerListener(Interface):
         this node's delivery connection is down is lost.
         """
 
+    def presence_received(channel, events):  # type: ignore[no-untyped-def]
+        """``join``/``leave`` events (:class:`~gateway.core.presence.PresenceEvent`,
+        in order) on a channel this node subscribed to, decided by the presence
+        store from some node's :meth:`IBroker.presence_update` or an expiry.
+
+        At most once per node, not stored (like control messages).
+        """
+
 
 class IBroker(Interface):
     """Orders, stores and fans out publications for one node.
@@ -51,6 +59,14 @@ class IBroker(Interface):
     * **Epochs.** Each channel has an epoch; when its stream is lost (history
       flushed, a new in-process broker), the channel gets a new epoch and seqs start
       from 1 again.  Seqs are never silently renumbered within an epoch.
+    * **Idempotency keys.** A :meth:`publish` with an ``idempotency_key`` that
+      was used on the same channel within the broker's idempotency ttl (5 minutes),
+      by any node, by a publication of the channel's current epoch, publishes
+      nothing (no seq, no history entry, no delivery) and fires with that first
+      publication's seq, epoch and ts, ``duplicate=True``.  The check and the
+      publish are one atomic step: concurrent publishes with one key publish once.
+      When the first publication's epoch is gone, the key is forgotten with it and
+      the publish is made anew.
     * **Node-level delivery.** :meth:`subscribe` is per channel per node; every
       publication on a subscribed channel is passed to the listener's
       ``publication_received``, publications of one channel in seq order (the
@@ -73,8 +89,10 @@ class IBroker(Interface):
     def is_ready():  # type: ignore[no-untyped-def]
         """True while publishes can be made durable right now."""
 
-    def publish(channel, data, sender=None):  # type: ignore[no-untyped-def]
-        """Publish ``data`` on ``channel``.
+    def publish(channel, data, sender=None, idempotency_key=None):  # type: ignore[no-untyped-def]
+        """Publish ``data`` on ``channel``; ``idempotency_key`` (a valid key, see
+        :func:`gateway.core.idempotency.validate_idempotency_key`, or None) makes a
+        repeat within 5 minutes a no-op answered with the first publication.
 
         Returns:
             Deferred firing with the ordered :class:`~gateway.core.model.Publication`,
@@ -111,6 +129,31 @@ class IBroker(Interface):
         """
 
 
+    def presence_update(changes):  # type: ignore[no-untyped-def]
+        """Apply this node's presence ``changes`` (a list of
+        :class:`~gateway.core.presence.PresenceChange`) to the cluster's presence
+        store, after removing the expired entries of each channel they touch.
+
+        Atomic per channel: every node agrees when an identity's cluster-wide
+        connections leave 0 (``join``) and return to 0 (``leave``); those events
+        go to ``presence_received`` of every node subscribed to the channel.
+        A bounded number of round trips (one per channel per call, pipelined).
+
+        Returns:
+            Deferred firing with None, or failing with
+            :class:`~gateway.errors.Unavailable` (the caller sends them again later).
+        """
+
+    def presence_query(channel, limit, after):  # type: ignore[no-untyped-def]
+        """The presence of ``channel`` (expired entries removed first): at most
+        ``limit`` members sorted by sub, those after ``after`` (a sub or None).
+
+        Returns:
+            Deferred firing with a :class:`~gateway.core.presence.PresencePage`, or
+            failing with :class:`~gateway.errors.Unavailable`.
+        """
+
+
 class IPublishHook(Interface):
     """Runs around every publish accepted by this node (WebSocket, HTTP or Python)."""
 
@@ -119,11 +162,16 @@ class IPublishHook(Interface):
 
         Raise a :class:`~gateway.errors.GatewayError` (e.g. ``Forbidden``,
         ``BadRequest``, ``RateLimited``) to refuse it; the client gets that error
-        and nothing is published.  Must not block.
+        and nothing is published.  Must not block.  It runs for every attempt,
+        also for one that then turns out not to happen (the broker is down, or a
+        repeated ``idempotency_key`` makes it a duplicate, which only the broker
+        can tell): keep side effects for :meth:`after_publish`.
         """
 
     def after_publish(publication):  # type: ignore[no-untyped-def]
-        """Called once the broker accepted ``publication`` (a Publication). Must not block."""
+        """Called once the broker accepted ``publication`` (a Publication), once per
+        publication: not for a duplicate of an ``idempotency_key`` (nothing was
+        published then).  Must not block."""
 
 
 class IPublishHookFactory(Interface):

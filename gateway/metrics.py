@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET, Request
@@ -15,6 +15,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from gateway.core.auth import Identity
 from gateway.errors import Forbidden
 from gateway.metrics_limits import limit_metrics
+from gateway.presence import presence_metrics
 from gateway.transports._auth import (
     api_keys_configured,
     as_gateway_error,
@@ -43,13 +44,18 @@ class _GatewayCollector(Collector):
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
 
-    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily]:
         stats = self.gateway.stats
         conns = GaugeMetricFamily("gateway_connections", "Open client connections.", labels=["transport"])
         for t in TRANSPORTS:
             conns.add_metric([t], stats.connections[t])
         yield conns
         yield CounterMetricFamily("gateway_publications", "Publications accepted by this node.", value=stats.publications)
+        yield CounterMetricFamily(
+            "gateway_publications_deduplicated",
+            "Publishes answered with an earlier publication of their idempotency key (nothing published).",
+            value=self.gateway.bus.deduplicated,
+        )
         deliveries = CounterMetricFamily("gateway_deliveries", "Events delivered to clients.", labels=["transport"])
         for t in TRANSPORTS:
             deliveries.add_metric([t], stats.deliveries[t])
@@ -57,7 +63,29 @@ class _GatewayCollector(Collector):
         yield GaugeMetricFamily("gateway_broker_up", "1 while the message bus can take publications.", value=1 if self.gateway.bus.is_ready() else 0)
         yield GaugeMetricFamily("gateway_channels", "Channels with local subscribers.", value=len(self.gateway.bus.channels))
         yield GaugeMetricFamily("gateway_subscriptions", "Local subscriptions.", value=self.gateway.bus.subscriber_count())
+        yield from _shard_metrics(self.gateway)
         yield from limit_metrics(self.gateway)
+        yield from presence_metrics(self.gateway)
+
+
+def _shard_metrics(gateway: Gateway) -> Iterator[GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily]:
+    """Per Redis shard (gateway.broker.shards): nothing for the in-memory broker."""
+    shards = getattr(gateway.bus.broker, "shards", None)
+    if shards is None:
+        return
+    stats = shards()
+    up = GaugeMetricFamily("gateway_redis_shard_up", "1 while this node can run commands on the Redis shard.", labels=["shard"])
+    latency = HistogramMetricFamily("gateway_redis_command_seconds", "Redis command and script round trips, per shard.", labels=["shard"])
+    reconnects = CounterMetricFamily(
+        "gateway_redis_pubsub_reconnects", "Times the pub/sub connection to the shard was re-established and resubscribed.", labels=["shard"]
+    )
+    for shard in stats:
+        up.add_metric([shard.name], 1 if shard.up else 0)
+        latency.add_metric([shard.name], shard.buckets(), shard.total)
+        reconnects.add_metric([shard.name], shard.pubsub_reconnects)
+    yield up
+    yield latency
+    yield reconnects
 
 
 def make_registry(gateway: Gateway) -> CollectorRegistry:

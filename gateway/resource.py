@@ -17,9 +17,11 @@ from gateway.metrics import MetricsResource, make_registry
 from gateway.transports._http import JSONResource, NotFoundResource, send_json
 from gateway.transports.disconnect import DisconnectResource
 from gateway.transports.poll import PollResource
+from gateway.transports.presence import PresenceResource
 from gateway.transports.publish import PublishResource
 from gateway.transports.sse import SSEResource
 from gateway.transports.websocket import websocket_resource
+from gateway.webclient import JAVASCRIPT, DemoResource, StaticFile
 
 __all__ = ["GatewayResource", "HealthResource", "ReadyResource"]
 
@@ -47,12 +49,18 @@ class ReadyResource(JSONResource):
         if gw.draining:
             return send_json(request, 503, {"status": "unavailable", "reason": "draining"})
         if not gw.bus.is_ready():
-            return send_json(request, 503, {"status": "unavailable", "reason": "message bus not reachable"})
+            body: dict[str, object] = {"status": "unavailable", "reason": "message bus not reachable"}
+            shards = getattr(gw.bus.broker, "shards", None)
+            if shards is not None:
+                # Which Redis shards (by host:port, or Sentinel master name) are down.
+                body["shards_down"] = [s.name for s in shards() if not s.up]
+            return send_json(request, 503, body)
         return send_json(request, 200, {"status": "ready", "node": gw.config.node_id})
 
 
 class GatewayResource(resource.Resource):
-    """The gateway's resource tree: ``ws``, ``sse``, ``poll``, ``publish``, ``healthz``, ``readyz``, ``metrics``.
+    """The gateway's resource tree: ``ws``, ``sse``, ``poll``, ``publish``, ``healthz``, ``readyz``,
+    ``metrics``, ``disconnect``, ``gateway.js``, ``gateway.d.ts`` and, with ``--demo``, ``demo/``.
 
     Every method on every path gets a JSON answer (docs/protocol.md section 7): an
     endpoint's own, a ``405`` with ``Allow`` for a method it does not serve, or a
@@ -76,6 +84,11 @@ class GatewayResource(resource.Resource):
         self.putChild(b"readyz", ReadyResource(gateway))
         self.putChild(b"metrics", MetricsResource(self.registry, gateway))
         self.putChild(b"disconnect", DisconnectResource(gateway))
+        self.putChild(b"presence", PresenceResource(gateway))
+        self.putChild(b"gateway.js", StaticFile.named("gateway.js", JAVASCRIPT))
+        self.putChild(b"gateway.d.ts", StaticFile.named("gateway.d.ts", b"application/typescript; charset=utf-8"))
+        if gateway.config.demo:
+            self.putChild(b"demo", DemoResource())
         self._not_found = NotFoundResource()
 
     def getChild(self, path: bytes, request: Any) -> resource.Resource:

@@ -93,6 +93,7 @@ class GatewayOptions(usage.Options):
         raise SystemExit(0)
 
     def postOptions(self) -> None:
+        # A flag left out is "not given" (None), so a TOML `demo = true` stands.
         cli = {o.name: self[o.name] for o in OPTIONS}
         try:
             self.config = load_config(cli, self["config"])

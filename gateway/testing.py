@@ -140,6 +140,9 @@ class ManualBroker:
         self.history_calls: list[tuple[str, Any]] = []
         self.control_messages: list[Any] = []
         self._epochs = 0
+        from gateway.core.idempotency import IdempotencyCache
+
+        self.idempotency = IdempotencyCache()
 
     def stream(self, channel: str) -> Any:
         if channel not in self.streams:
@@ -161,12 +164,24 @@ class ManualBroker:
     def is_ready(self) -> bool:
         return self.ready
 
-    def publish(self, channel: str, data: Any, sender: str | None = None) -> defer.Deferred[Any]:
+    def publish(self, channel: str, data: Any, sender: str | None = None, idempotency_key: str | None = None) -> defer.Deferred[Any]:
+        """Append to the channel's stream; a key seen within 5 minutes (on :attr:`now`)
+        answers the first publication with ``duplicate=True``, as the real brokers do."""
+        from gateway.core.idempotency import FirstPublication
+        from gateway.core.model import Publication
         from gateway.errors import Unavailable
 
         if not self.ready:
             return defer.fail(Unavailable("broker down"))
-        return defer.succeed(self.stream(channel).append(data, self.now(), sender))
+        stream = self.stream(channel)
+        if idempotency_key is not None:
+            first = self.idempotency.lookup(channel, idempotency_key, self.now())
+            if first is not None and first.epoch == stream.epoch:
+                return defer.succeed(Publication(channel, first.seq, first.epoch, data, first.ts, sender, duplicate=True))
+        pub = stream.append(data, self.now(), sender)
+        if idempotency_key is not None:
+            self.idempotency.remember(channel, idempotency_key, FirstPublication(pub.seq, pub.epoch, pub.ts), self.now())
+        return defer.succeed(pub)
 
     def deliver(self, pub: Any) -> None:
         """Hand one publication to the listener, as pub/sub would."""
@@ -208,6 +223,33 @@ class ManualBroker:
         self.control_messages.append(message)
         self.listener.control_received(json.loads(json.dumps(message)))
         return defer.succeed(None)
+
+
+    def presence_update(self, changes: Any) -> defer.Deferred[None]:
+        """Apply presence changes to an in-memory table (events go to the listener)."""
+        from gateway.errors import Unavailable
+
+        if not self.ready:
+            return defer.fail(Unavailable("broker down"))
+        for channel, events in self._presence_table().update(changes, self.now()).items():
+            if channel in self.subscribed:
+                self.listener.presence_received(channel, events)
+        return defer.succeed(None)
+
+    def presence_query(self, channel: str, limit: int, after: Any) -> defer.Deferred[Any]:
+        from gateway.errors import Unavailable
+
+        if not self.ready:
+            return defer.fail(Unavailable("broker down"))
+        page, _ = self._presence_table().query(channel, limit, after, self.now())
+        return defer.succeed(page)
+
+    def _presence_table(self) -> Any:
+        from gateway.core.presence import PresenceTable
+
+        if not hasattr(self, "_presence"):
+            self._presence = PresenceTable()
+        return self._presence
 
 
 class RecordingSubscriber:

@@ -207,7 +207,9 @@ def revocations_for(broker: Any, reactor: Any) -> MemoryRevocations | RedisRevoc
         from gateway.broker.redis import RedisBroker
     except ImportError:  # pragma: no cover - a build without the Redis broker
         return MemoryRevocations()
-    if isinstance(broker, RedisBroker):
+    from gateway.broker.cluster import ClusterBroker
+
+    if isinstance(broker, (RedisBroker, ClusterBroker)):
         return RedisRevocations(broker, reactor)
     return MemoryRevocations()
 

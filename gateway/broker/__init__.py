@@ -19,10 +19,15 @@ def broker_from_config(config: Config, reactor: Any) -> IBroker:
     """The broker ``config`` asks for."""
     if config.redis is None:
         return InMemoryBroker(config.history_size, config.history_ttl, clock=reactor)
-    if not config.redis.startswith("redis://"):
-        raise ConfigError(f"redis: expected redis://HOST:PORT/DB, got {config.redis!r}")
+    from gateway.broker.redisurl import parse_redis_url
+
+    url = parse_redis_url(config.redis)  # ConfigError naming what is wrong
     try:
         from gateway.broker.redis import RedisBroker
     except ImportError:
         raise ConfigError("redis: the Redis broker is not available in this build") from None
+    if url.scheme == "redis+cluster":
+        from gateway.broker.cluster import ClusterBroker
+
+        return ClusterBroker.from_config(config, reactor)
     return RedisBroker.from_config(config, reactor)  # type: ignore[no-any-return]

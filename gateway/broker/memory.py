@@ -17,7 +17,9 @@ from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from gateway.core.events import encode_json
+from gateway.core.idempotency import IDEMPOTENCY_TTL, FirstPublication, IdempotencyCache
 from gateway.core.model import HistoryResult, Position, Publication
+from gateway.core.presence import PresenceChange, PresencePage, PresenceTable
 from gateway.core.stream import Stream
 from gateway.errors import BadRequest, Unavailable
 from gateway.interfaces import IBroker, IBrokerListener
@@ -46,6 +48,9 @@ class InMemoryBroker:
             None means no sweep (unit tests).
         now: the wall clock (seconds since the Unix epoch) used for timestamps
             and history age.
+        idempotency_ttl: seconds an ``idempotency_key`` is remembered per channel,
+            on ``clock`` (on ``now`` without one); expired keys are removed on the
+            next keyed publish and by the periodic sweep.
     """
 
     name = "memory"
@@ -56,6 +61,7 @@ class InMemoryBroker:
         history_ttl: float = 300.0,
         clock: IReactorTime | None = None,
         now: Callable[[], float] = time.time,
+        idempotency_ttl: float = IDEMPOTENCY_TTL,
     ) -> None:
         self.history_size = history_size
         self.history_ttl = history_ttl
@@ -65,6 +71,8 @@ class InMemoryBroker:
         self._subscribed: set[str] = set()
         self._listener: IBrokerListener | None = None
         self._sweeper: Any = None
+        self._idempotency = IdempotencyCache(idempotency_ttl)
+        self._presence = PresenceTable()
 
     # -- lifecycle --------------------------------------------------------
 
@@ -92,16 +100,36 @@ class InMemoryBroker:
             stream.last_publish = self._now()
         return stream
 
-    def publish(self, channel: str, data: Any, sender: str | None = None) -> defer.Deferred[Publication]:
+    def _seconds(self) -> float:
+        """The clock of idempotency keys: the reactor's, or the wall clock without one."""
+        return self._clock.seconds() if self._clock is not None else self._now()
+
+    def publish(
+        self, channel: str, data: Any, sender: str | None = None, idempotency_key: str | None = None
+    ) -> defer.Deferred[Publication]:
         try:
             # Refuse what could not be delivered before it takes a seq.
             encode_json(data)
         except BadRequest:
             return defer.fail()
-        pub = self._stream(channel).append(data, self._now(), sender)
+        stream = self._stream(channel)
+        if idempotency_key is not None:
+            # Synchronous, so the lookup and the append below are one atomic step.
+            seconds = self._seconds()
+            first = self._idempotency.lookup(channel, idempotency_key, seconds)
+            if first is not None and first.epoch == stream.epoch:
+                return defer.succeed(Publication(channel, first.seq, first.epoch, data, first.ts, sender, duplicate=True))
+        pub = stream.append(data, self._now(), sender)
+        if idempotency_key is not None:
+            self._idempotency.remember(channel, idempotency_key, FirstPublication(pub.seq, pub.epoch, pub.ts), seconds)
         if channel in self._subscribed and self._listener is not None:
             self._listener.publication_received(pub)
         return defer.succeed(pub)
+
+    @property
+    def idempotency_keys(self) -> int:
+        """How many idempotency keys are remembered now (for tests and metrics)."""
+        return len(self._idempotency)
 
     def history(self, channel: str, since: Position | None) -> defer.Deferred[HistoryResult]:
         return defer.succeed(self._stream(channel).recover(since, self._now()))
@@ -126,6 +154,25 @@ class InMemoryBroker:
         self._listener.control_received(json.loads(encoded))
         return defer.succeed(None)
 
+    def presence_update(self, changes: list[PresenceChange]) -> defer.Deferred[None]:
+        if self._listener is None:
+            return defer.fail(Unavailable("presence: the broker is not running"))
+        self._presence_events(self._presence.update(changes, self._now()))
+        return defer.succeed(None)
+
+    def presence_query(self, channel: str, limit: int, after: str | None) -> defer.Deferred[PresencePage]:
+        if self._listener is None:
+            return defer.fail(Unavailable("presence: the broker is not running"))
+        page, events = self._presence.query(channel, limit, after, self._now())
+        if events:
+            self._presence_events({channel: events})
+        return defer.succeed(page)
+
+    def _presence_events(self, events: dict[str, Any]) -> None:
+        for channel, evs in events.items():
+            if channel in self._subscribed and self._listener is not None:
+                self._listener.presence_received(channel, list(evs))
+
     # -- housekeeping -----------------------------------------------------
 
     def _sweep(self) -> None:
@@ -134,7 +181,9 @@ class InMemoryBroker:
         self._sweeper = self._clock.callLater(SWEEP_INTERVAL, self._sweep)
 
     def sweep(self) -> None:
-        """Trim every history by age and forget long-idle unsubscribed channels."""
+        """Trim every history by age, forget long-idle unsubscribed channels and
+        expired idempotency keys."""
+        self._idempotency.expire(self._seconds())
         now = self._now()
         for channel, stream in list(self._streams.items()):
             stream.trim(now)

@@ -34,6 +34,17 @@ subscribes to on each (re)connect, before :meth:`RedisBroker.start` reports the
 node started; they go to the listener's ``control_received``.  They are not
 stored: a node whose pub/sub connection is down when one is sent misses it.
 
+*Idempotency keys.*  A publish with an ``idempotency_key`` passes one more key
+to the same script, ``{prefix}:{<channel>}:idem:<sha-256 of the key>`` (hashed, so
+whatever the client chose cannot shape key names; the channel's hash tag keeps it
+in the slot of the channel's other keys).  The script answers a key that holds a
+publication of the channel's current epoch with that publication and does nothing
+else; otherwise it publishes and ``SET``\\s the key with ``PX`` (5 minutes).  The
+check and the publish are one atomic step, so a retry on any node, or two
+concurrent publishes with one key, publish once.  When Redis lost the keys
+(flushed, replaced) the key is gone with the epoch, and a retry publishes anew in
+the new epoch.
+
 *Publisher order.*  Redis runs the commands of one connection in the order they
 were sent, but nothing orders commands sent on two connections of the pool.  So
 a channel's publishes all go out on one connection: the one the channel's name
@@ -55,6 +66,17 @@ whose server stopped answering, and a health check PINGs both connections every
 idle.  A publish that timed out may still have been applied by Redis (its
 subscribers then get it); it is reported as unavailable, never as done.
 
+*Sentinel.*  With ``redis+sentinel://`` both factories connect through a
+:class:`~gateway.broker.sentinel.SentinelEndpoint`, which asks the Sentinels for the
+master before every attempt; a command connection counts only once ``INFO
+replication`` says ``role:master``, and its ``master_replid`` becomes the *writer*
+passed to publish.lua and history.lua.  A channel whose meta hash was written under
+another writer (a replica promoted since) starts a new epoch: asynchronous
+replication may have lost the old master's last acked publications, and going on in
+the same epoch would hand their seqs to other publications, a silent gap.  A master
+demoted while connected is left on its ``READONLY`` errors, on the health check's
+``ROLE`` and when the Sentinels name another address.
+
 *Reconnecting.*  txredisapi's ClientService-based slots back off from
 ``reconnect_initial_delay`` to ``reconnect_max_delay`` (set per factory, not on
 the global class), with jitter.
@@ -62,13 +84,24 @@ the global class), with jitter.
 Keys, under a configurable prefix (``redis://host:port/db?prefix=gw``, default
 ``gateway``), with the channel name as a Redis Cluster hash tag::
 
-    {prefix}:{<channel>}:meta   hash: e = epoch, s = latest seq
+    {prefix}:{<channel>}:meta   hash: e = epoch, s = latest seq, w = writer (Sentinel:
+                                the replication ID of the master that began the epoch)
     {prefix}:{<channel>}:hist   list of entries, oldest first
+    {prefix}:{<channel>}:idem:<sha-256 hex of the key>
+                                "<seq>:<epoch>:<ts>" of the first publication
+                                with that idempotency key, expiring after 5 min
     {prefix}:<db>:pub:<channel> pub/sub channel (pub/sub ignores the db number,
                                 so it is part of the name)
+    {prefix}:{<channel>}:pub    the same in a Redis Cluster (sharded pub/sub,
+                                SPUBLISH/SSUBSCRIBE, in the channel's slot)
     {prefix}:<db>:control       pub/sub channel of control messages (revocation),
                                 subscribed by every node's pub/sub connection
     {prefix}:{rev:<sub>}        a revoked identity (see gateway.auth.revocation)
+    {prefix}:{<channel>}:pe / :pc / :pt / :ps / :pa
+                                presence: entries by expiry, their counts, totals
+                                per sub, subs present, anonymous count
+                                (lua/presence.lua); join/leave events go out on the
+                                channel's pub/sub channel as "P<json>"
 
 Memory is bounded by the history settings: each history list holds at most
 ``history_size`` entries none older than ``history_ttl`` (trimmed on every
@@ -82,6 +115,7 @@ in-memory broker, which forgets a channel after 24 h idle.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import zlib
@@ -97,10 +131,13 @@ from zope.interface import implementer
 
 from gateway.broker._resp import RespError, RespReader
 from gateway.broker.memory import STREAM_IDLE_SECONDS, new_epoch
-from gateway.broker.redisurl import RedisURL, parse_redis_url
+from gateway.broker.redisurl import CLUSTER, SENTINEL, RedisURL, parse_redis_url
+from gateway.broker.shards import ShardStats
 from gateway.config import Config
 from gateway.core.events import encode_json
+from gateway.core.idempotency import IDEMPOTENCY_TTL
 from gateway.core.model import HistoryResult, Position, Publication
+from gateway.core.presence import PresenceChange, PresenceEvent, PresencePage
 from gateway.core.stream import recover
 from gateway.errors import BadRequest, Unavailable
 from gateway.interfaces import IBroker, IBrokerListener
@@ -113,6 +150,8 @@ HISTORY_EXPIRY_MARGIN = 10
 # Most pub/sub messages held back while a reconnected subscriber waits for a
 # command connection (see RedisBroker._finish_reconnect).
 MAX_BUFFERED = 10000
+# Most presence changes in one script call (bounds one call's time inside Redis).
+PRESENCE_CHUNK = 1000
 
 
 def load_script(name: str) -> bytes:
@@ -229,6 +268,32 @@ def _protocols() -> dict[str, type]:
             for reply in replies:
                 self.replyReceived(reply)
 
+        # Sharded pub/sub (Redis Cluster): txredisapi knows SUBSCRIBE and PSUBSCRIBE
+        # only.  One channel per SSUBSCRIBE/SUNSUBSCRIBE, so each has one reply; a
+        # "sunsubscribe" nobody asked for is the server dropping a channel whose slot
+        # moved away.
+        def replyReceived(self, reply: Any) -> None:
+            kind = reply[0] if isinstance(reply, list) and len(reply) == 3 else None
+            if kind == b"smessage":
+                self.messageReceived(None, reply[1], reply[2])
+            elif kind == b"ssubscribe":
+                self.replyQueue.put(reply)
+            elif kind == b"sunsubscribe":
+                if getattr(self, "_sunsubscribing", 0) > 0:
+                    self._sunsubscribing -= 1
+                    self.replyQueue.put(reply)
+                else:
+                    self.factory.broker._shard_channel_dropped(reply[1])
+            else:
+                super().replyReceived(reply)
+
+        def ssubscribe(self, channel: str) -> Any:
+            return self.execute_command("SSUBSCRIBE", channel, apply_timeout=False)
+
+        def sunsubscribe(self, channel: str) -> Any:
+            self._sunsubscribing = getattr(self, "_sunsubscribing", 0) + 1
+            return self.execute_command("SUNSUBSCRIBE", channel)
+
     class _Factory(txredisapi.RedisFactory):
         """A RedisFactory that never gives up while the broker runs.
 
@@ -288,6 +353,8 @@ class RedisBroker:
         health_interval: seconds between PINGs on idle connections (0: none).
         reconnect_initial_delay: first reconnection delay, in seconds.
         reconnect_max_delay: cap of the reconnection backoff, in seconds.
+        idempotency_ttl: seconds an ``idempotency_key`` is remembered per channel
+            (millisecond precision; tests shorten it).
     """
 
     _log = Logger()
@@ -305,8 +372,17 @@ class RedisBroker:
         health_interval: float = 1.0,
         reconnect_initial_delay: float = 0.1,
         reconnect_max_delay: float = 1.0,
+        idempotency_ttl: float = IDEMPOTENCY_TTL,
+        sharded: bool = False,
+        on_dropped: Any = None,
     ) -> None:
         self.url = parse_redis_url(url)
+        # One shard of a Redis Cluster (gateway.broker.cluster): sharded pub/sub on
+        # hash-tagged channels, scripts guarded by the master's replication ID, and
+        # MOVED/ASK reported as Redirected; on_dropped(channel) when the server drops
+        # a sharded subscription (its slot moved).
+        self.sharded = sharded
+        self._on_dropped = on_dropped
         self.name = self.url.display()
         self.history_size = history_size
         self.history_ttl = history_ttl
@@ -321,8 +397,16 @@ class RedisBroker:
         prefix = self.url.prefix
         self._meta_fmt = prefix + ":{{{}}}:meta"
         self._hist_fmt = prefix + ":{{{}}}:hist"
+        self._idem_fmt = prefix + ":{{{}}}:idem:{}"
+        self._idempotency_ms = str(max(1, math.ceil(idempotency_ttl * 1000)))
         self._pub_prefix = f"{prefix}:{self.url.db}:pub:"
+        if sharded:
+            # The channel's hash tag: SPUBLISH from the script reaches the subscribers
+            # of the channel's own shard.
+            self._pub_prefix = f"{prefix}:{{"
         self._pub_prefix_bytes = self._pub_prefix.encode()
+        self._pub_suffix = "}:pub" if sharded else ""
+        self._pub_suffix_bytes = self._pub_suffix.encode()
         self._control_channel = f"{prefix}:{self.url.db}:control"
         self._control_channel_bytes = self._control_channel.encode()
         self._rev_fmt = prefix + ":{{rev:{}}}"
@@ -331,6 +415,8 @@ class RedisBroker:
         self._meta_expiry = str(int(max(STREAM_IDLE_SECONDS, math.ceil(2 * history_ttl))))
         self._publish_script = load_script("publish.lua")
         self._history_script = load_script("history.lua")
+        self._presence_script = load_script("presence.lua")
+        self._presence_fmt = prefix + ":{{{}}}:"
 
         self._listener: IBrokerListener | None = None
         self._pool: Any = None
@@ -356,6 +442,14 @@ class RedisBroker:
         self._stopping = False
         self._was_ready = False
         self._down_since: float | None = None
+        # redis+sentinel: the endpoint asking the Sentinels for the master.
+        self._sentinel: Any = None
+        self.master_changes = 0  # masters named after the first (failovers seen)
+        shard = self.url.master_name if self.url.scheme == SENTINEL else f"{self.url.host}:{self.url.port}"
+        self.shard = ShardStats(shard or "redis")
+        # Under Sentinel the scripts guard every stream with the master's replication
+        # ID (publish.lua ARGV[9]): a promoted replica has a new one.
+        self._guarded = sharded or self.url.scheme in (SENTINEL, CLUSTER)
 
     @classmethod
     def from_config(cls, config: Config, reactor: Any) -> RedisBroker:
@@ -373,9 +467,31 @@ class RedisBroker:
         """The Redis key of ``channel``'s history list."""
         return self._hist_fmt.format(channel)
 
+    def idempotency_key(self, channel: str, key: str) -> str:
+        """The Redis key remembering ``key`` (an idempotency key) on ``channel``: the
+        key's SHA-256, so no client-chosen text ends up in key names."""
+        digest = hashlib.sha256(key.encode("utf-8")).hexdigest()
+        return self._idem_fmt.format(channel, digest)
+
     def pubsub_channel(self, channel: str) -> str:
         """The Redis pub/sub channel carrying ``channel``'s publications."""
-        return self._pub_prefix + channel
+        return self._pub_prefix + channel + self._pub_suffix
+
+    def _channel_of(self, redis_channel: bytes) -> str | None:
+        if not redis_channel.startswith(self._pub_prefix_bytes) or not redis_channel.endswith(self._pub_suffix_bytes):
+            return None
+        return redis_channel[len(self._pub_prefix_bytes) : len(redis_channel) - len(self._pub_suffix_bytes)].decode()
+
+    def _shard_channel_dropped(self, redis_channel: Any) -> None:
+        if isinstance(redis_channel, str):
+            redis_channel = redis_channel.encode()
+        channel = self._channel_of(redis_channel)
+        if channel is None or channel not in self._channels:
+            return
+        self._log.info("{url} dropped the subscription of {channel} (its slot moved)", url=self.name, channel=channel)
+        self._channels.discard(channel)
+        if self._on_dropped is not None:
+            self._on_dropped(channel)
 
     @property
     def control_channel(self) -> str:
@@ -394,7 +510,16 @@ class RedisBroker:
         ``connect_timeout`` if not."""
         self._listener = listener
         self._stopping = False
-        endpoint = HostnameEndpoint(self._reactor, self.url.host, self.url.port, timeout=self.connect_timeout)
+        endpoint: Any
+        if self.url.scheme == SENTINEL:
+            from gateway.broker.sentinel import SentinelEndpoint
+
+            assert self.url.master_name is not None
+            endpoint = self._sentinel = SentinelEndpoint(
+                self._reactor, self.url.nodes, self.url.master_name, self.connect_timeout, self._master_changed
+            )
+        else:
+            endpoint = HostnameEndpoint(self._reactor, self.url.host, self.url.port, timeout=self.connect_timeout)
         protocols = _protocols()
         # Database 0 is every connection's default: no SELECT round trip on connect.
         self._pool = _factory(self, protocols["command"], self.poolsize, self.url, self.url.db or None)
@@ -440,6 +565,9 @@ class RedisBroker:
         factories = [f for f in (self._pool, self._subscriber_factory) if f is not None]
         self._pool = self._subscriber_factory = None
         yield defer.gatherResults([f.disconnect() for f in factories], consumeErrors=True)
+        if self._sentinel is not None:
+            sentinel, self._sentinel = self._sentinel, None
+            yield sentinel.close()
         self._commands = []
         self._subscriber = None
         self._channels.clear()
@@ -457,8 +585,13 @@ class RedisBroker:
         """
         return bool(not self._stopping and self._commands)
 
+    def shards(self) -> list[ShardStats]:
+        """Per-shard figures for ``/metrics`` and ``/readyz`` (one shard here)."""
+        return [self.shard]
+
     def _readiness_changed(self) -> None:
         ready = self.is_ready()
+        self.shard.up = ready
         if ready == self._was_ready:
             return
         self._was_ready = ready
@@ -480,8 +613,34 @@ class RedisBroker:
     def _command_connected(self, conn: Any) -> None:
         # A connection is only usable once Redis answers on it: a stopped or
         # still-loading server accepts TCP connections all the same.
-        d = self._timed(defer.maybeDeferred(conn.execute_command, "PING"))
+        if self._guarded:
+            # And, under Sentinel, once it is the master: its replication ID
+            # becomes the writer the scripts check (see publish.lua).
+            d = self._timed(defer.maybeDeferred(conn.execute_command, "INFO", "replication"))
+            d.addCallback(self._check_master, conn)
+        else:
+            d = self._timed(defer.maybeDeferred(conn.execute_command, "PING"))
         d.addCallbacks(self._command_usable, self._connection_unusable, (conn,), errbackArgs=(conn,))
+
+    def _check_master(self, reply: Any, conn: Any) -> None:
+        from gateway.broker.sentinel import parse_info
+
+        info = parse_info(reply)
+        if info.get("role") != "master" or not info.get("master_replid"):
+            raise Unavailable(f"not a master (role {info.get('role', '?')})")
+        conn.writer = info["master_replid"]
+
+    def _master_changed(self, address: tuple[str, int]) -> None:
+        """The Sentinels name another master: drop connections still open to the old one
+        (a demoted master that stayed up would otherwise keep them)."""
+        self._log.warn("Sentinel: the master of {name} is now {host}:{port}", name=self.url.master_name, host=address[0], port=address[1])
+        self.master_changes += 1
+        for conn in [*self._commands, self._subscriber]:
+            if conn is None or conn.transport is None:
+                continue
+            peer = conn.transport.getPeer()
+            if (getattr(peer, "host", None), getattr(peer, "port", None)) != address:
+                conn.transport.abortConnection()
 
     def _connection_unusable(self, failure: Failure, conn: Any) -> None:
         if not self._stopping:
@@ -509,7 +668,8 @@ class RedisBroker:
         if self._subscriber_connections:
             self._buffered = []
         channels = sorted(self._channels)
-        ds = [self._timed(conn.subscribe(self.pubsub_channel(c))) for c in channels]
+        subscribe = conn.ssubscribe if self.sharded else conn.subscribe
+        ds = [self._timed(subscribe(self.pubsub_channel(c))) for c in channels]
         ds.append(self._timed(conn.subscribe(self._control_channel)))
         ds.append(self._timed(defer.maybeDeferred(conn.execute_command, "PING")))
         d = defer.gatherResults(ds, consumeErrors=True)
@@ -522,6 +682,7 @@ class RedisBroker:
         self._subscriber_connections += 1
         self._resubscribed_conn = conn
         if reconnected:
+            self.shard.pubsub_reconnects += 1
             self._log.info("pub/sub connection back; resubscribed to {count} channel(s)", count=count)
         self._finish_reconnect()
         self._maybe_started()
@@ -557,8 +718,21 @@ class RedisBroker:
     def _health_check(self) -> None:
         for conn in list(self._commands) + ([self._subscriber] if self._subscriber is not None else []):
             # replyTimeout aborts a connection whose server stopped answering.
-            d = defer.maybeDeferred(conn.execute_command, "PING")
+            if self._guarded and conn is not self._subscriber:
+                # A master demoted while we stayed connected answers as a replica.
+                d = defer.maybeDeferred(conn.execute_command, "ROLE")
+                d.addCallback(self._still_master, conn)
+            else:
+                d = defer.maybeDeferred(conn.execute_command, "PING")
             d.addErrback(lambda f: None)
+
+    def _still_master(self, reply: Any, conn: Any) -> None:
+        from gateway.broker.sentinel import parse_role
+
+        role = parse_role(reply)
+        if role != "master" and conn.transport is not None:
+            self._log.warn("{url}: the connected server is now a {role}; reconnecting", url=self.name, role=role or "?")
+            conn.transport.abortConnection()
 
     # -- commands -----------------------------------------------------------------
 
@@ -595,14 +769,41 @@ class RedisBroker:
 
         d.addBoth(done)
 
-    def _eval(self, what: str, script: bytes, keys: list[str], args: list[Any], conn: Any = None) -> defer.Deferred[Any]:
+    def _eval(
+        self,
+        what: str,
+        script: bytes,
+        keys: list[str],
+        args: list[Any],
+        conn: Any = None,
+        writer: bool = False,
+        asking: bool = False,
+    ) -> defer.Deferred[Any]:
         if conn is None:
             conn = self._connection()
         if conn is None:
             return defer.fail(Unavailable(f"{what}: Redis is not reachable"))
-        d = self._timed(defer.maybeDeferred(conn.eval, script, keys, args))
-        d.addErrback(self._unavailable, what)
+        if writer:
+            # The last argument of publish.lua and history.lua (see _check_master),
+            # and for publish.lua in a cluster, SPUBLISH.
+            args = [*args, getattr(conn, "writer", "")]
+            if self.sharded and script is self._publish_script:
+                args.append("SPUBLISH")
+        if asking:
+            # ASK redirect: this one command, on the importing node (same connection, next).
+            conn.execute_command("ASKING").addErrback(lambda f: None)
+        d = self._measured(self._timed(defer.maybeDeferred(conn.eval, script, keys, args)))
+        d.addErrback(self._unavailable, what, conn)
         return d
+
+    def _measured(self, d: defer.Deferred[Any]) -> defer.Deferred[Any]:
+        started = self._reactor.seconds()
+
+        def done(result: Any) -> Any:
+            self.shard.observe(self._reactor.seconds() - started)
+            return result
+
+        return d.addBoth(done)
 
     def execute(self, what: str, command: str, *args: Any) -> defer.Deferred[Any]:
         """Run one Redis command on a live command connection, with the command
@@ -611,18 +812,29 @@ class RedisBroker:
         conn = self._connection()
         if conn is None:
             return defer.fail(Unavailable(f"{what}: Redis is not reachable"))
-        d = self._timed(defer.maybeDeferred(conn.execute_command, command, *args))
-        d.addErrback(self._unavailable, what)
+        d = self._measured(self._timed(defer.maybeDeferred(conn.execute_command, command, *args)))
+        d.addErrback(self._unavailable, what, conn)
         return d
 
     def eval(self, what: str, script: bytes, keys: list[str], args: list[Any]) -> defer.Deferred[Any]:
         """Run a Lua script as :meth:`execute` runs a command."""
         return self._eval(what, script, keys, args)
 
-    def _unavailable(self, failure: Failure, what: str) -> Failure:
+    def _unavailable(self, failure: Failure, what: str, conn: Any = None) -> Failure:
         if failure.check(Unavailable):
             return failure
-        if failure.check(_txredisapi().ResponseError):
+        if self.sharded and failure.check(_txredisapi().ResponseError):
+            from gateway.broker.slots import parse_redirect
+
+            redirect = parse_redirect(failure.getErrorMessage(), (self.url.host, self.url.port))
+            if redirect is not None:
+                return Failure(Redirected(redirect, f"{what}: {redirect.kind} to {redirect.address[0]}:{redirect.address[1]}"))
+        if failure.check(_txredisapi().ResponseError) and failure.getErrorMessage().startswith("READONLY"):
+            # A master demoted under us (Sentinel failover): reconnect to the new one.
+            self._log.warn("{what}: {url} is read-only now; reconnecting", what=what, url=self.name)
+            if conn is not None and conn.transport is not None:
+                conn.transport.abortConnection()
+        elif failure.check(_txredisapi().ResponseError):
             self._log.error("{what} failed in Redis: {error}", what=what, error=failure.getErrorMessage())
         else:
             self._log.warn("{what} failed: {error}", what=what, error=failure.getErrorMessage() or failure.type.__name__)
@@ -630,7 +842,9 @@ class RedisBroker:
 
     # -- IBroker -------------------------------------------------------------------
 
-    def publish(self, channel: str, data: Any, sender: str | None = None) -> defer.Deferred[Publication]:
+    def publish(
+        self, channel: str, data: Any, sender: str | None = None, idempotency_key: str | None = None, asking: bool = False
+    ) -> defer.Deferred[Publication]:
         try:
             # Refuse what could not be delivered before it takes a seq.
             body = encode_json({"c": channel, "d": data, "f": sender})
@@ -645,15 +859,19 @@ class RedisBroker:
             self._history_expiry,
             self._meta_expiry,
         ]
+        keys = [self.meta_key(channel), self.history_key(channel)]
+        args.append(self._idempotency_ms)
+        if idempotency_key is not None:
+            keys.append(self.idempotency_key(channel, idempotency_key))
         conn = self._connection_for(channel)
         if conn is None:
             return defer.fail(Unavailable("publish: Redis is not reachable"))
-        d = self._eval("publish", self._publish_script, [self.meta_key(channel), self.history_key(channel)], args, conn)
+        d = self._eval("publish", self._publish_script, keys, args, conn, writer=True, asking=asking)
         self._track(channel, conn, d)
 
         def published(reply: list[Any]) -> Publication:
-            seq, epoch, ts = reply
-            return Publication(channel, int(seq), _text(epoch), data, int(ts), sender)
+            seq, epoch, ts = reply[:3]
+            return Publication(channel, int(seq), _text(epoch), data, int(ts), sender, duplicate=len(reply) > 3)
 
         return d.addCallback(published)
 
@@ -664,7 +882,7 @@ class RedisBroker:
             "0" if since is None else str(since.seq),
             self._meta_expiry,
         ]
-        d = self._eval("history", self._history_script, [self.meta_key(channel), self.history_key(channel)], args)
+        d = self._eval("history", self._history_script, [self.meta_key(channel), self.history_key(channel)], args, writer=True)
 
         def answer(reply: list[Any]) -> HistoryResult:
             epoch, top, now = _text(reply[0]), int(reply[1]), int(reply[2])
@@ -688,7 +906,8 @@ class RedisBroker:
             return defer.fail(Unavailable("subscribe: Redis is not reachable"))
         self._channels.add(channel)
         if conn is not None:
-            d = self._timed(defer.maybeDeferred(conn.subscribe, self.pubsub_channel(channel)))
+            subscribe = conn.ssubscribe if self.sharded else conn.subscribe
+            d = self._timed(defer.maybeDeferred(subscribe, self.pubsub_channel(channel)))
         else:
             # The connection, when it comes, subscribes to every wanted channel.
             waiter: defer.Deferred[None] = defer.Deferred()
@@ -706,7 +925,8 @@ class RedisBroker:
         conn = self._subscriber
         if conn is None or self._stopping:
             return defer.succeed(None)
-        d = self._timed(defer.maybeDeferred(conn.unsubscribe, self.pubsub_channel(channel)))
+        unsubscribe = conn.sunsubscribe if self.sharded else conn.unsubscribe
+        d = self._timed(defer.maybeDeferred(unsubscribe, self.pubsub_channel(channel)))
         # Not fatal: a reconnect subscribes only to wanted channels, and stray
         # messages for unwanted ones are dropped.
         d.addErrback(lambda f: self._log.warn("unsubscribe {channel} failed: {error}", channel=channel, error=f.getErrorMessage()))
@@ -719,6 +939,63 @@ class RedisBroker:
         except BadRequest:
             return defer.fail()
         return self.execute("control", "PUBLISH", self._control_channel, body).addCallback(lambda _: None)
+
+    # -- presence ---------------------------------------------------------------
+
+    def _presence_mode(self, mode: str) -> str:
+        # presence.lua: "us"/"qs" publish join/leave with SPUBLISH (sharded pub/sub).
+        return mode + "s" if self.sharded else mode
+
+    def presence_keys(self, channel: str) -> list[str]:
+        """The Redis keys of ``channel``'s presence (see lua/presence.lua)."""
+        base = self._presence_fmt.format(channel)
+        return [base + "pe", base + "pc", base + "pt", base + "ps", base + "pa"]
+
+    def presence_update(self, changes: list[PresenceChange]) -> defer.Deferred[None]:
+        """One ``EVALSHA`` of lua/presence.lua per channel (at most
+        :data:`PRESENCE_CHUNK` changes each), all sent at once."""
+        by_channel: dict[str, list[str]] = {}
+        for change in changes:
+            args = by_channel.setdefault(change.channel, [])
+            args.extend((change.member, str(change.count), str(max(1, math.ceil(change.ttl * 1000)))))
+        ds = []
+        for channel, args in by_channel.items():
+            for i in range(0, len(args), 3 * PRESENCE_CHUNK):
+                chunk = [self._presence_mode("u"), self.pubsub_channel(channel), *args[i : i + 3 * PRESENCE_CHUNK]]
+                ds.append(self._eval("presence", self._presence_script, self.presence_keys(channel), chunk))
+        if not ds:
+            return defer.succeed(None)
+        d = defer.gatherResults(ds, consumeErrors=True)
+
+        def unwrap(failure: Failure) -> Failure:
+            failure.trap(defer.FirstError)
+            return failure.value.subFailure  # type: ignore[no-any-return]
+
+        return d.addCallbacks(lambda _: None, unwrap)
+
+    def presence_query(self, channel: str, limit: int, after: str | None) -> defer.Deferred[PresencePage]:
+        args = [self._presence_mode("q"), self.pubsub_channel(channel), str(limit), after or ""]
+        d = self._eval("presence", self._presence_script, self.presence_keys(channel), args)
+
+        def answer(reply: list[Any]) -> PresencePage:
+            count, anonymous, more = int(reply[0]), int(reply[1]), bool(int(reply[2]))
+            rest = reply[3:]
+            members = tuple((_text(rest[i]), int(rest[i + 1])) for i in range(0, len(rest), 2))
+            return PresencePage(channel, members, count, anonymous, more)
+
+        return d.addCallback(answer)
+
+    def _presence_message(self, channel: str, message: bytes) -> None:
+        try:
+            flat = json.loads(message[1:])
+            events = [PresenceEvent(flat[i], channel, flat[i + 1]) for i in range(0, len(flat), 2)]
+            if not all(e.type in ("join", "leave") and isinstance(e.sub, str) for e in events):
+                raise ValueError("not join/leave events")
+        except (ValueError, TypeError, IndexError):
+            self._log.warn("undecodable presence message on {channel}: {message!r}", channel=channel, message=message[:200])
+            return
+        if self._listener is not None:
+            self._listener.presence_received(channel, events)
 
     @property
     def subscribed_channels(self) -> frozenset[str]:
@@ -738,10 +1015,11 @@ class RedisBroker:
         if redis_channel == self._control_channel_bytes:
             self._control_received(message)
             return
-        if not redis_channel.startswith(self._pub_prefix_bytes):
+        channel = self._channel_of(redis_channel)
+        if channel is None or channel not in self._channels or self._listener is None:
             return
-        channel = redis_channel[len(self._pub_prefix_bytes) :].decode()
-        if channel not in self._channels or self._listener is None:
+        if message[:1] == b"P":
+            self._presence_message(channel, message)
             return
         try:
             pub = _parse_entry(channel, message)
@@ -762,6 +1040,15 @@ class RedisBroker:
             return
         if self._listener is not None:
             self._listener.control_received(decoded)
+
+
+class Redirected(Unavailable):
+    """A Redis Cluster ``MOVED``/``ASK`` reply (``redirect``); unavailable to whoever
+    does not follow it (gateway.broker.cluster does)."""
+
+    def __init__(self, redirect: Any, message: str) -> None:
+        super().__init__(message)
+        self.redirect = redirect
 
 
 def _text(value: Any) -> str:

@@ -17,6 +17,7 @@ import attrs
 from gateway.core.channels import validate_channel
 from gateway.core.cursor import MAX_EPOCH_LENGTH
 from gateway.core.events import encode_json
+from gateway.core.idempotency import validate_idempotency_key
 from gateway.core.model import Position
 from gateway.errors import BadRequest, GatewayError
 
@@ -28,11 +29,15 @@ __all__ = [
     "Subscribe",
     "Unsubscribe",
     "Publish",
+    "Ping",
+    "PresenceCommand",
     "Command",
     "CommandError",
+    "has_surrogate_escape",
     "loads_json_object",
     "loads_strict",
     "parse_command",
+    "parse_idempotency_key",
     "parse_publication",
     "top_level_id",
 ]
@@ -55,6 +60,7 @@ class Subscribe:
     id: RequestId
     channel: str
     since: Position | None
+    join_leave: bool = False
 
 
 @attrs.frozen
@@ -68,9 +74,30 @@ class Publish:
     id: RequestId
     channel: str
     data: Any
+    idempotency_key: str | None = None
 
 
-Command = Union[Auth, Subscribe, Unsubscribe, Publish]
+@attrs.frozen
+class Ping:
+    """``{"type":"ping"}``: answered ``pong`` (with the id echoed), so a client that
+    cannot see WebSocket-level pings (a browser) can tell a dead connection from a
+    quiet one.  Other fields are ignored."""
+
+    id: RequestId
+
+
+@attrs.frozen
+class PresenceCommand:
+    """``{"type":"presence","channel":..}`` (docs/protocol.md section 11), with the
+    extensions ``limit`` and ``after`` (paging ``members``)."""
+
+    id: RequestId
+    channel: str
+    limit: int
+    after: str | None
+
+
+Command = Union[Auth, Subscribe, Unsubscribe, Publish, Ping, PresenceCommand]
 
 
 class CommandError(Exception):
@@ -112,11 +139,22 @@ def _depth_ok(value: Any, limit: int) -> bool:
 # A JSON escape of a UTF-16 surrogate (\\uD800-\\uDFFF): the only way a decoded
 # document can hold a string that UTF-8 cannot encode.
 _SURROGATE_ESCAPE = re.compile(r"\\[uU][dD][89a-fA-F]")
+_SURROGATE_ESCAPE_BYTES = re.compile(rb"\\[uU][dD][89a-fA-F]")
 
 
-def loads_strict(text: str | bytes, max_depth: int = MAX_DEPTH) -> Any:
+def has_surrogate_escape(text: str | bytes) -> bool:
+    """Whether JSON text holds an escaped UTF-16 surrogate (``\\ud800``): only then
+    can a decoded value hold a string that UTF-8 cannot encode."""
+    if isinstance(text, bytes):
+        return _SURROGATE_ESCAPE_BYTES.search(text) is not None
+    return _SURROGATE_ESCAPE.search(text) is not None
+
+
+def loads_strict(text: str | bytes, max_depth: int = MAX_DEPTH, encodable: bool = True) -> Any:
     """Parse JSON strictly: no NaN/Infinity, nesting at most ``max_depth``, and no
-    string that cannot be sent back out as UTF-8 (an unpaired surrogate escape).
+    string that cannot be sent back out as UTF-8 (an unpaired surrogate escape);
+    with ``encodable`` False that last check is left to the caller (which then
+    names the part of the document that holds one).
 
     Raises:
         BadRequest: for anything that is not such a JSON document.
@@ -129,7 +167,7 @@ def loads_strict(text: str | bytes, max_depth: int = MAX_DEPTH) -> Any:
         raise BadRequest(f"invalid JSON: {str(e)[:200]}") from None
     if not _depth_ok(value, max_depth):
         raise BadRequest(f"JSON nested deeper than {max_depth} levels")
-    if _SURROGATE_ESCAPE.search(text if isinstance(text, str) else text.decode("utf-8", "replace")):
+    if encodable and has_surrogate_escape(text):
         # Escaped surrogate pairs decode to one character and are fine; a lone one
         # would fail at delivery, after a seq was taken.
         encode_json(value, "the JSON document")
@@ -202,9 +240,9 @@ def top_level_id(text: str | bytes) -> Any:
     return None
 
 
-def loads_json_object(body: bytes, shape: str = "a JSON object") -> dict[str, Any]:
+def loads_json_object(body: bytes, shape: str = "a JSON object", encodable: bool = True) -> dict[str, Any]:
     """Parse an HTTP request body that must be one JSON object (strictly, as
-    :func:`loads_strict`).
+    :func:`loads_strict`, ``encodable`` included).
 
     Raises:
         BadRequest: for a body that is not UTF-8, not JSON, or not an object
@@ -214,7 +252,7 @@ def loads_json_object(body: bytes, shape: str = "a JSON object") -> dict[str, An
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise BadRequest("body is not UTF-8") from None
-    obj = loads_strict(text)
+    obj = loads_strict(text, encodable=encodable)
     if not isinstance(obj, dict):
         raise BadRequest(f"body must be {shape}")
     return obj
@@ -264,6 +302,18 @@ def parse_publication(obj: Any) -> tuple[str, Any]:
     return channel, obj["data"]
 
 
+def parse_idempotency_key(obj: dict[str, Any]) -> str | None:
+    """The ``idempotency_key`` of a publication object, or None when it has none.
+
+    Raises:
+        BadRequest: for a key that is not a string of 1-64 characters (``null``
+            included: a client that sends the field means to use a key).
+    """
+    if "idempotency_key" not in obj:
+        return None
+    return validate_idempotency_key(obj["idempotency_key"])
+
+
 def parse_command(text: str | bytes) -> Command:
     """Parse one WebSocket text message into a command.
 
@@ -291,12 +341,17 @@ def parse_command(text: str | bytes) -> Command:
         if kind == "subscribe":
             channel = validate_channel(_required(obj, "channel"))
             since = _since(obj["since"]) if obj.get("since") is not None else None
-            return Subscribe(rid, channel, since)
+            join_leave = obj.get("join_leave", False)
+            if not isinstance(join_leave, bool):
+                raise BadRequest("join_leave must be true or false")
+            return Subscribe(rid, channel, since, join_leave)
         if kind == "unsubscribe":
             return Unsubscribe(rid, validate_channel(_required(obj, "channel")))
         if kind == "publish":
             channel, data = parse_publication(obj)
-            return Publish(rid, channel, data)
+            return Publish(rid, channel, data, parse_idempotency_key(obj))
+        if kind == "ping":
+            return Ping(rid)
         if kind == "auth":
             token = _required(obj, "token")
             if not isinstance(token, str):
@@ -304,6 +359,11 @@ def parse_command(text: str | bytes) -> Command:
             if len(token) > MAX_TOKEN_LENGTH:
                 raise BadRequest(f"token longer than {MAX_TOKEN_LENGTH} characters")
             return Auth(rid, token)
+        if kind == "presence":
+            from gateway.core.presence import parse_presence_query
+
+            query = parse_presence_query(_required(obj, "channel"), obj.get("limit"), obj.get("after"))
+            return PresenceCommand(rid, query.channel, query.limit, query.after)
         shown = kind if len(kind) <= 32 else kind[:32] + "..."
         raise BadRequest(f"unknown command type {shown!r}")
     except GatewayError as e:

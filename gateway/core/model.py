@@ -31,6 +31,11 @@ class Publication:
         data: the JSON value published.
         ts: acceptance time, milliseconds since the Unix epoch.
         sender: the authenticated publisher (the ``from`` field), or None.
+        duplicate: True for the answer to a repeated ``idempotency_key``
+            (docs/protocol.md section 7): nothing was published; ``seq``,
+            ``epoch`` and ``ts`` are the first publication's, ``data`` and
+            ``sender`` the repeat's (the first one's are not kept for this).
+            Never delivered to subscribers.
     """
 
     channel: str
@@ -39,6 +44,7 @@ class Publication:
     data: Any
     ts: int
     sender: str | None = None
+    duplicate: bool = False
 
     @property
     def position(self) -> Position:

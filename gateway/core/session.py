@@ -11,9 +11,11 @@ through the bus.  The I/O around it (the expiry timer, revocation, rate limits) 
 
 from __future__ import annotations
 
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from gateway.core.auth import OPEN, Identity
+from gateway.core.commands import Auth, Command, Ping
+from gateway.core.events import reply
 from gateway.errors import BadRequest, Unauthorized
 
 __all__ = ["Session", "MAX_SUBSCRIPTIONS"]
@@ -46,6 +48,23 @@ class Session(Generic[S]):
         if self.identity is not None and self.identity is not OPEN:
             self.identity.check_refresh(identity)
         self.identity = identity
+
+    def admits(self, command: Command) -> bool:
+        """Whether ``command`` may run now.  Once authenticated, every command; before
+        (a WebSocket waiting for its ``auth``), only ``auth``: any other one, ``ping``
+        included, is "a command before auth" and the transport closes the
+        connection with 4001 (docs/protocol.md section 4)."""
+        return self.identity is not None or isinstance(command, Auth)
+
+    def pong(self, command: Ping) -> dict[str, Any]:
+        """The reply to ``ping``: ``{"type":"pong"}`` with the command's ``id`` echoed
+        (no ``id`` field when the ping had none, as for every reply).
+
+        Raises:
+            Unauthorized: before the session is authenticated.
+        """
+        self._require()
+        return reply("pong", command.id)
 
     def check_publish(self, channel: str) -> None:
         """Raise :class:`Forbidden` unless the identity may publish to ``channel``."""

@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from twisted.web.server import NOT_DONE_YET, Request
 
 from gateway.core.events import dumps
+from gateway.core.presence import parse_client_id
 from gateway.errors import (
     BadRequest,
     Forbidden,
@@ -48,6 +49,7 @@ from gateway.transports.sse import (
     Event,
     parse_channels,
     parse_cursor,
+    parse_join_leave,
 )
 
 __all__ = ["DEFAULT_TIMEOUT", "MAX_TIMEOUT", "CALLBACK_RE", "PollResource", "HeldPoll", "parse_timeout"]
@@ -131,6 +133,14 @@ class HeldPoll(ChannelSetRequest):
     def _refuse(self, error: GatewayError) -> None:
         respond_error(self.request, error, self.callback)
 
+    # A poll client is present while its polls keep coming: held polls count by
+    # sub (or client= when anonymous), and stay --presence-ttl after they end.
+    def _count_presence(self, presence: Any, channel: str, sub: str | None) -> None:
+        presence.poll_started(channel, sub, self.client)
+
+    def _uncount_presence(self, presence: Any, channel: str, sub: str | None) -> None:
+        presence.poll_ended(channel, sub, self.client)
+
     def _on_release(self) -> None:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
@@ -194,8 +204,10 @@ class PollResource(CORSResource):
             raise Unavailable("node is draining")
         if not gateway.bus.is_ready():
             raise Unavailable("the message bus is not available")
+        join_leave = parse_join_leave(single_param(params, "join_leave"))
+        client = parse_client_id(single_param(params, "client"))
         since = {c: p for c, p in cursor.items() if c in channels}
-        HeldPoll(gateway, request, channels, since, timeout=timeout, callback=callback).start()
+        HeldPoll(gateway, request, channels, since, join_leave=join_leave, client=client, timeout=timeout, callback=callback).start()
 
 
 __all__ += ["poll_body", "respond"]

@@ -18,7 +18,13 @@ from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET, Request
 
 from gateway.core.auth import Identity
-from gateway.core.commands import loads_json_object, parse_publication
+from gateway.core.commands import (
+    has_surrogate_escape,
+    loads_json_object,
+    parse_idempotency_key,
+    parse_publication,
+)
+from gateway.core.events import encode_json
 from gateway.core.model import Publication
 from gateway.errors import BadRequest, Forbidden, GatewayError, Internal, TooLarge
 from gateway.transports._auth import (
@@ -38,10 +44,29 @@ def _result(pub: Publication) -> dict[str, Any]:
     return {"channel": pub.channel, "seq": pub.seq, "epoch": pub.epoch}
 
 
-def parse_publish_body(body: bytes) -> tuple[bool, list[tuple[str, Any]]]:
-    """Validate a publish body whole; return (is_batch, [(channel, data), ...])."""
-    obj = loads_json_object(body)
-    if "messages" in obj and "channel" not in obj:
+# (channel, data, idempotency_key) of one publication of a body.
+Item = tuple[str, Any, str | None]
+
+
+def _parse_item(obj: Any, surrogates: bool) -> Item:
+    """(channel, data, idempotency_key) of one publication object; ``surrogates``:
+    the body holds a surrogate escape, so ``data`` must be checked for UTF-8."""
+    channel, data = parse_publication(obj)
+    key = parse_idempotency_key(obj)
+    if surrogates:
+        encode_json(data)
+    return channel, data, key
+
+
+def parse_publish_body(body: bytes) -> tuple[bool, list[Item]]:
+    """Validate a publish body whole; return (is_batch, [(channel, data, idempotency_key), ...]).
+
+    A bad item of a batch (its ``idempotency_key`` or ``data`` holding an unpaired
+    surrogate included) is a :class:`BadRequest` naming its index."""
+    obj = loads_json_object(body, encodable=False)
+    surrogates = has_surrogate_escape(body)
+    batch = "messages" in obj and "channel" not in obj
+    if batch:
         items = obj["messages"]
         if not isinstance(items, list) or not items:
             raise BadRequest("messages must be a non-empty array")
@@ -50,11 +75,15 @@ def parse_publish_body(body: bytes) -> tuple[bool, list[tuple[str, Any]]]:
         out = []
         for i, item in enumerate(items):
             try:
-                out.append(parse_publication(item))
+                out.append(_parse_item(item, surrogates))
             except GatewayError as e:
                 raise type(e)(f"messages[{i}]: {e.message}") from None
-        return True, out
-    return False, [parse_publication(obj)]
+    else:
+        out = [_parse_item(obj, surrogates)]
+    if surrogates:
+        # Anything else of the body that UTF-8 cannot encode is refused as before.
+        encode_json(obj, "the JSON document")
+    return batch, out
 
 
 class PublishResource(CORSResource):
@@ -91,7 +120,7 @@ class PublishResource(CORSResource):
         it; nothing published), the rate limit taken (else 429), then publish with
         ``from`` = the identity's sender; fires with (is_batch, results)."""
         batch, items = parse_publish_body(body)
-        for i, (channel, _) in enumerate(items):
+        for i, (channel, _, _) in enumerate(items):
             try:
                 identity.check_publish(channel)
             except Forbidden as e:
@@ -101,11 +130,11 @@ class PublishResource(CORSResource):
         return d.addCallback(lambda results: (batch, results))
 
     @defer.inlineCallbacks
-    def _publish_all(self, items: list[tuple[str, Any]], sender: str | None = None) -> Any:
+    def _publish_all(self, items: list[Item], sender: str | None = None) -> Any:
         results: list[dict[str, Any]] = []
-        for channel, data in items:
+        for channel, data, key in items:
             try:
-                pub = yield self.gateway.publish(channel, data, sender)
+                pub = yield self.gateway.publish(channel, data, sender, idempotency_key=key)
             except GatewayError as e:
                 e.partial_results = results  # type: ignore[attr-defined]
                 raise

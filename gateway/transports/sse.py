@@ -79,7 +79,7 @@ from gateway.transports.cors import CORSResource, apply_cors
 if TYPE_CHECKING:
     from gateway.app import Gateway
 
-__all__ = ["MAX_CHANNELS", "SSE_HEADERS", "ChannelSetRequest", "Event", "SSEResource", "SSEStream", "parse_channels", "parse_cursor"]
+__all__ = ["MAX_CHANNELS", "SSE_HEADERS", "ChannelSetRequest", "Event", "SSEResource", "SSEStream", "parse_channels", "parse_cursor", "parse_join_leave"]
 
 MAX_CHANNELS = 64
 
@@ -111,11 +111,14 @@ class Event:
     """
 
     channel: str
-    position: Position
+    position: Position | None
     prepared: PreparedPublication | None = None
+    presence: dict[str, Any] | None = None
 
     @property
     def kind(self) -> str:
+        if self.presence is not None:
+            return str(self.presence["type"])
         return "reset" if self.prepared is None else "message"
 
     @property
@@ -123,6 +126,9 @@ class Event:
         """The event's JSON (shared bytes for a ``message``)."""
         if self.prepared is not None:
             return self.prepared.payload
+        if self.presence is not None:
+            return dumps(self.presence)
+        assert self.position is not None
         return dumps(reset_event(self.channel, self.position))
 
 
@@ -141,6 +147,15 @@ def parse_channels(params: dict[str, list[str]]) -> list[str]:
     for name in channels:
         validate_channel(name)
     return channels
+
+
+def parse_join_leave(value: str | None) -> bool:
+    """``join_leave=1`` (or ``true``) asks for join/leave events; ``0``/``false`` or absent does not."""
+    if value is None or value in ("0", "false"):
+        return False
+    if value in ("1", "true"):
+        return True
+    raise BadRequest("join_leave must be 1 or 0")
 
 
 def parse_cursor(value: str | None, name: str) -> dict[str, Position] | None:
@@ -185,8 +200,14 @@ class ChannelSetRequest:
         channels: list[str],
         since: dict[str, Position],
         reset_all: bool = False,
+        join_leave: bool = False,
+        client: str | None = None,
     ) -> None:
         self.gateway = gateway
+        self.join_leave = join_leave
+        self.client = client
+        # The sub counted in presence (section 11) while open; False when not counted.
+        self._present: str | None | bool = False
         self.request = request
         self.channels = channels
         self.since = since
@@ -270,6 +291,7 @@ class ChannelSetRequest:
             sub.cancel()
         self._live.clear()
         try:
+            self._leave_presence()
             # Dropped, not only closed: the session refers back to this request, and
             # a cycle would leave the whole request (headers, channel, cursor) to the
             # cyclic garbage collector instead of freeing it here.
@@ -336,6 +358,7 @@ class ChannelSetRequest:
         self.opened = True
         first = self._resets + self._backlog + self._live
         self._resets, self._backlog, self._live = [], [], []
+        self._join_presence()
         self._open(first)
 
     def _check_cursor_fits(self) -> None:
@@ -363,8 +386,48 @@ class ChannelSetRequest:
         self._deliver(event)
 
     def advance(self, event: Event) -> None:
-        """Move the positions past ``event``."""
-        self.positions[event.channel] = event.position
+        """Move the positions past ``event`` (join/leave events have none)."""
+        if event.position is not None:
+            self.positions[event.channel] = event.position
+
+    # -- presence (section 11) ----------------------------------------------------
+
+    def _presence_sub(self) -> str | None:
+        identity = self.session.identity if self.session is not None else None
+        return identity.sender if identity is not None else None
+
+    def _join_presence(self) -> None:
+        """Every subscription is live: count this request on its channels, and
+        listen for join/leave when asked."""
+        presence = self.gateway.presence
+        sub = self._presence_sub()
+        self._present = sub
+        for channel in self.channels:
+            self._count_presence(presence, channel, sub)
+            if self.join_leave:
+                presence.listen(channel, self)
+
+    def _leave_presence(self) -> None:
+        if self._present is False:
+            return
+        sub = self._present
+        assert sub is not True
+        self._present = False
+        presence = self.gateway.presence
+        for channel in self.channels:
+            if self.join_leave:
+                presence.unlisten(channel, self)
+            self._uncount_presence(presence, channel, sub)
+
+    def _count_presence(self, presence: Any, channel: str, sub: str | None) -> None:
+        presence.connection_added(channel, sub)
+
+    def _uncount_presence(self, presence: Any, channel: str, sub: str | None) -> None:
+        presence.connection_removed(channel, sub)
+
+    def on_presence(self, event: Any) -> None:
+        """A join/leave on one of the channels (only with ``join_leave``)."""
+        self._event(Event(event.channel, None, presence=event.to_event()))
 
     # -- for subclasses -----------------------------------------------------------
 
@@ -431,9 +494,13 @@ class SSEStream(ChannelSetRequest):
         request.setResponseCode(200)
         for name, value in SSE_HEADERS:
             request.setHeader(name, value)
-        # An empty write sends the status line and headers now, so the client
-        # knows the stream is open even before the first event.
-        request.write(b"")
+        # The stream opens with its starting cursor (an `id:` without data: no event,
+        # but EventSource's Last-Event-ID from now on, so a stream that drops before
+        # its first event still resumes where it started) and a `: ping`. It also sends
+        # the status line and headers now: a client (gateway.js) tells an open stream
+        # from one a buffering proxy holds back by whether this block arrives
+        # (docs/protocol.md section 5).
+        request.write(b"id: " + self.cursor().encode("ascii") + b"\n" + _PING)
         self._buffer = SendBuffer()
         request.registerProducer(self._buffer, True)
         for event in first:
@@ -460,6 +527,10 @@ class SSEStream(ChannelSetRequest):
 
     def _deliver(self, event: Event) -> None:
         if self.released:
+            return
+        if event.presence is not None:
+            # No id: line: join/leave are not in history and move no position.
+            self._write(_sse_block(event.kind.encode("ascii"), event.payload))
             return
         self.advance(event)
         prepared = event.prepared
@@ -581,5 +652,6 @@ class SSEResource(CORSResource):
         if not gateway.bus.is_ready():
             raise Unavailable("the message bus is not available")
         since = {c: p for c, p in since.items() if c in channels}
-        SSEStream(gateway, request, channels, since, reset_all).start()
+        join_leave = parse_join_leave(single_param(params, "join_leave"))
+        SSEStream(gateway, request, channels, since, reset_all, join_leave).start()
         return NOT_DONE_YET

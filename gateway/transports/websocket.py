@@ -52,6 +52,8 @@ from gateway.core.auth import OPEN, Credentials, Identity
 from gateway.core.commands import (
     Auth,
     CommandError,
+    Ping,
+    PresenceCommand,
     Publish,
     Subscribe,
     Unsubscribe,
@@ -161,6 +163,8 @@ class GatewayWebSocketProtocol(WebSocketServerProtocol):
         self._heartbeat_call: Any = None
         self._awaiting_pong: bytes | None = None
         self._pings = 0
+        # Presence (section 11): channel -> (sub counted, join/leave listener or None).
+        self._presence: dict[str, tuple[str | None, Any]] = {}
 
     # -- Autobahn callbacks ---------------------------------------------------
 
@@ -287,6 +291,8 @@ class GatewayWebSocketProtocol(WebSocketServerProtocol):
         client, self.client = self.client, None
         if client is not None:
             client.close()
+        for channel in list(self._presence):
+            self._leave_presence(channel)
         session, self.session = self.session, None
         if session is not None:
             for sub in session.clear():
@@ -323,7 +329,7 @@ class GatewayWebSocketProtocol(WebSocketServerProtocol):
         except CommandError as e:
             self.send_event(error_event(e.error, e.request_id))
             return
-        if not session.authenticated and not isinstance(command, Auth):
+        if not session.admits(command):
             note = self._upgrade_note
             message = "authenticate first: send an auth command" + (f" ({note})" if note else "")
             self._close(CLOSE_NOT_AUTHENTICATED, message)
@@ -335,11 +341,16 @@ class GatewayWebSocketProtocol(WebSocketServerProtocol):
                 sub = session.remove(command.channel)
                 if sub is not None:
                     sub.cancel()
+                self._leave_presence(command.channel)
                 self.send_event(reply("unsubscribed", command.id, channel=command.channel))
             elif isinstance(command, Publish):
                 self._publish(session, command)
             elif isinstance(command, Auth):
                 self._auth(session, command)
+            elif isinstance(command, Ping):
+                self.send_event(session.pong(command))
+            elif isinstance(command, PresenceCommand):
+                self._presence_query(session, command)
         except GatewayError as e:
             self.send_event(error_event(e, command.id))
 
@@ -363,6 +374,42 @@ class GatewayWebSocketProtocol(WebSocketServerProtocol):
             self.send_event(reset_event(command.channel, result.top))
         for prepared in result.publications:
             self.send_publication(prepared)
+        self._join_presence(command.channel, command.join_leave)
+
+    # -- presence (section 11) -------------------------------------------------
+
+    def _join_presence(self, channel: str, join_leave: bool) -> None:
+        """The subscription is live: count this connection on ``channel``."""
+        session = self.session
+        if session is None or session.identity is None or channel in self._presence:
+            return
+        presence = self.factory.gateway.presence
+        listener = _PresenceForwarder(self) if join_leave else None
+        if listener is not None:
+            presence.listen(channel, listener)
+        sub = session.identity.sender
+        self._presence[channel] = (sub, listener)
+        presence.connection_added(channel, sub)
+
+    def _leave_presence(self, channel: str) -> None:
+        entry = self._presence.pop(channel, None)
+        if entry is None:
+            return
+        presence = self.factory.gateway.presence
+        sub, listener = entry
+        if listener is not None:
+            presence.unlisten(channel, listener)
+        presence.connection_removed(channel, sub)
+
+    def _presence_query(self, session: Session, command: PresenceCommand) -> None:
+        if session.identity is None:
+            raise Unauthorized("authenticate first")
+        session.identity.check_subscribe(command.channel)
+        d = self.factory.gateway.presence.query(command.channel, command.limit, command.after)
+        d.addCallbacks(self._presence_answered, self._publish_failed, callbackArgs=(command,), errbackArgs=(command,))
+
+    def _presence_answered(self, page: Any, command: PresenceCommand) -> None:
+        self.send_event(reply("presence", command.id, **page.to_json()))
 
     def _subscribe_failed(self, failure: Failure, command: Subscribe, sub: Subscription) -> None:
         if self.session is not None and self.session.get(command.channel) is sub:
@@ -382,7 +429,7 @@ class GatewayWebSocketProtocol(WebSocketServerProtocol):
         gateway.check_publish_rate(f"ws:{id(self)}")
         # `from` is the token's sub, never anything the client sent.
         sender = session.identity.sender if session.identity is not None else None
-        d = gateway.publish(command.channel, command.data, sender)
+        d = gateway.publish(command.channel, command.data, sender, idempotency_key=command.idempotency_key)
         d.addCallbacks(self._published, self._publish_failed, callbackArgs=(command,), errbackArgs=(command,))
 
     def _published(self, pub: Publication, command: Publish) -> None:
@@ -575,6 +622,18 @@ class _WebSocketSubscriber:
 
     def on_reset(self, channel: str, position: Position) -> None:
         self.proto.send_event(reset_event(channel, position))
+
+
+class _PresenceForwarder:
+    """Hands join/leave events of one subscription to its connection."""
+
+    __slots__ = ("proto",)
+
+    def __init__(self, proto: GatewayWebSocketProtocol) -> None:
+        self.proto = proto
+
+    def on_presence(self, event: Any) -> None:
+        self.proto.send_event(event.to_event())
 
 
 class GatewayWebSocketFactory(WebSocketServerFactory):

@@ -20,6 +20,7 @@ class RecordingListener:
         self.publications: list[Any] = []
         self.reconnects = 0
         self.controls: list[Any] = []
+        self.presence: list[Any] = []
 
     def publication_received(self, publication: Any) -> None:
         self.publications.append(publication)
@@ -30,6 +31,9 @@ class RecordingListener:
     def control_received(self, message: Any) -> None:
         self.controls.append(message)
 
+    def presence_received(self, channel: str, events: Any) -> None:
+        self.presence.extend(events)
+
 
 @pytest.fixture(params=["memory", "redis"])
 def kind(request: Any) -> str:
@@ -38,21 +42,23 @@ def kind(request: Any) -> str:
 
 @pytest_twisted.async_yield_fixture
 async def make_broker(kind: str, tmp_path: Any) -> Any:
-    """``await make_broker(history_size=.., history_ttl=..)`` -> (started broker, listener)."""
+    """``await make_broker(history_size=.., history_ttl=.., **options)`` -> (started broker,
+    listener); ``options`` (e.g. ``idempotency_ttl``) go to the broker's constructor.
+    Redis brokers made by one test share one redis-server (they are nodes of a cluster)."""
     from twisted.internet import reactor
 
     started: list[Any] = []
     servers: list[RedisServer] = []
 
-    async def make(history_size: int = 1000, history_ttl: float = 300.0) -> tuple[Any, RecordingListener]:
+    async def make(history_size: int = 1000, history_ttl: float = 300.0, **options: Any) -> tuple[Any, RecordingListener]:
         if kind == "memory":
-            broker: Any = InMemoryBroker(history_size, history_ttl, clock=reactor)
+            broker: Any = InMemoryBroker(history_size, history_ttl, clock=reactor, **options)
         else:
             if not servers:
                 server = RedisServer(str(tmp_path))
                 server.start()
                 servers.append(server)
-            broker = RedisBroker(servers[0].url, history_size, history_ttl, reactor=reactor)
+            broker = RedisBroker(servers[0].url, history_size, history_ttl, reactor=reactor, **options)
         listener = RecordingListener()
         started.append(broker)
         await broker.start(listener)

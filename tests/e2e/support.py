@@ -16,7 +16,7 @@ import pytest
 
 from gateway.testing import sleep
 
-__all__ = ["TIMEOUT_FACTOR", "RedisServer", "Subscriber", "free_port", "until", "wait_for", "ws_publish_many"]
+__all__ = ["TIMEOUT_FACTOR", "RedisCluster", "RedisServer", "SentinelSet", "Subscriber", "free_port", "until", "wait_for", "ws_publish_many"]
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 TIMEOUT_FACTOR = float(os.environ.get("GATEWAY_TESTS_TIMEOUT_FACTOR", "1"))
@@ -31,12 +31,13 @@ def free_port() -> int:
 class RedisServer:
     """A throwaway ``redis-server`` (no persistence) on 127.0.0.1:``port``."""
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, *extra: str) -> None:
         if not os.path.exists(REDIS_SERVER):
             pytest.fail(f"redis-server not found at {REDIS_SERVER}: install it (apt-get install redis-server)")
         self.directory = directory
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+        self.extra = list(extra)  # more redis-server arguments (--replicaof ...)
 
     @property
     def url(self) -> str:
@@ -55,6 +56,7 @@ class RedisServer:
                 "--dir", self.directory,
                 "--daemonize", "no",
                 "--loglevel", "warning",
+                *self.extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -96,6 +98,135 @@ class RedisServer:
             ["redis-cli", "-p", str(self.port), *args], check=True, capture_output=True, text=True, timeout=10
         )
         return out.stdout
+
+
+def wait_replicas_in_sync(nodes: list[RedisServer], deadline: float) -> None:
+    """Until every replica among ``nodes`` has finished its first sync."""
+    while True:
+        infos = [n.cli("INFO", "replication") for n in nodes]
+        if all("role:master" in i or "master_link_status:up" in i for i in infos):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError("a replica did not sync with its master")
+        time.sleep(0.05)
+
+
+class SentinelSet:
+    """A master, one replica and three Sentinels (quorum 2, down after 1 s), each its own
+    process on a free port, for failover tests.  The replica copies the master; the
+    Sentinels promote it once the master has been unreachable for a second."""
+
+    def __init__(self, directory: str, name: str = "mymaster") -> None:
+        self.name = name
+        self.directory = directory
+        self.master = RedisServer(self._dir("master"), "--repl-diskless-sync-delay", "0")
+        self.replica = RedisServer(self._dir("replica"), "--replicaof", "127.0.0.1", str(self.master.port))
+        self.sentinel_ports = [free_port() for _ in range(3)]
+        self.sentinels: list[subprocess.Popen[bytes]] = []
+
+    def _dir(self, name: str) -> str:
+        path = os.path.join(self.directory, name)
+        os.makedirs(path, exist_ok=True)
+        return path
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports)
+        return f"redis+sentinel://{hosts}/{self.name}/0"
+
+    def start(self) -> None:
+        self.master.start()
+        self.replica.start()
+        for i, port in enumerate(self.sentinel_ports):
+            conf = os.path.join(self._dir(f"sentinel{i}"), "sentinel.conf")
+            with open(conf, "w") as f:
+                f.write(
+                    f"port {port}\nbind 127.0.0.1\ndaemonize no\nloglevel warning\n"
+                    f"dir {os.path.dirname(conf)}\n"
+                    f"sentinel monitor {self.name} 127.0.0.1 {self.master.port} 2\n"
+                    f"sentinel down-after-milliseconds {self.name} 1000\n"
+                    f"sentinel failover-timeout {self.name} 5000\n"
+                    f"sentinel parallel-syncs {self.name} 1\n"
+                )
+            self.sentinels.append(
+                subprocess.Popen([REDIS_SERVER, conf, "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            )
+        # Ready for a failover once the replica is in sync and every Sentinel knows it
+        # and the two others.
+        deadline = time.monotonic() + 30 * TIMEOUT_FACTOR
+        wait_replicas_in_sync([self.replica], deadline)
+        while not all(self._sentinel_ready(p) for p in self.sentinel_ports):
+            if time.monotonic() > deadline:
+                raise AssertionError("the Sentinels did not discover the replica and each other")
+            time.sleep(0.05)
+
+    def sentinel(self, port: int, *args: str) -> str:
+        out = subprocess.run(["redis-cli", "-p", str(port), *args], capture_output=True, text=True, timeout=10)
+        return out.stdout
+
+    def _sentinel_ready(self, port: int) -> bool:
+        lines = self.sentinel(port, "SENTINEL", "MASTER", self.name).split("\n")
+        fields = dict(zip(lines[::2], lines[1::2]))
+        return fields.get("num-slaves") == "1" and fields.get("num-other-sentinels") == "2"
+
+    def master_port(self) -> int | None:
+        """The master's port as the first Sentinel names it."""
+        lines = self.sentinel(self.sentinel_ports[0], "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.name).split()
+        return int(lines[1]) if len(lines) == 2 else None
+
+    def stop(self) -> None:
+        for proc in self.sentinels:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        self.replica.kill()
+        self.master.kill()
+
+
+class RedisCluster:
+    """A Redis Cluster of ``masters`` masters (each with ``replicas`` replicas), every node its
+    own ``redis-server --cluster-enabled yes`` on a free port, built with
+    ``redis-cli --cluster create``; ready once every node reports ``cluster_state:ok``."""
+
+    def __init__(self, directory: str, masters: int = 3, replicas: int = 0) -> None:
+        self.replicas = replicas
+        self.nodes = []
+        for i in range(masters * (1 + replicas)):
+            path = os.path.join(directory, f"node{i}")
+            os.makedirs(path, exist_ok=True)
+            self.nodes.append(
+                # The cluster bus port defaults to port + 10000, which may be past 65535.
+                RedisServer(path, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                            "--cluster-node-timeout", "1000", "--cluster-port", str(free_port()),
+                            # Replicas in sync at once (a never-synced replica is not promoted).
+                            "--repl-diskless-sync-delay", "0")
+            )
+
+    @property
+    def ports(self) -> list[int]:
+        return [n.port for n in self.nodes]
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
+             "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+            check=True, capture_output=True, timeout=60 * TIMEOUT_FACTOR,
+        )
+        deadline = time.monotonic() + 30 * TIMEOUT_FACTOR
+        while not all("cluster_state:ok" in n.cli("CLUSTER", "INFO") for n in self.nodes):
+            if time.monotonic() > deadline:
+                raise AssertionError("the cluster did not reach cluster_state:ok")
+            time.sleep(0.05)
+        wait_replicas_in_sync(self.nodes, deadline)
+
+    def node_id(self, port: int) -> str:
+        return next(n for n in self.nodes if n.port == port).cli("CLUSTER", "MYID").strip()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.kill()
 
 
 async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:

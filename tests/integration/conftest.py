@@ -49,10 +49,10 @@ class SSEClient:
         fields: dict[str, str] = {}
         async for line in self._lines:
             if line == "":
-                if fields:
-                    if not want_comment:
-                        return fields
-                    fields = {}
+                # A block without data (the stream's opening `id:`) is no event.
+                if "data" in fields and not want_comment:
+                    return fields
+                fields = {}
                 continue
             if line.startswith(":"):
                 self.comments.append(line)

@@ -23,10 +23,16 @@ PATHS = {
     "/healthz": "/healthz",
     "/readyz": "/readyz",
     "/metrics": "/metrics",
+    "/presence": "/presence?channel=matrix",
+    "/gateway.js": "/gateway.js",
+    "/gateway.d.ts": "/gateway.d.ts",
     "/nonexistent": "/nonexistent",
 }
 
-CORS = {"/sse", "/poll", "/publish"}
+# Files rather than JSON documents: their 200s carry their own content type.
+FILES = {"/gateway.js": "application/javascript; charset=utf-8", "/gateway.d.ts": "application/typescript; charset=utf-8"}
+
+CORS = {"/sse", "/poll", "/publish", "/presence"}
 SERVED = {
     "/ws": {"GET"},
     "/sse": {"GET", "OPTIONS"},
@@ -35,6 +41,9 @@ SERVED = {
     "/healthz": {"GET", "HEAD"},
     "/readyz": {"GET", "HEAD"},
     "/metrics": {"GET", "HEAD"},
+    "/presence": {"GET", "OPTIONS"},
+    "/gateway.js": {"GET", "HEAD"},
+    "/gateway.d.ts": {"GET", "HEAD"},
 }
 
 
@@ -76,6 +85,9 @@ async def test_every_endpoint_answers_every_method_with_json(gw, method):
                 assert method not in allow
             if method == "HEAD" or r.status == 204 or stream:
                 assert r.body == b"", (method, endpoint, r.body)
+                continue
+            if endpoint in FILES and r.status == 200:
+                assert r.header("content-type") == FILES[endpoint], (method, endpoint, r.headers)
                 continue
             if endpoint == "/metrics" and r.status == 200:
                 assert (r.header("content-type") or "").startswith("text/plain")  # Prometheus text exposition

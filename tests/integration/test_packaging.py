@@ -106,6 +106,11 @@ def test_wheel_top_level_names_are_ours(wheel):
         "gateway/broker/lua/publish.lua",
         "gateway/broker/lua/history.lua",
         "gateway/py.typed",
+        "gateway/static/gateway.js",
+        "gateway/static/gateway.d.ts",
+        "gateway/static/demo.html",
+        "gateway/static/demo.js",
+        "gateway/static/demo.css",
     ):
         assert needed in names
     assert "twisted/__init__.py" not in names and "twisted/plugins/__init__.py" not in names
@@ -144,3 +149,52 @@ def test_source_checkout_on_sys_path_finds_the_twistd_plugin_and_the_hooks(tmp_p
     assert "gateway" in found["taps"]
     assert found["hooks"] == ["allow-channels", "log", "third-party"]
     assert found["gateway_plugins"] == str(ROOT / "plugins" / "__init__.py")
+
+
+STATIC_PROBE = """
+import json
+from twisted.internet.task import Clock
+from twisted.web.test.requesthelper import DummyRequest
+from gateway.app import Gateway
+from gateway.config import Config
+from gateway.resource import GatewayResource
+from gateway.testing import ManualBroker
+import gateway
+
+tree = GatewayResource(Gateway(Config(demo=True), reactor=Clock(), broker=ManualBroker()))
+sizes = {}
+for path in ([b"gateway.js"], [b"gateway.d.ts"], [b"demo", b""], [b"demo", b"demo.js"], [b"demo", b"demo.css"]):
+    node = tree
+    for part in path:
+        node = node.getChildWithDefault(part, DummyRequest(path))
+    sizes["/".join(p.decode() for p in path)] = len(node.render(DummyRequest(path)))
+print(json.dumps({"sizes": sizes, "package": gateway.__file__}))
+"""
+
+
+def test_installed_wheel_serves_the_browser_client_and_the_demo(wheel, tmp_path):
+    """Installed from the wheel (not the source tree): /gateway.js, /gateway.d.ts and the
+    demo's three files are served, byte for byte the files of the source tree."""
+    built, _ = wheel
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(built)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    env = {"PYTHONPATH": ":".join([str(target), SITE_PACKAGES]), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run(
+        [sys.executable, "-S", "-c", STATIC_PROBE], check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    found = json.loads(out.stdout)
+    assert found["package"].startswith(str(target))
+    static = ROOT / "gateway" / "static"
+    assert found["sizes"] == {
+        "gateway.js": len((static / "gateway.js").read_bytes()),
+        "gateway.d.ts": len((static / "gateway.d.ts").read_bytes()),
+        "demo/": len((static / "demo.html").read_bytes()),
+        "demo/demo.js": len((static / "demo.js").read_bytes()),
+        "demo/demo.css": len((static / "demo.css").read_bytes()),
+    }

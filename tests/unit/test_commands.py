@@ -10,6 +10,7 @@ import pytest
 from gateway.core.commands import (
     Auth,
     CommandError,
+    Ping,
     Publish,
     Subscribe,
     Unsubscribe,
@@ -465,3 +466,53 @@ def test_parse_command_refuses_lone_surrogates_with_the_id_when_it_can(text, rid
         parse_command(text)
     assert info.value.error.code == "bad_request"
     assert info.value.request_id == rid
+
+
+# -- ping (docs/protocol.md section 4) -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (cmd(type="ping"), Ping(None)),
+        (cmd(type="ping", id=7), Ping(7)),
+        (cmd(type="ping", id="p-1"), Ping("p-1")),
+        (cmd(type="ping", id=1.5), Ping(1.5)),
+        (cmd(type="ping", id="x", channel="ignored", data=[1]), Ping("x")),
+    ],
+    ids=["no-id", "int-id", "string-id", "float-id", "other-fields-ignored"],
+)
+def test_ping_is_parsed(text, expected):
+    assert expected == parse_command(text)
+
+
+@pytest.mark.parametrize("raw_id", [True, None, [1], {"a": 1}, "x" * 129, 2**53])
+def test_ping_with_unacceptable_id_is_bad_request(raw_id):
+    """A ping's id follows the rules of every command's id; an explicit null id is refused too."""
+    assert ("bad_request", None) == rejection(json.dumps({"type": "ping", "id": raw_id}))
+
+
+def test_ping_type_is_case_sensitive():
+    assert ("bad_request", 3) == rejection(cmd(type="PING", id=3))
+
+
+# -- idempotency_key on publish (docs/protocol.md section 4) ----------------------
+
+
+def test_publish_carries_its_idempotency_key():
+    assert Publish(1, "c", {"a": 1}, "k-1") == parse_command(cmd(type="publish", channel="c", data={"a": 1}, idempotency_key="k-1", id=1))
+    assert Publish(1, "c", None, "x" * 64) == parse_command(cmd(type="publish", channel="c", data=None, idempotency_key="x" * 64, id=1))
+    assert Publish(1, "c", 1, None) == parse_command(cmd(type="publish", channel="c", data=1, id=1))
+
+
+@pytest.mark.parametrize("key", [None, "", "x" * 65, 7, True, ["k"], {"k": 1}], ids=["null", "empty", "65-chars", "number", "bool", "list", "object"])
+def test_publish_with_a_bad_idempotency_key_is_bad_request_with_the_id(key):
+    assert ("bad_request", "p") == rejection(cmd(type="publish", channel="c", data=1, idempotency_key=key, id="p"))
+
+
+def test_publish_with_a_lone_surrogate_key_is_bad_request_with_the_id():
+    assert ("bad_request", "p") == rejection('{"type":"publish","channel":"c","data":1,"idempotency_key":"\\ud800","id":"p"}')
+
+
+def test_idempotency_key_is_ignored_on_other_commands():
+    assert Subscribe(None, "c", None) == parse_command(cmd(type="subscribe", channel="c", idempotency_key=""))

@@ -6,6 +6,7 @@ import pytest
 
 from gateway.core.session import MAX_SUBSCRIPTIONS, Session
 from gateway.core.auth import OPEN, Identity
+from gateway.core.commands import Auth, Ping, Publish, Subscribe, Unsubscribe
 from gateway.errors import BadRequest, Forbidden, Unauthorized
 
 
@@ -136,3 +137,33 @@ def test_clear_returns_every_handle_and_empties():
     s.add("b", "sb")
     handles = s.clear()
     assert (["sa", "sb"], [], 0) == (sorted(handles), s.channels, len(s))
+
+
+# -- ping / pong and the auth gate (docs/protocol.md section 4) -----------------
+
+
+@pytest.mark.parametrize(("rid", "expected"), [(None, {"type": "pong"}), (7, {"type": "pong", "id": 7}), ("a", {"type": "pong", "id": "a"}), (0, {"type": "pong", "id": 0})])
+def test_pong_echoes_the_id_or_has_none(rid, expected):
+    """pong carries the ping's id as every reply does: absent when the ping had none (0 is an id)."""
+    assert expected == Session().pong(Ping(rid))
+
+
+def test_before_auth_only_auth_is_admitted_and_ping_is_a_command_like_any_other():
+    s: Session[str] = Session(identity=None)
+    assert s.admits(Auth(1, "t"))
+    assert not s.admits(Ping(2))
+    assert not s.admits(Subscribe(3, "a", None))
+    assert not s.admits(Unsubscribe(4, "a"))
+    assert not s.admits(Publish(5, "a", None))
+    with pytest.raises(Unauthorized):
+        s.pong(Ping(2))
+    s.authenticate(Identity(sub="alice"))
+    assert all(s.admits(c) for c in (Auth(1, "t"), Ping(2), Subscribe(3, "a", None), Unsubscribe(4, "a"), Publish(5, "a", None)))
+    assert {"type": "pong", "id": 2} == s.pong(Ping(2))
+
+
+def test_open_session_admits_everything():
+    """Without authentication configured (OPEN), ping is answered at once."""
+    s: Session[str] = Session()
+    assert s.admits(Ping(None))
+    assert {"type": "pong"} == s.pong(Ping(None))

@@ -8,6 +8,8 @@
 -- ARGV[2]  the epoch of the position to continue from; "" when no entries are wanted
 -- ARGV[3]  the seq of that position
 -- ARGV[4]  expiry of the meta hash in seconds (refreshed by every read)
+-- ARGV[5]  the writer (see publish.lua ARGV[9]): a meta hash last written under
+--          another writer gets a fresh epoch, as a missing one does
 --
 -- Returns  {epoch, top, now, entry...}: the channel's epoch and latest seq, Redis
 --          TIME in ms, then the kept entries ("<seq>:<ts>:<epoch>:<body>", oldest
@@ -22,12 +24,19 @@ end
 
 local meta, hist = KEYS[1], KEYS[2]
 
+local writer = ARGV[5] or ""
 local epoch = redis.call("HGET", meta, "e")
+if epoch and writer ~= "" and redis.call("HGET", meta, "w") ~= writer then
+  epoch = false
+end
 local top = 0
 if not epoch then
   epoch = ARGV[1]
   redis.call("DEL", hist)
   redis.call("HSET", meta, "e", epoch, "s", 0)
+  if writer ~= "" then
+    redis.call("HSET", meta, "w", writer)
+  end
 else
   top = tonumber(redis.call("HGET", meta, "s")) or 0
 end
