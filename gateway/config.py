@@ -31,7 +31,8 @@ class Option:
 
     Attributes:
         name: the long option name, also the TOML key.
-        kind: ``str``, ``int`` or ``float`` (the type of one value).
+        kind: ``str``, ``int``, ``float`` or ``bool`` (the type of one value; a
+            ``bool`` is a pair of flags, ``--NAME`` and ``--no-NAME``).
         default: the value when nothing sets it.
         help: one line for ``--help``.
         repeatable: the option may be given several times (a TOML array).
@@ -85,6 +86,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("hook", str, (), "Publish hook NAME[:ARGS] from the plugins package, e.g. log or allow-channels:room:* (repeatable).", True, "HOOK"),
     Option("drain-timeout", float, 10.0, "Seconds a SIGTERM drain may take before exiting.", metavar="SECONDS", check=(lambda v: v >= 0, "must be >= 0")),
     Option("demo", bool, False, "Serve the demo chat page (built on /gateway.js) at /demo/."),
+    Option("access-log", bool, True, "One access-log line per HTTP request (token= values redacted); --no-access-log writes none."),
 )
 
 _BY_NAME = {o.name: o for o in OPTIONS}
@@ -126,6 +128,7 @@ class Config:
     drain_timeout: float = 10.0
     hook: tuple[str, ...] = ()
     demo: bool = False
+    access_log: bool = True
     # Tuning knobs that are not command-line options.
     max_subscriptions: int = 1000
     max_send_buffer: int = 4 * 1024 * 1024
@@ -225,7 +228,10 @@ def options_markdown() -> str:
             default = "on" if default else "off"
         elif isinstance(default, tuple):
             default = ", ".join(default) if default else "none"
-        rows.append(f"| `--{o.name}`{' (repeatable)' if o.repeatable else ''}{' (flag)' if o.kind is bool else ''} | {'none' if default is None else default} | {o.help} |")
+        if o.kind is bool:
+            rows.append(f"| `--{o.name}` / `--no-{o.name}` | {default} | {o.help} |")
+            continue
+        rows.append(f"| `--{o.name}`{' (repeatable)' if o.repeatable else ''} | {'none' if default is None else default} | {o.help} |")
     return "\n".join(rows)
 
 
