@@ -28,20 +28,10 @@ import time
 import httpx
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from procs import Children, free_port, twistd_path
+from procs import CHROMIUM_ARGS, Children, free_port, twistd_path
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 GATEWAY_JS = ROOT / "gateway" / "static" / "gateway.js"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-features=LocalNetworkAccessChecks",
-]
 
 PAGE = """<!doctype html><meta charset="utf-8"><title>bench</title>
 <script src="{base}gateway.js"></script>

@@ -42,21 +42,11 @@ HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
-from procs import Children, free_port, twistd_path
+from procs import CHROMIUM_ARGS, Children, free_port, twistd_path
 
 from tests.browser._many import count_connected, start_many, summary
 from tests.browser._middlebox import Arrival
 
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-features=LocalNetworkAccessChecks",
-]
 BUCKET = 0.1  # seconds
 
 

@@ -15,6 +15,7 @@ Everything it starts is stopped when it ends, also on Ctrl-C and on errors.
     python bench/fanout.py --redis --sentinel               # the same, through Redis Sentinel
     python bench/fanout.py --redis --cluster                # the same, through a 3-master Redis Cluster
     python bench/fanout.py --redis --sub-nodes 2            # subscribers spread over nodes B and C, publisher on A
+    python bench/fanout.py --workers 2                      # twistd --workers 2 (and its own Redis)
     python bench/fanout.py --subscribers 10 --duration 1    # smoke test, a few seconds
     python bench/fanout.py --json                           # JSON line on stdout, summary on stderr
 
@@ -302,6 +303,38 @@ def start_sentinels(children: Children, tmp: str, master_port: int) -> str:
                 raise BenchError("the Sentinels did not discover the replica and each other within 30 s")
             time.sleep(0.1)
     return "redis+sentinel://" + ",".join(f"{LOOPBACK}:{p}" for p in ports) + "/bench/0"
+
+
+def start_workers_gateway(
+    children: Children, tmp: str, redis_url: str, workers: int, env: dict[str, str] | None, extra: list[str]
+) -> dict[str, Any]:
+    """``twistd gateway --workers N``: one port, N worker processes (found as the
+    supervisor's children once each has answered /readyz)."""
+    node = start_gateway(children, tmp, "a", redis_url, env, [*extra, "--workers", str(workers)])
+    deadline = time.monotonic() + 30.0
+    ready: set[str] = set()
+    while len(ready) < workers:
+        if time.monotonic() > deadline:
+            raise BenchError(f"only {sorted(ready)} of {workers} workers answered /readyz:\n{tail(node['log'])}")
+        status, body = http_get(node["port"], "/readyz", timeout=2)
+        if status == 200:
+            ready.add(json.loads(body)["node"])
+        time.sleep(0.02)
+    pid = node["pid"]
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        pids = [int(p) for p in f.read().split()]
+    if len(pids) != workers:
+        raise BenchError(f"the supervisor has {len(pids)} children, not {workers}")
+    node["workers"] = {f"gateway-a-w{i}": p for i, p in enumerate(sorted(pids), 1)}
+    return node
+
+
+def socket_count(pid: int) -> int:
+    """Open sockets of a process (its clients, plus a few of its own)."""
+    try:
+        return sum(1 for fd in os.listdir(f"/proc/{pid}/fd") if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:"))
+    except OSError:
+        return -1
 
 
 def metric_deliveries(port: int) -> dict[str, float]:
@@ -615,7 +648,17 @@ async def run_bench(
     if args.auth != "none":
         log(f"authentication: {args.auth} JWT on the upgrade (token=)")
     channel = f"bench:fanout:{os.getpid()}:{int(time.time())}"
-    if args.redis and args.cluster:
+    if args.workers:
+        redis = start_redis(children, tmp)
+        redis_url = f"redis://{LOOPBACK}:{redis['port']}/0"
+        log(f"redis-server pid {redis['pid']} on port {redis['port']}")
+        node_a = start_workers_gateway(children, tmp, redis_url, args.workers, env, auth_args)
+        pub_node, sub_nodes = node_a, [node_a]
+        log(
+            f"gateway supervisor pid {node_a['pid']} on port {node_a['port']}, workers {node_a['workers']}; "
+            "publisher and subscribers on that one port"
+        )
+    elif args.redis and args.cluster:
         redis, redis_url = start_cluster(children, tmp, channel)
         log(f"3-master cluster {redis_url}; the channel's slot is on port {redis['port']} (its figures below)")
         node_a = start_gateway(children, tmp, "a", redis_url, env, auth_args)
@@ -672,15 +715,18 @@ async def run_bench(
     await asyncio.wait_for(publisher.opened, 10)
 
     procs = {n["name"]: n["pid"] for n in nodes}
+    for n in nodes:
+        procs.update(n.get("workers", {}))
     if redis:
         procs["redis-server"] = redis["pid"]
     for w in workers:
         procs[w.name] = w.proc.pid
 
+    # With --workers, /metrics is answered by whichever worker takes the connection.
     metrics0 = {
         n["name"]: metric_deliveries(n["port"])
         for n in nodes
-    }
+    } if not args.workers else {}
     idle: dict[str, Any] = {}
     if redis:
         # The nodes' own background traffic (health pings...), to compare with.
@@ -750,7 +796,8 @@ async def run_bench(
     metrics1 = {
         n["name"]: metric_deliveries(n["port"])
         for n in nodes
-    }
+    } if not args.workers else {}
+    worker_sockets = {name: socket_count(pid) for name, pid in node_a.get("workers", {}).items()}
 
     # -- figures ------------------------------------------------------------------
     lat, lat_cb = array("q"), array("q")
@@ -774,6 +821,10 @@ async def run_bench(
     def cpu_delta(name: str) -> float:
         a, b = snap0["cpu"].get(name), snap1["cpu"].get(name)
         return (b - a) if a is not None and b is not None else float("nan")
+
+    def node_cpu(node: dict[str, Any]) -> float:
+        """A node's CPU: with --workers, the supervisor's and every worker's."""
+        return cpu_delta(node["name"]) + sum(cpu_delta(w) for w in node.get("workers", {}))
 
     m0, m1 = snap0["machine"], snap1["machine"]
     mdelta = {k: m1[k] - m0[k] for k in m0}
@@ -803,12 +854,19 @@ async def run_bench(
             "cpu_s": round(c, 3),
             "cpu_pct_of_core": round(100 * c / cpu_wall, 1),
         }
-    sub_cpu = sum(cpu_delta(n["name"]) for n in sub_nodes)
+        for name in node.get("workers", {}):
+            c = cpu_delta(name)
+            servers[name] = {
+                "cpu_s": round(c, 3),
+                "cpu_pct_of_core": round(100 * c / cpu_wall, 1),
+                "sockets_at_end": worker_sockets[name],
+            }
+    sub_cpu = sum(node_cpu(n) for n in sub_nodes)
 
     result: dict[str, Any] = {
         "transport": args.transport,
         "gateway_source": source,
-        "mode": ("redis-sentinel-cross-node" if args.sentinel else "redis-cluster-cross-node" if args.cluster else "redis-cross-node") if args.redis else "single-node",
+        "mode": f"workers-{args.workers}" if args.workers else ("redis-sentinel-cross-node" if args.sentinel else "redis-cluster-cross-node" if args.cluster else "redis-cross-node") if args.redis else "single-node",
         "publisher_node": pub_node["name"],
         "subscriber_nodes": [n["name"] for n in sub_nodes],
         "subscribers_requested": args.subscribers,
@@ -914,7 +972,7 @@ async def run_bench(
             "redis_cpu_pct_of_core": round(100 * rc / cpu_wall, 1),
             "redis_cpu_us_per_publication": round(rc * 1e6 / measured, 1),
             "publisher_node_cpu_us_per_publication": round(
-                cpu_delta(pub_node["name"]) * 1e6 / measured, 1
+                node_cpu(pub_node) * 1e6 / measured, 1
             ),
         }
     warnings = []
@@ -965,7 +1023,8 @@ def summary(r: dict[str, Any]) -> str:
     for name, s in r["server"].items():
         lines.append(f"  server {name}: {s['cpu_pct_of_core']}% of a core")
     lines.append(
-        f"  server CPU per delivery (subscriber nodes {', '.join(r['subscriber_nodes'])}): {r['server_cpu_us_per_delivery']} us"
+        f"  server CPU per delivery (subscriber node{'s ' + ', '.join(r['subscriber_nodes']) if len(r['subscriber_nodes']) > 1 else ''}"
+        f"{', supervisor and workers' if r['mode'].startswith('workers') else ''}): {r['server_cpu_us_per_delivery']} us"
     )
     for c in r["clients"]:
         lines.append(
@@ -1063,6 +1122,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="with --redis: the nodes reach the redis-server through three Sentinels (a replica follows it)",
     )
     p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="one gateway run with --workers N (and its own redis-server); publisher and subscribers "
+        "connect to its one port, so the kernel spreads them over the workers",
+    )
+    p.add_argument(
         "--subscribers",
         type=int,
         default=None,
@@ -1146,6 +1213,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.subscribers is None:
         args.subscribers = DEFAULT_SUBSCRIBERS[args.transport]
+    if args.workers is not None and not 1 <= args.workers <= 16:
+        p.error("--workers must be between 1 and 16")
     if args.subscribers < 1 or args.clients < 1 or args.rate <= 0 or args.duration <= 0:
         p.error("--subscribers, --clients, --rate and --duration must be positive")
     if (args.sentinel or args.cluster) and not args.redis:

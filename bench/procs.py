@@ -236,3 +236,18 @@ def commandstats(port: int) -> dict[str, int]:
 
 
 __all__ += ["commandstats"]
+
+
+# Chromium's flags for the browser benchmarks: headless, and no background traffic
+# (this machine's closed network refuses it); the test page is served by the gateway
+# on 127.0.0.1, so Chromium's local-network checks are off.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-features=LocalNetworkAccessChecks",
+]

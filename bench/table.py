@@ -8,6 +8,9 @@ over the runs.  Raw JSON lines go to ``bench/results/`` (not committed).
     python bench/table.py                      # every configuration, 3 runs each
     python bench/table.py --only ws-1000 --repeat 1
     python bench/table.py -- --snapshot HEAD   # extra arguments for every fanout.py run
+    python bench/table.py --suite issue11 --repeat 1 -- --snapshot HEAD
+        # issue 11's scenarios: ordinary load, saturation, SSE, long-poll, cross-node,
+        # then bench/hotpath.py (CPU per delivery, repeatable) and bench/memory.py
 """
 
 from __future__ import annotations
@@ -49,6 +52,68 @@ CONFIGS: dict[str, list[str]] = {
         "200",
     ],
 }
+
+# Issue 11's scenarios (bench/README.md, "Issue 11 suite").
+ISSUE11: dict[str, list[str]] = {
+    "ws-1000-r100": ["--transport", "ws", "--subscribers", "1000", "--rate", "100"],
+    "ws-1000-r300": ["--transport", "ws", "--subscribers", "1000", "--rate", "300"],
+    "sse-1000-r100": ["--transport", "sse", "--subscribers", "1000", "--rate", "100"],
+    "poll-1000": ["--transport", "poll", "--subscribers", "1000", "--rate", "20"],
+    "redis-ws-1000-r100": ["--redis", "--transport", "ws", "--subscribers", "1000", "--rate", "100"],
+    "redis-ws-500-r500": ["--redis", "--transport", "ws", "--subscribers", "500", "--rate", "500"],
+}
+CONFIGS.update(ISSUE11)
+SUITES = {"readme": [n for n in CONFIGS if n not in ISSUE11], "issue11": list(ISSUE11)}
+
+
+def gateway_src(extra: list[str]) -> tuple[str | None, str | None]:
+    """The source tree the fanout.py arguments name (--gateway-src, or a git archive of
+    --snapshot REF, made here), and a temp dir to remove afterwards."""
+    if "--gateway-src" in extra:
+        return extra[extra.index("--gateway-src") + 1], None
+    if "--snapshot" in extra:
+        import tempfile
+
+        ref = extra[extra.index("--snapshot") + 1]
+        tmp = tempfile.mkdtemp(prefix="table-src-")
+        archive = subprocess.run(["git", "archive", ref, "gateway"], capture_output=True, check=True, cwd=os.path.dirname(HERE)).stdout
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+        return tmp, tmp
+    return None, None
+
+
+def in_process_rows(extra: list[str], repeat: int) -> list[str]:
+    """bench/hotpath.py (CPU per delivery) and bench/memory.py (RSS per idle connection) rows."""
+    import shutil
+
+    src, tmp = gateway_src(extra)
+    where = ["--gateway-src", src] if src else []
+    rows = []
+    try:
+        for transport, subs in (("ws", 1000), ("sse", 1000), ("poll", 1000)):
+            figures = []
+            for _ in range(repeat):
+                argv = [sys.executable, os.path.join(HERE, "hotpath.py"), "--transport", transport, "--subscribers", str(subs), "--json", *where]
+                if transport == "poll":
+                    argv += ["--rounds", "40"]
+                proc = subprocess.run(argv, capture_output=True, text=True, timeout=900, check=False)
+                if proc.returncode == 0:
+                    figures.append(json.loads(proc.stdout.strip().splitlines()[-1])["server_cpu_us_per_delivery"])
+                else:
+                    print(f"hotpath {transport} failed: {proc.stderr[-1000:]}", file=sys.stderr)
+            if figures:
+                rows.append(f"| hotpath {transport} | {subs} | server CPU per delivery | {statistics.median(figures):.1f} us ({min(figures):.1f}-{max(figures):.1f}) |")
+        argv = [sys.executable, os.path.join(HERE, "memory.py"), "--json", "--connections", "10000", *where]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=1800, check=False)
+        if proc.returncode == 0:
+            for r in json.loads(proc.stdout.strip().splitlines()[-1]):
+                rows.append(f"| memory {r['transport']} | 10000 | RSS per idle connection | {r['kib_per_conn']:.2f} KiB |")
+        else:
+            print(f"memory failed: {proc.stderr[-1000:]}", file=sys.stderr)
+    finally:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return rows
 
 
 def run(name: str, extra: list[str], out: str) -> dict | None:
@@ -114,13 +179,14 @@ def main() -> int:
         choices=sorted(CONFIGS),
         help="run only these configurations",
     )
+    p.add_argument("--suite", choices=sorted(SUITES), default="readme", help="readme (default): the README's table; issue11: issue 11's scenarios plus hotpath.py and memory.py")
     p.add_argument("extra", nargs="*", help="extra fanout.py arguments (after --)")
     args = p.parse_args()
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     out = os.path.join(
         HERE, "results", time.strftime("table-%Y%m%dT%H%M%SZ.jsonl", time.gmtime())
     )
-    names = args.only or list(CONFIGS)
+    names = args.only or SUITES[args.suite]
     results: dict[str, list[dict]] = {n: [] for n in names}
     for i in range(args.repeat):
         for name in names:
@@ -139,6 +205,12 @@ def main() -> int:
             print(row(name, results[name]))
         else:
             print(f"| {name} | failed |")
+    if args.suite == "issue11" and not args.only:
+        print()
+        print("| scenario | connections | figure | value |")
+        print("|---|---|---|---|")
+        for line in in_process_rows(args.extra, args.repeat):
+            print(line, flush=True)
     print(f"\nraw results: {out}", file=sys.stderr)
     return 0
 

@@ -412,11 +412,15 @@ class Bus:
         return prepared
 
     def _deliver(self, pub: Publication, to: tuple[Hashable, ...]) -> None:
+        # The per-subscriber loop of every fan-out: _live() and _call() inlined.
         prepared = self._prepare(pub)
-        for key in to:
-            sub = self._live(key)
-            if sub is not None:
-                self._call(sub, sub.subscriber.on_publication, prepared)
+        for sub in to:
+            assert isinstance(sub, Subscription)
+            if sub.active:
+                try:
+                    sub.subscriber.on_publication(prepared)
+                except Exception:  # noqa: BLE001 - a subscriber's failure must not stop the fan-out
+                    self._log.failure("delivering to a subscriber of {channel} failed", channel=sub.channel)
 
     # -- broker outcomes ----------------------------------------------------
 

@@ -31,7 +31,8 @@ class Option:
 
     Attributes:
         name: the long option name, also the TOML key.
-        kind: ``str``, ``int`` or ``float`` (the type of one value).
+        kind: ``str``, ``int``, ``float`` or ``bool`` (the type of one value; a
+            ``bool`` is a pair of flags, ``--NAME`` and ``--no-NAME``).
         default: the value when nothing sets it.
         help: one line for ``--help``.
         repeatable: the option may be given several times (a TOML array).
@@ -59,6 +60,7 @@ def _positive(v: Any) -> bool:
 OPTIONS: tuple[Option, ...] = (
     Option("listen", str, (DEFAULT_LISTEN,), f"Twisted endpoint to listen on (repeatable; default {DEFAULT_LISTEN}).", True, "ENDPOINT"),
     Option("redis", str, None, "Share channels through Redis: redis://[[USER]:PASSWORD@]HOST[:PORT][/DB][?prefix=P], redis+sentinel://[[USER]:PASSWORD@]HOST:PORT,.../MASTER[/DB][?prefix=P] or redis+cluster://[[USER]:PASSWORD@]HOST:PORT,...[?prefix=P] (default: in-process bus).", metavar="URL"),
+    Option("workers", int, None, "Run N worker processes on the same listening sockets, each a node sharing channels through --redis (default: this process serves).", metavar="N", check=(_positive, "must be > 0")),
     Option("jwt-secret", str, None, "HS256 secret for JWT authentication.", metavar="SECRET"),
     Option("jwt-public-key", str, None, "PEM public key file for RS256/ES256 JWT authentication.", metavar="FILE"),
     Option("jwt-secret-file", str, None, "File holding the HS256 secret (instead of --jwt-secret, which ps shows).", metavar="FILE"),
@@ -84,6 +86,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("hook", str, (), "Publish hook NAME[:ARGS] from the plugins package, e.g. log or allow-channels:room:* (repeatable).", True, "HOOK"),
     Option("drain-timeout", float, 10.0, "Seconds a SIGTERM drain may take before exiting.", metavar="SECONDS", check=(lambda v: v >= 0, "must be >= 0")),
     Option("demo", bool, False, "Serve the demo chat page (built on /gateway.js) at /demo/."),
+    Option("access-log", bool, True, "One access-log line per HTTP request (token= values redacted); --no-access-log writes none."),
 )
 
 _BY_NAME = {o.name: o for o in OPTIONS}
@@ -99,6 +102,7 @@ class Config:
 
     listen: tuple[str, ...] = (DEFAULT_LISTEN,)
     redis: str | None = None
+    workers: int | None = None
     jwt_secret: str | None = None
     jwt_public_key: str | None = None
     jwt_secret_file: str | None = None
@@ -124,6 +128,7 @@ class Config:
     drain_timeout: float = 10.0
     hook: tuple[str, ...] = ()
     demo: bool = False
+    access_log: bool = True
     # Tuning knobs that are not command-line options.
     max_subscriptions: int = 1000
     max_send_buffer: int = 4 * 1024 * 1024
@@ -207,6 +212,8 @@ def load_config(cli: Mapping[str, Any] | None = None, config_file: str | None = 
         from gateway.broker.redisurl import parse_redis_url
 
         parse_redis_url(values["redis"])
+    if values.get("workers") is not None and values.get("redis") is None:
+        raise ConfigError("workers: needs --redis (the workers share channels through Redis)")
     if values.get("node_id") is None:
         values.pop("node_id", None)
     return Config(**values)
@@ -221,7 +228,10 @@ def options_markdown() -> str:
             default = "on" if default else "off"
         elif isinstance(default, tuple):
             default = ", ".join(default) if default else "none"
-        rows.append(f"| `--{o.name}`{' (repeatable)' if o.repeatable else ''}{' (flag)' if o.kind is bool else ''} | {'none' if default is None else default} | {o.help} |")
+        if o.kind is bool:
+            rows.append(f"| `--{o.name}` / `--no-{o.name}` | {default} | {o.help} |")
+            continue
+        rows.append(f"| `--{o.name}`{' (repeatable)' if o.repeatable else ''} | {'none' if default is None else default} | {o.help} |")
     return "\n".join(rows)
 
 

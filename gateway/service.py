@@ -74,7 +74,9 @@ class GatewayService(service.MultiService):
 
     _log = Logger()
 
-    def __init__(self, config: Config | None = None, reactor: Any = None, broker: IBroker | None = None) -> None:
+    def __init__(
+        self, config: Config | None = None, reactor: Any = None, broker: IBroker | None = None, endpoints: Any = None
+    ) -> None:
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor as _reactor
@@ -92,7 +94,9 @@ class GatewayService(service.MultiService):
         self._listened = False
         # Parsed now, so a bad description or a missing TLS file is a ConfigError
         # before anything starts (and before twistd daemonizes).
-        self._endpoints = [(d, parse_endpoint(reactor, d)) for d in self.config.listen]
+        # ``endpoints`` ((description, IStreamServerEndpoint) pairs) replaces them: a
+        # --workers worker listens on the sockets its supervisor hands it.
+        self._endpoints = list(endpoints) if endpoints is not None else [(d, parse_endpoint(reactor, d)) for d in self.config.listen]
         self._ready_waiters: list[defer.Deferred[None]] = []
         self._bus_started = False
         self._bus_failure: Failure | None = None

@@ -54,9 +54,9 @@ from twisted.web.client import (
 )
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
+from gateway._bytesbody import BytesBody
 from gateway.core.auth import Credentials, Identity, identity_from_claims
 from gateway.errors import Forbidden, GatewayError, Unauthorized, Unavailable
 from gateway.interfaces import IAuthenticator
@@ -89,28 +89,6 @@ def request_body(credentials: Credentials) -> bytes:
         },
         separators=(",", ":"),
     ).encode("utf-8")
-
-
-@implementer(IBodyProducer)
-class _Body:
-    """A request body known in advance, written at once (no cooperator, no timers)."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.length = len(data)
-
-    def startProducing(self, consumer: Any) -> defer.Deferred[None]:
-        consumer.write(self.data)
-        return defer.succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
 
 
 class _LimitedBody(Protocol):
@@ -292,7 +270,7 @@ class HTTPAuthenticator:
         headers = Headers({b"Content-Type": [b"application/json"], b"Accept": [b"application/json"]})
         body = request_body(credentials)
         try:
-            response = await self.agent.request(b"POST", self.url.encode("ascii"), headers, _Body(body))
+            response = await self.agent.request(b"POST", self.url.encode("ascii"), headers, BytesBody(body))
         except (ResponseNeverReceived, RequestNotSent) as e:
             # A kept-alive connection the backend closed meanwhile: Twisted retries only
             # idempotent methods by itself.  This POST only asks a question; ask it
@@ -300,7 +278,7 @@ class HTTPAuthenticator:
             # the deadline passed, or the node is stopping).
             if any(reason.check(defer.CancelledError) for reason in getattr(e, "reasons", ())):
                 raise
-            response = await self.agent.request(b"POST", self.url.encode("ascii"), headers, _Body(body))
+            response = await self.agent.request(b"POST", self.url.encode("ascii"), headers, BytesBody(body))
         answer = await _read_limited(response, MAX_ANSWER)
         status = response.code
         if status == 401:

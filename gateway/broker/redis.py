@@ -129,6 +129,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from gateway.broker._resp import RespError, RespReader
 from gateway.broker.memory import STREAM_IDLE_SECONDS, new_epoch
 from gateway.broker.redisurl import CLUSTER, SENTINEL, RedisURL, parse_redis_url
 from gateway.broker.shards import ShardStats
@@ -251,6 +252,21 @@ def _protocols() -> dict[str, type]:
 
         def messageReceived(self, pattern: Any, channel: bytes, message: bytes) -> None:
             self.factory.broker._message_received(channel, message)
+
+        def dataReceived(self, data: bytes, unpause: bool = False) -> None:
+            # Our reader (gateway/broker/_resp.py) parses every reply in one pass:
+            # txredisapi's own (without hiredis) takes a reactor turn per bulk string.
+            reader = self.__dict__.get("_resp_reader")
+            if reader is None:
+                reader = self._resp_reader = RespReader(txredisapi.ResponseError)
+            try:
+                replies = reader.feed(data)
+            except RespError as e:
+                self.factory.broker._log.warn("pub/sub connection: {error}; reconnecting", error=str(e))
+                self.transport.abortConnection()
+                return
+            for reply in replies:
+                self.replyReceived(reply)
 
         # Sharded pub/sub (Redis Cluster): txredisapi knows SUBSCRIBE and PSUBSCRIBE
         # only.  One channel per SSUBSCRIBE/SUNSUBSCRIBE, so each has one reply; a

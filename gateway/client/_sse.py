@@ -12,9 +12,8 @@ from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer
-from zope.interface import implementer
 
+from gateway._bytesbody import BytesBody
 from gateway.core.client import SSEParser
 from gateway.core.cursor import decode_cursor
 from gateway.errors import BadRequest
@@ -84,26 +83,6 @@ def read_body(response: Any) -> defer.Deferred[bytes]:
     return d
 
 
-@implementer(IBodyProducer)
-class _Body:
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.length = len(data)
-
-    def startProducing(self, consumer: Any) -> defer.Deferred[None]:
-        consumer.write(self.data)
-        return defer.succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
-
-
 class HTTPClient:
     """Requests of one :class:`Client` (no kept-alive connections, so that closing
     leaves nothing behind): publishes with retry, and the position query."""
@@ -143,7 +122,7 @@ class HTTPClient:
 
     def request(self, method: bytes, url: bytes, headers: Headers, body: bytes | None = None) -> defer.Deferred[Any]:
         """Fires with (status, body bytes)."""
-        d = self.agent.request(method, url, headers, _Body(body) if body is not None else None)
+        d = self.agent.request(method, url, headers, BytesBody(body) if body is not None else None)
 
         def read(response: Any) -> Any:
             return read_body(response).addCallback(lambda data: (response.code, data))

@@ -574,12 +574,20 @@ class Sequencer:
         return actions
 
     def _fan_out(self, ch: _Channel, pub: Publication) -> list[Action]:
-        ch.position = pub.position
+        ch.position = position = pub.position
+        epoch, previous = pub.epoch, pub.seq - 1
         actions: list[Action] = []
         to: list[Hashable] = []
         for sub in ch.subscriptions.values():
             if sub.buffer is not None:
                 sub.buffer.append(pub)
+                continue
+            pos = sub.position
+            if pos is not None and pos.seq == previous and pos.epoch == epoch:
+                # The common case, what offer() decides for the next seq of the same
+                # epoch, without a call or a new Position per subscription.
+                sub.position = position
+                to.append(sub.key)
                 continue
             reset, deliver = sub.offer(pub, self._newer(ch, sub))
             if reset is not None:

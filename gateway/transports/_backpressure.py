@@ -65,22 +65,31 @@ class HeldMessages:
     def __init__(self, write: Callable[[Any], None]) -> None:
         self._write = write
         self.paused = False
-        self._held: deque[tuple[Any, int]] = deque()
+        # Created when first needed: an empty deque is about 600 bytes, on every
+        # connection, and most never hold anything.
+        self._held: deque[tuple[Any, int]] | None = None
         self.held_bytes = 0
+
+    @property
+    def idle(self) -> bool:
+        """True when :meth:`offer` would write a message at once (not paused, nothing held)."""
+        return not self.paused and not self._held
 
     def offer(self, message: Any, size: int, limit: int) -> bool:
         """Write ``message`` now or hold it; False when the held backlog passes ``limit``."""
         if not self.paused and not self._held:
             self._write(message)
             return True
+        if self._held is None:
+            self._held = deque()
         self._held.append((message, size))
         self.held_bytes += size
         return self.held_bytes <= limit
 
     def drop(self) -> int:
         """Forget every held message; returns how many there were."""
-        count = len(self._held)
-        self._held.clear()
+        count = len(self._held) if self._held else 0
+        self._held = None
         self.held_bytes = 0
         return count
 
@@ -95,6 +104,8 @@ class HeldMessages:
             message, size = self._held.popleft()
             self.held_bytes -= size
             self._write(message)
+        if not self._held:
+            self._held = None
 
     def stopProducing(self) -> None:
         self.paused = False

@@ -499,13 +499,21 @@ def make_site(resource: Any, config: Any, reactor: Any = None, request_timeout: 
     """
     from gateway.auth.redact import access_log_formatter
 
-    return gateway_site(
+    site = gateway_site(
         resource,
         max_body_size=config.max_message_size,
         request_timeout=request_timeout,
         reactor=reactor,
         logFormatter=access_log_formatter,
     )
+    if not getattr(config, "access_log", True):
+        # --no-access-log: no line per request (about 9% of a long poll's CPU).
+        site.log = _no_access_log  # type: ignore[method-assign]
+    return site
+
+
+def _no_access_log(request: Any) -> None:
+    """``Site.log`` for ``--no-access-log``: nothing is written."""
 
 
 __all__ += [

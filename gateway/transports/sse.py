@@ -45,6 +45,7 @@ import attrs
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http import toChunk
 from twisted.web.server import NOT_DONE_YET, Request
 
 from gateway.bus import SubscribeResult, Subscription
@@ -72,6 +73,7 @@ from gateway.transports._http import (
     single_param,
 )
 from gateway.transports._session import ClientSession
+from gateway.transports._tickwrite import tick_writer, write_body
 from gateway.transports.cors import CORSResource, apply_cors
 
 if TYPE_CHECKING:
@@ -290,8 +292,12 @@ class ChannelSetRequest:
         self._live.clear()
         try:
             self._leave_presence()
-            if self.session is not None:
-                self.session.close()
+            # Dropped, not only closed: the session refers back to this request, and
+            # a cycle would leave the whole request (headers, channel, cursor) to the
+            # cyclic garbage collector instead of freeing it here.
+            session, self.session = self.session, None
+            if session is not None:
+                session.close()
             self._on_release()
         finally:
             self.gateway.connection_closed(self.transport, self)
@@ -450,6 +456,22 @@ def _sse_block(kind: bytes, payload: bytes) -> bytes:
     return b"event: " + kind + b"\ndata: " + payload + b"\n\n"
 
 
+_SSE_SINGLE = "sse-1"
+_SSE_SINGLE_CHUNKED = "sse-1-chunked"
+
+
+def _single_channel_event(chunked: bool, channel: str, prepared: PreparedPublication) -> Any:
+    """Builds a publication's whole event for a stream of ``channel`` alone: (the
+    event's bytes, the same as one HTTP/1.1 chunk or None)."""
+
+    def build(payload: bytes) -> tuple[bytes, bytes | None]:
+        cursor = encode_cursor({channel: prepared.publication.position})
+        data = b"id: " + cursor.encode("ascii") + b"\n" + _sse_block(b"message", payload)
+        return data, (b"".join(toChunk(data)) if chunked else None)
+
+    return build
+
+
 class SSEStream(ChannelSetRequest):
     """One ``GET /sse`` response: events framed with their cursor, pings between.
 
@@ -465,6 +487,7 @@ class SSEStream(ChannelSetRequest):
         super().__init__(*args, **kwargs)
         self._heartbeat: Any = None
         self._buffer: SendBuffer | None = None
+        self.gateway_writer = tick_writer(self.gateway)
 
     def _open(self, first: list[Event]) -> None:
         request = self.request
@@ -485,6 +508,23 @@ class SSEStream(ChannelSetRequest):
         if not self.released:
             self._schedule_ping()
 
+    def on_publication(self, prepared: PreparedPublication) -> None:
+        if self.opened and not self.released and len(self.channels) == 1:
+            # The live delivery of a one-channel stream, without an Event.
+            self.positions[self.channels[0]] = prepared.publication.position
+            self._deliver_single(prepared)
+        else:
+            super().on_publication(prepared)
+
+    def _deliver_single(self, prepared: PreparedPublication) -> None:
+        # One channel: the cursor after a publication is the publication's own
+        # position, so the whole event, id line and chunk framing included, is
+        # the same bytes for every such stream and is built once.
+        chunked = bool(getattr(self.request, "chunked", False))
+        data, chunk = prepared.form(_SSE_SINGLE_CHUNKED if chunked else _SSE_SINGLE, _single_channel_event(chunked, self.channels[0], prepared))
+        self._write(data, chunk)
+        self.gateway.delivered("sse")
+
     def _deliver(self, event: Event) -> None:
         if self.released:
             return
@@ -493,20 +533,25 @@ class SSEStream(ChannelSetRequest):
             self._write(_sse_block(event.kind.encode("ascii"), event.payload))
             return
         self.advance(event)
-        if event.prepared is not None:
-            block = event.prepared.form(_SSE_FORM, lambda payload: _sse_block(b"message", payload))
+        prepared = event.prepared
+        if prepared is not None and len(self.channels) == 1:
+            self._deliver_single(prepared)
+            return
+        if prepared is not None:
+            block = prepared.form(_SSE_FORM, lambda payload: _sse_block(b"message", payload))
         else:
             block = _sse_block(b"reset", event.payload)
         self._write(b"id: " + self.cursor().encode("ascii") + b"\n" + block)
-        if event.prepared is not None:
+        if prepared is not None:
             self.gateway.delivered("sse")
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes, chunk: bytes | None = None) -> None:
         buffer = self._buffer
         if buffer is not None and buffer.overflows(len(data), self.gateway.config.max_send_buffer):
             self._drop_slow_consumer()
             return
-        self.request.write(data)
+        # Sent with the other streams' at the end of the reactor turn (_tickwrite).
+        write_body(self.gateway_writer, self.request, data, chunk)
 
     def _drop_slow_consumer(self) -> None:
         self._log.info("dropping a slow SSE consumer ({count} bytes unsent)", count=self._buffer.queued if self._buffer else 0)

@@ -83,6 +83,7 @@ from gateway.errors import (
 )
 from gateway.transports._backpressure import HeldMessages
 from gateway.transports._session import ClientSession
+from gateway.transports._tickwrite import tick_writer
 
 __all__ = ["GatewayWebSocketFactory", "GatewayWebSocketProtocol", "upgrade_credentials", "websocket_resource"]
 
@@ -547,7 +548,11 @@ class GatewayWebSocketProtocol(WebSocketServerProtocol):
     def send_publication(self, prepared: PreparedPublication) -> None:
         """Send a prepared ``message`` frame (shared by every subscriber)."""
         if self.state == WebSocketProtocol.STATE_OPEN:
-            self._enqueue((prepared.payload, prepared), len(prepared.payload))
+            if self._out.idle:
+                # What offer() would do (write it now), minus its calls and tuple.
+                self._write_publication(prepared)
+            else:
+                self._enqueue((prepared.payload, prepared), len(prepared.payload))
 
     def _enqueue(self, message: tuple[bytes, PreparedPublication | None], size: int) -> None:
         if not self._out.offer(message, size, self.factory.gateway.config.max_send_buffer):
@@ -560,12 +565,16 @@ class GatewayWebSocketProtocol(WebSocketServerProtocol):
         if prepared is None:
             self.sendMessage(payload)
             return
+        self._write_publication(prepared)
+
+    def _write_publication(self, prepared: PreparedPublication) -> None:
         frame = prepared.form(_WS_FORM, self.factory.prepareMessage)
         if self._perMessageCompress is None and not self.send_queue:
             # What sendPreparedMessage() ends up doing for an uncompressed connection,
             # minus Autobahn's per-send debug formatting (measured at 8-14% of a
-            # delivery's CPU in bench/fanout.py).
-            self.transport.write(frame.payloadHybi)  # type: ignore[union-attr]
+            # delivery's CPU in bench/fanout.py), sent once per connection at the
+            # end of the reactor turn (see _tickwrite).
+            self.factory.writer.write(self.transport, frame.payloadHybi)
         else:
             self.sendPreparedMessage(frame)
         self.factory.gateway.stats.deliveries["websocket"] += 1
@@ -638,6 +647,7 @@ class GatewayWebSocketFactory(WebSocketServerFactory):
         # No version in the Server header of the 101 answer.
         super().__init__(server=SERVER_NAME.decode("ascii"))
         self.gateway = gateway
+        self.writer = tick_writer(gateway)
         config = gateway.config
         self.setProtocolOptions(
             failByDrop=False,

@@ -408,3 +408,54 @@ async def test_subscribe_while_bus_unavailable_is_unavailable_error(gw_factory):
     broker.hold_history = False
     assert (await subscribe(ws, "c", id=4))["type"] == "subscribed"
     await ws.close()
+
+
+async def test_frames_keep_command_order_when_written_in_one_reactor_turn(gw):
+    """Publications are sent once per connection at the end of a reactor turn (_tickwrite);
+    replies, errors and pongs written by other paths in the same turn stay in order with
+    them.  All commands arrive in one TCP segment, so one turn handles them all; the memory
+    broker delivers a publication before its publish is acknowledged."""
+    raw = await aio(RawWS.connect(gw.port))
+    raw.send_frame(0x1, json.dumps({"type": "subscribe", "channel": "o", "id": "s"}).encode())
+    await aio(raw.writer.drain())
+    opcode, reply = await aio(asyncio.wait_for(raw.read_frame(), 5))
+    assert json.loads(reply)["type"] == "subscribed"
+
+    batch: list[bytes] = []
+    real, raw.writer = raw.writer, type("Collect", (), {"write": staticmethod(batch.append)})()
+    for i in (1, 2, 3):
+        raw.send_frame(0x1, json.dumps({"type": "publish", "channel": "o", "data": i, "id": f"p{i}"}).encode())
+        if i == 1:
+            raw.send_frame(0x1, json.dumps({"type": "no-such-command", "id": "e"}).encode())
+        if i == 2:
+            raw.send_frame(0x9, b"ping-1")
+    raw.send_frame(0x1, json.dumps({"type": "unsubscribe", "channel": "o", "id": "u"}).encode())
+    raw.send_frame(0x1, json.dumps({"type": "publish", "channel": "o", "data": 4, "id": "p4"}).encode())
+    raw.writer = real
+    real.write(b"".join(batch))
+    await aio(real.drain())
+
+    seen = []
+    for _ in range(10):
+        opcode, payload = await aio(asyncio.wait_for(raw.read_frame(), 5))
+        if opcode == 0xA:
+            seen.append(("pong", payload.decode()))
+            continue
+        event = json.loads(payload)
+        seen.append((event["type"], event.get("data", event.get("id"))))
+    assert seen == [
+        ("message", 1), ("ack", "p1"), ("error", "e"),
+        ("message", 2), ("ack", "p2"), ("pong", "ping-1"),
+        ("message", 3), ("ack", "p3"), ("unsubscribed", "u"), ("ack", "p4"),
+    ]  # fmt: skip
+    # A publication with nothing else written in its turn goes out through the batched path.
+    raw.send_frame(0x1, json.dumps({"type": "subscribe", "channel": "o", "id": "s2"}).encode())
+    await aio(raw.writer.drain())
+    opcode, reply = await aio(asyncio.wait_for(raw.read_frame(), 5))
+    assert json.loads(reply)["type"] == "subscribed"
+    flushes = gw.gateway._tick_writer.flushes
+    await gw.bus.publish("o", 5)
+    opcode, payload = await aio(asyncio.wait_for(raw.read_frame(), 5))
+    raw.close()
+    assert json.loads(payload)["data"] == 5
+    assert gw.gateway._tick_writer.flushes == flushes + 1

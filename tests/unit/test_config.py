@@ -262,3 +262,11 @@ def test_non_finite_seconds_are_rejected(name, value):
     """Infinite or NaN durations are refused with a ConfigError naming the option."""
     with pytest.raises(ConfigError, match=name):
         load_config({name: value})
+
+
+def test_access_log_is_a_boolean_on_by_default():
+    """access-log defaults to on; TOML takes true/false and refuses anything else, naming it."""
+    assert Config().access_log is True
+    assert load_config({"access-log": False}).access_log is False
+    with pytest.raises(ConfigError, match="access-log: expected true or false, got 'no'"):
+        load_config({"access-log": "no"})

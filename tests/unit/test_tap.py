@@ -4,6 +4,7 @@ one line on stderr and exit status 1."""
 
 from __future__ import annotations
 
+import gc
 import sys
 
 import pytest
@@ -251,3 +252,22 @@ def test_probe_listen_finds_a_port_in_use_and_leaves_a_free_one_free():
     assert probe_listen(f"tcp:{port}:interface=127.0.0.1") is None
     with _socket.socket() as again:
         again.bind(("127.0.0.1", port))
+
+
+def test_access_log_flags():
+    """--no-access-log turns the access log off, --access-log on; neither leaves the default (on)."""
+    assert parse().config.access_log is True
+    assert parse("--no-access-log").config.access_log is False
+    assert parse("--access-log").config.access_log is True
+    assert parse("--no-access-log", "--access-log").config.access_log is True
+
+
+def test_make_service_freezes_what_startup_loaded(monkeypatch):
+    """Once the reactor runs, twistd's node moves everything loaded so far out of the
+    cyclic collector's reach (gc.freeze), so full collections do not re-scan it."""
+    from twisted.internet import reactor
+
+    scheduled = []
+    monkeypatch.setattr(reactor, "callWhenRunning", lambda f, *a, **k: scheduled.append(f))
+    makeService(parse("--listen", "tcp:0:interface=127.0.0.1"))
+    assert scheduled == [gc.freeze]
