@@ -4,6 +4,8 @@ killable with SIGKILL and restartable on the same port."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import shutil
 import signal
@@ -12,7 +14,9 @@ import subprocess
 import time
 from collections.abc import Callable
 
+import httpx
 import pytest
+import websockets
 
 from gateway.testing import sleep
 
@@ -360,3 +364,42 @@ async def ws_publish_many(url: str, channel: str, datas: list) -> list[dict]:
             event = json.loads(await asyncio.wait_for(conn.recv(), 10))
             replies[event["id"]] = event
     return [replies[i] for i in range(len(datas))]
+
+
+async def publish_until_stopped_http(
+    base: str, channel: str, stop: asyncio.Event, outcomes: list[tuple], pause: float, prefix: str = "h"
+) -> None:
+    """Publish ``prefix0``, ``prefix1``, ... with ``POST /publish`` until ``stop`` is set,
+    recording ``(data, "ok", epoch, seq)`` or ``(data, "unavailable", None, None)`` in
+    ``outcomes``; any other answer fails the test."""
+    async with httpx.AsyncClient(timeout=10) as client:
+        k = 0
+        while not stop.is_set():
+            r = await client.post(base + "/publish", json={"channel": channel, "data": f"{prefix}{k}"})
+            if r.status_code == 200:
+                outcomes.append((f"{prefix}{k}", "ok", r.json()["epoch"], r.json()["seq"]))
+            else:
+                assert 503 == r.status_code, r.text
+                assert "unavailable" == r.json()["error"]["code"]
+                outcomes.append((f"{prefix}{k}", "unavailable", None, None))
+            k += 1
+            await asyncio.sleep(pause)
+
+
+async def publish_until_stopped_ws(
+    url: str, channel: str, stop: asyncio.Event, outcomes: list[tuple], pause: float, reply_timeout: float, prefix: str = "w"
+) -> None:
+    """The same over one WebSocket (``publish`` commands, each awaited): ack or
+    ``unavailable`` recorded, anything else fails the test."""
+    async with websockets.connect(url) as conn:
+        k = 0
+        while not stop.is_set():
+            await conn.send(json.dumps({"type": "publish", "channel": channel, "data": f"{prefix}{k}", "id": k}))
+            reply = json.loads(await asyncio.wait_for(conn.recv(), reply_timeout))
+            if reply["type"] == "ack":
+                outcomes.append((f"{prefix}{k}", "ok", reply["epoch"], reply["seq"]))
+            else:
+                assert ("error", "unavailable") == (reply["type"], reply["code"]), reply
+                outcomes.append((f"{prefix}{k}", "unavailable", None, None))
+            k += 1
+            await asyncio.sleep(pause)

@@ -8,15 +8,20 @@ node between client steps.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 
 import httpx
 import pytest
-import websockets
 
 from gateway.testing import aio
-from tests.e2e.support import TIMEOUT_FACTOR, Subscriber, until, ws_publish_many
+from tests.e2e.support import (
+    TIMEOUT_FACTOR,
+    Subscriber,
+    publish_until_stopped_http,
+    publish_until_stopped_ws,
+    until,
+    ws_publish_many,
+)
 
 pytestmark = pytest.mark.redis
 
@@ -76,35 +81,10 @@ async def test_redis_killed_and_restarted_mid_stream(nodes, redis_server):
         outcomes: list[tuple] = []  # (data, "ok"|"unavailable", epoch, seq)
         stop = asyncio.Event()
 
-        async def http_publisher():
-            async with httpx.AsyncClient(timeout=10) as client:
-                k = 0
-                while not stop.is_set():
-                    r = await client.post(a.base + "/publish", json={"channel": "live", "data": f"h{k}"})
-                    if r.status_code == 200:
-                        outcomes.append((f"h{k}", "ok", r.json()["epoch"], r.json()["seq"]))
-                    else:
-                        assert 503 == r.status_code, r.text
-                        assert "unavailable" == r.json()["error"]["code"]
-                        outcomes.append((f"h{k}", "unavailable", None, None))
-                    k += 1
-                    await asyncio.sleep(0.005)
-
-        async def ws_publisher():
-            async with websockets.connect(b.ws_url) as conn:
-                k = 0
-                while not stop.is_set():
-                    await conn.send(json.dumps({"type": "publish", "channel": "live", "data": f"w{k}", "id": k}))
-                    reply = json.loads(await asyncio.wait_for(conn.recv(), 10))
-                    if reply["type"] == "ack":
-                        outcomes.append((f"w{k}", "ok", reply["epoch"], reply["seq"]))
-                    else:
-                        assert ("error", "unavailable") == (reply["type"], reply["code"]), reply
-                        outcomes.append((f"w{k}", "unavailable", None, None))
-                    k += 1
-                    await asyncio.sleep(0.005)
-
-        tasks = [asyncio.ensure_future(http_publisher()), asyncio.ensure_future(ws_publisher())]
+        tasks = [
+            asyncio.ensure_future(publish_until_stopped_http(a.base, "live", stop, outcomes, 0.005)),
+            asyncio.ensure_future(publish_until_stopped_ws(b.ws_url, "live", stop, outcomes, 0.005, 10)),
+        ]
         await until(lambda: len(outcomes) >= 30, what="acks before the outage")
 
         killed = time.monotonic()

@@ -19,11 +19,17 @@ import time
 
 import httpx
 import pytest
-import websockets
 
 from gateway.config import Config
 from gateway.testing import aio, start_gateway
-from tests.e2e.support import TIMEOUT_FACTOR, SentinelSet, Subscriber, until
+from tests.e2e.support import (
+    TIMEOUT_FACTOR,
+    SentinelSet,
+    Subscriber,
+    publish_until_stopped_http,
+    publish_until_stopped_ws,
+    until,
+)
 
 pytestmark = pytest.mark.redis
 
@@ -87,35 +93,10 @@ async def test_master_killed_mid_stream_fails_over_without_silent_loss(sentinels
         outcomes: list[tuple] = []  # (data, "ok"|"unavailable", epoch, seq)
         stop = asyncio.Event()
 
-        async def http_publisher():
-            async with httpx.AsyncClient(timeout=10) as client:
-                k = 0
-                while not stop.is_set():
-                    r = await client.post(a.base + "/publish", json={"channel": "live", "data": f"h{k}"})
-                    if r.status_code == 200:
-                        outcomes.append((f"h{k}", "ok", r.json()["epoch"], r.json()["seq"]))
-                    else:
-                        assert 503 == r.status_code, r.text
-                        assert "unavailable" == r.json()["error"]["code"]
-                        outcomes.append((f"h{k}", "unavailable", None, None))
-                    k += 1
-                    await asyncio.sleep(0.002)
-
-        async def ws_publisher():
-            async with websockets.connect(b.ws_url) as conn:
-                k = 0
-                while not stop.is_set():
-                    await conn.send(json.dumps({"type": "publish", "channel": "live", "data": f"w{k}", "id": k}))
-                    reply = json.loads(await asyncio.wait_for(conn.recv(), 10 * TIMEOUT_FACTOR))
-                    if reply["type"] == "ack":
-                        outcomes.append((f"w{k}", "ok", reply["epoch"], reply["seq"]))
-                    else:
-                        assert ("error", "unavailable") == (reply["type"], reply["code"]), reply
-                        outcomes.append((f"w{k}", "unavailable", None, None))
-                    k += 1
-                    await asyncio.sleep(0.002)
-
-        tasks = [asyncio.ensure_future(http_publisher()), asyncio.ensure_future(ws_publisher())]
+        tasks = [
+            asyncio.ensure_future(publish_until_stopped_http(a.base, "live", stop, outcomes, 0.002)),
+            asyncio.ensure_future(publish_until_stopped_ws(b.ws_url, "live", stop, outcomes, 0.002, 10 * TIMEOUT_FACTOR)),
+        ]
         await until(lambda: len(outcomes) >= 100, timeout=20, what="acks before the failover")
 
         # A subscriber that leaves before the failover and resumes after it.
