@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             args.data = json.loads(args.data)
         except ValueError as e:
-            _error(f"error: bad_request: JSON is not valid JSON ({e})")
+            _error(f"error: bad_request: the JSON argument is not valid JSON ({e})")
             return EXIT_BAD_INPUT
     if args.command == "tail" and args.n < 0:
         _error("error: bad_request: -n must be 0 or more")
