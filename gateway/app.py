@@ -84,7 +84,12 @@ class Gateway:
             hooks = load_hooks(config.hook)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        self.bus = Bus(broker or broker_from_config(config, reactor), reactor)
+        self.bus = Bus(
+            broker or broker_from_config(config, reactor),
+            reactor,
+            recent=config.recent_publications,
+            linger=config.channel_linger,
+        )
         self.bus.hooks.extend([_CountPublications(self.stats), *hooks])
         # Revocation (POST /disconnect): the store the auth chain asks, and the bus' control messages.
         self.revoker = Revoker(self, revocations_for(self.bus.broker, reactor))

@@ -24,7 +24,10 @@ that come back, in order:
 * :class:`~gateway.core.sequencer.SubscribeChannel` / ``UnsubscribeChannel``:
   the broker's ``subscribe`` / ``unsubscribe`` (and cancelling a retry timer);
 * ``FetchHistory``: the broker's ``history``, its answer or failure fed back;
-* ``ScheduleRetry``: a ``callLater`` on the clock, whose firing is fed back;
+* ``ScheduleRetry`` / ``ScheduleLinger``: a ``callLater`` on the clock, whose firing
+  is fed back (a channel's broker subscription outlives its last subscriber by
+  ``linger`` seconds, so that a long poll's next request, or a reconnect, starts
+  from the node's recent publications instead of the broker);
 * ``Deliver``: the publication is encoded once (:class:`PreparedPublication`)
   and handed to each listed subscriber's ``on_publication``;
 * ``Reset``: the subscriber's ``on_reset``;
@@ -61,6 +64,12 @@ from gateway.interfaces import IBroker, IBrokerListener
 __all__ = ["Bus", "SubscribeResult", "Subscriber", "Subscription"]
 
 GAP_RETRY_SECONDS = 1.0
+# Publications kept per channel to start a subscription from the node (its `since`
+# is the node position or just behind it) and seconds a channel's broker
+# subscription outlives its last local subscriber: what a Gateway's Bus uses
+# (Config.recent_publications, Config.channel_linger).
+RECENT_PUBLICATIONS = 64
+LINGER_SECONDS = 5.0
 
 
 class Subscriber(Protocol):
@@ -130,16 +139,26 @@ class Bus:
 
     Args:
         broker: the broker ordering and storing publications.
-        clock: the reactor's time, for gap-fill retries.
+        clock: the reactor's time, for gap-fill retries and lingering channels.
+        recent: publications kept per channel, so that a subscription continuing
+            from the node position or just behind it starts without reading the
+            broker's history (0: every subscription reads history).
+        linger: seconds a channel's broker subscription is kept after its last
+            local subscriber leaves (0: released at once).
     """
 
     _log = Logger()
 
-    def __init__(self, broker: IBroker, clock: IReactorTime) -> None:
+    def __init__(self, broker: IBroker, clock: IReactorTime, recent: int = 0, linger: float = 0.0) -> None:
         self.broker = broker
         self._clock = clock
-        self._sequencer = sq.Sequencer(retry_delay=GAP_RETRY_SECONDS)
+        self._sequencer = sq.Sequencer(retry_delay=GAP_RETRY_SECONDS, recent=recent, linger=linger)
         self._retries: dict[str, IDelayedCall] = {}
+        self._lingers: dict[str, IDelayedCall] = {}
+        # The encodings of each channel's recent publications (at most `recent`), for
+        # subscriptions started from the node.
+        self._recent_size = recent
+        self._recent: dict[str, dict[tuple[str, int], PreparedPublication]] = {}
         self._queue: deque[tuple[sq.Action, Failure | None]] = deque()
         self._running = False
         # Encodings of publications that a starting subscription may still need,
@@ -166,6 +185,8 @@ class Bus:
         """Cancel timers and stop the broker."""
         for channel in list(self._retries):
             self._cancel_retry(channel)
+        for channel in list(self._lingers):
+            self._cancel_linger(channel)
         return self.broker.stop()
 
     def is_ready(self) -> bool:
@@ -209,9 +230,20 @@ class Bus:
         return self._sequencer.channels
 
     @property
+    def lingering(self) -> list[str]:
+        """Channels without local subscribers whose broker subscription is kept for now."""
+        return self._sequencer.lingering
+
+    @property
     def pending_timers(self) -> int:
-        """Gap-fill retry timers outstanding (for leak checks)."""
+        """Gap-fill retry timers outstanding (for leak checks; lingering channels' timers
+        are :attr:`linger_timers`)."""
         return sum(1 for call in self._retries.values() if call.active())
+
+    @property
+    def linger_timers(self) -> int:
+        """Timers of lingering channels outstanding."""
+        return sum(1 for call in self._lingers.values() if call.active())
 
     def subscriber_count(self, channel: str | None = None) -> int:
         """Local subscriptions on ``channel``, or on every channel."""
@@ -364,7 +396,9 @@ class Bus:
             d.addCallbacks(self._broker_subscribed, self._broker_subscribe_failed, (action.request,), errbackArgs=(action.request,))
         elif isinstance(action, sq.UnsubscribeChannel):
             self._cancel_retry(action.channel)
+            self._cancel_linger(action.channel)
             self._prepared.pop(action.channel, None)
+            self._recent.pop(action.channel, None)
             d = defer.maybeDeferred(self.broker.unsubscribe, action.channel)
             d.addErrback(self._log_unsubscribe_failure, action.channel)
         elif isinstance(action, sq.ScheduleRetry):
@@ -376,6 +410,9 @@ class Bus:
             )
             self._cancel_retry(action.channel)
             self._retries[action.channel] = self._clock.callLater(action.delay, self._retry_due, action.channel)
+        elif isinstance(action, sq.ScheduleLinger):
+            self._cancel_linger(action.channel)
+            self._lingers[action.channel] = self._clock.callLater(action.delay, self._linger_due, action.channel)
         elif isinstance(action, sq.GapNotFilled):
             self._log.warn(
                 "gap on {channel} after seq {seq} cannot be filled from history; resetting its subscribers to {top}",
@@ -400,15 +437,33 @@ class Bus:
             self._log.failure("delivering to a subscriber of {channel} failed", channel=sub.channel)
 
     def _prepare(self, pub: Publication) -> PreparedPublication:
+        key = (pub.epoch, pub.seq)
+        recent = None
+        if self._recent_size:
+            # Subscriptions started from the node get the recent publications again.
+            recent = self._recent.get(pub.channel)
+            if recent is None:
+                recent = self._recent[pub.channel] = {}
+            else:
+                prepared = recent.get(key)
+                if prepared is not None:
+                    return prepared
         cache = self._prepared.get(pub.channel)
         if cache is None:
-            if not self._sequencer.has_pending(pub.channel):
-                return PreparedPublication(pub)
-            # A starting subscription has it buffered or in its history: keep it.
-            cache = self._prepared[pub.channel] = {}
-        prepared = cache.get((pub.epoch, pub.seq))
-        if prepared is None:
-            prepared = cache[(pub.epoch, pub.seq)] = PreparedPublication(pub)
+            if self._sequencer.has_pending(pub.channel):
+                # A starting subscription has it buffered or in its history: keep it.
+                cache = self._prepared[pub.channel] = {}
+        else:
+            prepared = cache.get(key)
+            if prepared is not None:
+                return prepared
+        prepared = PreparedPublication(pub)
+        if cache is not None:
+            cache[key] = prepared
+        if recent is not None:
+            recent[key] = prepared
+            if len(recent) > self._recent_size:
+                del recent[next(iter(recent))]
         return prepared
 
     def _deliver(self, pub: Publication, to: tuple[Hashable, ...]) -> None:
@@ -443,6 +498,15 @@ class Bus:
     def _retry_due(self, channel: str) -> None:
         self._retries.pop(channel, None)
         self._run(self._sequencer.retry_due(channel))
+
+    def _linger_due(self, channel: str) -> None:
+        self._lingers.pop(channel, None)
+        self._run(self._sequencer.linger_due(channel))
+
+    def _cancel_linger(self, channel: str) -> None:
+        call = self._lingers.pop(channel, None)
+        if call is not None and call.active():
+            call.cancel()
 
     def _cancel_retry(self, channel: str) -> None:
         call = self._retries.pop(channel, None)

@@ -132,6 +132,12 @@ class Config:
     # Tuning knobs that are not command-line options.
     max_subscriptions: int = 1000
     max_send_buffer: int = 4 * 1024 * 1024
+    # Publications kept per channel so that a subscription continuing from this
+    # node's position, or just behind it, starts without a broker history read
+    # (0: every subscription reads history); seconds a channel's broker
+    # subscription outlives its last local subscriber (0: released at once).
+    recent_publications: int = 64
+    channel_linger: float = 5.0
 
 
 def _convert(option: Option, value: Any, source: str) -> Any:

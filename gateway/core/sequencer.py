@@ -43,6 +43,26 @@ read at once.  So every node-level event is filtered per subscription
   the node reads history once more; that read is newer than both, and moves
   whichever is behind.
 
+Answers from the node
+---------------------
+With ``recent`` > 0 the channel keeps the node's last ``recent`` publications (a
+ring): only publications it passed on in order, each following the one before, so
+the ring always ends at the node position and holds no hole.  It is emptied when
+the position moves any other way (a reset, another epoch) and is consulted only
+while the node position is settled (confirmed, no gap fill or re-read outstanding,
+nothing held back).  A subscription whose ``since`` is the node position, or inside
+the ring, starts at once from it (:class:`SubscriptionReady` with the ring's
+publications after ``since``, no :class:`FetchHistory`): the node has passed on
+every publication up to its position, so nothing is skipped, and what comes later
+reaches the subscription like every other.  Any other ``since`` (none, ahead of the
+node, older than the ring, another epoch) reads history as before.
+
+With ``linger`` > 0 a channel whose last subscription ends keeps its broker
+subscription, node position and ring for ``linger`` seconds (:class:`ScheduleLinger`,
+then ``linger_due``), so a client that comes straight back (a long poll's next
+request, a reconnect) is answered from the node instead of subscribing the broker,
+and reading its history, again.
+
 A subscription starts *pending*: from the moment it is asked for until its history
 answer arrives, node-level events are buffered on it; then history and the buffer
 are merged (:class:`SubscriptionReady`), with the same filter, and it goes live.
@@ -68,6 +88,7 @@ __all__ = [
     "FetchHistory",
     "GapNotFilled",
     "Reset",
+    "ScheduleLinger",
     "ScheduleRetry",
     "Sequencer",
     "SubscribeChannel",
@@ -120,6 +141,16 @@ class FetchHistory:
 @attrs.frozen
 class ScheduleRetry:
     """A gap fill failed: call ``retry_due(channel)`` after ``delay`` seconds."""
+
+    channel: str
+    delay: float
+
+
+@attrs.frozen
+class ScheduleLinger:
+    """The last subscription of ``channel`` ended: call ``linger_due(channel)`` after
+    ``delay`` seconds (replacing an earlier linger timer of the channel); until then the
+    broker subscription stays."""
 
     channel: str
     delay: float
@@ -182,6 +213,7 @@ Action = (
     | UnsubscribeChannel
     | FetchHistory
     | ScheduleRetry
+    | ScheduleLinger
     | Deliver
     | Reset
     | GapNotFilled
@@ -248,11 +280,11 @@ class _Subscription:
 
 class _Channel:
     __slots__ = (
-        "confirmed_answer", "confirmed_sent", "fill_request", "filling", "held", "name", "pending", "position",
-        "refill", "subscribed", "subscriptions",
+        "confirmed_answer", "confirmed_sent", "fill_request", "filling", "held", "lingering", "name", "pending",
+        "position", "recent", "refill", "subscribed", "subscriptions",
     )  # fmt: skip
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, recent: int) -> None:
         self.name = name
         self.subscriptions: dict[Hashable, _Subscription] = {}
         # How many of them are pending.
@@ -271,6 +303,11 @@ class _Channel:
         # A fresh read is needed once the one in flight is answered (a broker reconnect,
         # or a subscription that started in another epoch than the node's).
         self.refill = False
+        # The last publications passed on in order, ending at the node position when
+        # not empty (see "Answers from the node"); None when disabled.
+        self.recent: deque[Publication] | None = deque(maxlen=recent) if recent > 0 else None
+        # No subscriptions left, the broker subscription kept until linger_due().
+        self.lingering = False
 
 
 @attrs.frozen
@@ -290,10 +327,16 @@ class Sequencer:
 
     Args:
         retry_delay: seconds before a failed gap fill is tried again.
+        recent: publications kept per channel to start subscriptions from the node
+            (0: every subscription reads history).
+        linger: seconds a channel's broker subscription outlives its last
+            subscription (0: released at once).
     """
 
-    def __init__(self, retry_delay: float = 1.0) -> None:
+    def __init__(self, retry_delay: float = 1.0, recent: int = 0, linger: float = 0.0) -> None:
         self.retry_delay = retry_delay
+        self.recent = recent
+        self.linger = linger
         self._channels: dict[str, _Channel] = {}
         self._subscriptions: dict[Hashable, _Subscription] = {}
         self._requests: dict[int, _Request] = {}
@@ -311,7 +354,12 @@ class Sequencer:
     @property
     def channels(self) -> list[str]:
         """Channels with subscriptions."""
-        return list(self._channels)
+        return [name for name, ch in self._channels.items() if ch.subscriptions]
+
+    @property
+    def lingering(self) -> list[str]:
+        """Channels without subscriptions whose broker subscription is kept for now."""
+        return [name for name, ch in self._channels.items() if ch.lingering]
 
     def subscriber_count(self, channel: str | None = None) -> int:
         """Subscriptions on ``channel``, or on every channel."""
@@ -349,7 +397,8 @@ class Sequencer:
         ch = self._channels.get(channel)
         new = ch is None
         if ch is None:
-            ch = self._channels[channel] = _Channel(channel)
+            ch = self._channels[channel] = _Channel(channel, self.recent)
+        ch.lingering = False
         sub = _Subscription(key, ch, since)
         ch.subscriptions[key] = sub
         ch.pending += 1
@@ -357,6 +406,10 @@ class Sequencer:
         if new:
             return [SubscribeChannel(channel, self._request(_Request("subscribe", ch)))]
         if ch.subscribed:
+            if since is not None and ch.recent is not None:
+                ready = self._start_from_node(sub, since)
+                if ready is not None:
+                    return [ready]
             return [self._read_for(sub)]
         return []
 
@@ -372,8 +425,19 @@ class Sequencer:
             ch.pending -= 1
         if ch.subscriptions:
             return []
+        if self.linger > 0 and ch.subscribed and ch.position is not None:
+            ch.lingering = True
+            return [ScheduleLinger(ch.name, self.linger)]
         del self._channels[ch.name]
         return [UnsubscribeChannel(ch.name)]
+
+    def linger_due(self, channel: str) -> list[Action]:
+        """The linger timer of ``channel`` fired: release it unless subscribed again."""
+        ch = self._channels.get(channel)
+        if ch is None or not ch.lingering or ch.subscriptions:
+            return []
+        del self._channels[channel]
+        return [UnsubscribeChannel(channel)]
 
     # -- broker outcomes ---------------------------------------------------------------
 
@@ -515,6 +579,8 @@ class Sequencer:
             # has publications, accepted while this node was not receiving them: read
             # them from the start of the epoch, so nobody skips them.
             ch.position = Position(top.epoch, 0)
+            if ch.recent is not None:
+                ch.recent.clear()
             return self._fill(ch)
         else:
             self._confirm(ch, pos, req, answered)
@@ -563,6 +629,8 @@ class Sequencer:
         return ch.confirmed_sent > sub.learned
 
     def _reset_all(self, ch: _Channel, position: Position) -> list[Action]:
+        if ch.recent is not None and position != ch.position:
+            ch.recent.clear()
         ch.position = position
         actions: list[Action] = []
         for sub in ch.subscriptions.values():
@@ -574,6 +642,13 @@ class Sequencer:
         return actions
 
     def _fan_out(self, ch: _Channel, pub: Publication) -> list[Action]:
+        recent = ch.recent
+        if recent is not None:
+            if recent:
+                last = recent[-1]
+                if last.seq != pub.seq - 1 or last.epoch != pub.epoch:
+                    recent.clear()  # not contiguous: the ring starts again here
+            recent.append(pub)
         ch.position = position = pub.position
         epoch, previous = pub.epoch, pub.seq - 1
         actions: list[Action] = []
@@ -600,6 +675,28 @@ class Sequencer:
         return actions
 
     # -- subscription level -------------------------------------------------------------
+
+    def _start_from_node(self, sub: _Subscription, since: Position) -> SubscriptionReady | None:
+        """Start ``sub`` from the node position and ring when ``since`` is in them (see
+        "Answers from the node"); None when history must be read."""
+        ch = sub.channel
+        node = ch.position
+        if node is None or ch.filling or ch.refill or ch.held or since.epoch != node.epoch or since.seq > node.seq:
+            return None
+        publications: tuple[Publication, ...] = ()
+        if since.seq < node.seq:
+            recent = ch.recent
+            if not recent:
+                return None
+            last = recent[-1]
+            first = last.seq - len(recent) + 1
+            if last.seq != node.seq or last.epoch != node.epoch or since.seq < first - 1:
+                return None
+            publications = tuple(recent)[since.seq - first + 1 :]
+        sub.position, sub.learned = node, ch.confirmed_answer
+        sub.buffer = None
+        ch.pending -= 1
+        return SubscriptionReady(sub.key, node, True, publications)
 
     def _start(self, sub: _Subscription, history: HistoryResult, answered: int) -> list[Action]:
         buffer = sub.buffer

@@ -15,10 +15,10 @@ from gateway.errors import BadRequest, Unavailable
 from gateway.testing import ManualBroker, RecordingSubscriber
 
 
-def make(broker=None):
+def make(broker=None, recent=0, linger=0.0):
     broker = broker or ManualBroker()
     clock = Clock()
-    bus = Bus(broker, clock)
+    bus = Bus(broker, clock, recent=recent, linger=linger)
     bus.start()
     return bus, broker, clock
 
@@ -82,6 +82,59 @@ def test_one_broker_subscription_per_channel():
     assert broker.subscribed == set()
     assert bus.channels == []
     assert bus.subscriber_count() == 0
+
+
+def test_last_subscriber_leaving_keeps_the_broker_subscription_for_the_linger_time():
+    """With linger, the broker subscription outlives the last subscriber by `linger` seconds on the
+    clock; a subscriber coming back meanwhile keeps it, and it is released once all are gone again."""
+    bus, broker, clock = make(recent=8, linger=5.0)
+    bus.subscribe("c", RecordingSubscriber()).cancel()
+    assert (broker.subscribed, bus.channels, bus.lingering, bus.linger_timers) == ({"c"}, [], ["c"], 1)
+    clock.advance(4.9)
+    back = bus.subscribe("c", RecordingSubscriber())
+    clock.advance(1.0)
+    assert (broker.subscribed, bus.channels, bus.lingering) == ({"c"}, ["c"], [])
+    back.cancel()
+    clock.advance(4.9)
+    assert broker.subscribed == {"c"}
+    clock.advance(0.1)
+    assert (broker.subscribed, bus.lingering, bus.linger_timers) == (set(), [], 0)
+
+
+def test_stop_cancels_linger_timers():
+    """Stopping the bus leaves no linger timer behind."""
+    bus, _, clock = make(recent=8, linger=5.0)
+    bus.subscribe("c", RecordingSubscriber()).cancel()
+    bus.stop()
+    assert (bus.linger_timers, clock.getDelayedCalls()) == (0, [])
+
+
+def test_subscription_continuing_from_the_node_reads_no_history_and_shares_encodings():
+    """A subscriber coming back with the position it was given (a long poll's next request) starts
+    from the node's recent publications: no history read, the same encoded objects as the live
+    delivery, then live publications."""
+    bus, broker, clock = make(recent=8, linger=5.0)
+    seen = []
+
+    class Sub(RecordingSubscriber):
+        def on_publication(self, prepared):
+            seen.append(prepared)
+            super().on_publication(prepared)
+
+    first = bus.subscribe("c", Sub())
+    start = result_of(first.ready).top
+    publish_and_deliver(bus, broker, "c", 1)
+    first.cancel()
+    publish_and_deliver(bus, broker, "c", 2)
+    reads = len(broker.history_calls)
+    rec = RecordingSubscriber()
+    res = result_of(bus.subscribe("c", rec, start).ready)
+    assert len(broker.history_calls) == reads
+    assert (res.recovered, res.top.seq, [p.publication.seq for p in res.publications]) == (True, 2, [1, 2])
+    assert res.publications[0] is seen[0]
+    assert res.publications[1] is result_of(bus.subscribe("c", RecordingSubscriber(), Position(start.epoch, 1)).ready).publications[0]
+    publish_and_deliver(bus, broker, "c", 3)
+    assert rec.seqs == [3]
 
 
 def test_recovery_from_position_returns_missed_publications():
@@ -420,7 +473,21 @@ def _no_silent_gap(events):
 )
 def test_lossy_delivery_never_produces_a_silent_gap(deliveries, history_size):
     """Whatever pub/sub loses or repeats, a subscriber sees every seq once in order, or a reset; never a silent gap."""
-    bus, broker, _ = make(ManualBroker(history_size=history_size))
+    _lossy_delivery(deliveries, history_size, recent=0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    deliveries=st.lists(st.sampled_from(["deliver", "lose", "repeat"]), min_size=1, max_size=40),
+    history_size=st.integers(min_value=1, max_value=50),
+)
+def test_lossy_delivery_never_produces_a_silent_gap_with_recent_publications(deliveries, history_size):
+    """The same with the node keeping recent publications (a bus of a Gateway)."""
+    _lossy_delivery(deliveries, history_size, recent=3)
+
+
+def _lossy_delivery(deliveries, history_size, recent):
+    bus, broker, _ = make(ManualBroker(history_size=history_size), recent=recent)
     rec = RecordingSubscriber()
     bus.subscribe("c", rec)
     last = None
@@ -441,7 +508,7 @@ def test_lossy_delivery_never_produces_a_silent_gap(deliveries, history_size):
 # -- never backwards (docs/protocol.md section 3), under random interleavings ------------------
 
 _STEPS = st.one_of(
-    st.tuples(st.just("publish"), st.sampled_from(["deliver", "lose", "repeat", "late"])),
+    st.tuples(st.just("publish"), st.sampled_from(["deliver", "deliver", "lose", "repeat", "late"])),
     st.tuples(st.just("deliver_late"), st.just(None)),
     st.tuples(st.just("flush"), st.just(None)),
     st.tuples(st.just("reconnect"), st.just(None)),
@@ -451,6 +518,31 @@ _STEPS = st.one_of(
     st.tuples(st.just("retry_due"), st.just(None)),
     st.tuples(st.just("subscribe"), st.one_of(st.none(), st.integers(min_value=0, max_value=60), st.just("ahead"))),
     st.tuples(st.just("cancel"), st.integers(min_value=0, max_value=10)),
+    st.tuples(st.just("linger_due"), st.just(None)),
+    st.tuples(st.just("answer"), st.integers(min_value=0, max_value=10)),
+    st.tuples(st.just("repoll"), st.just(None)),
+)
+
+
+# Long polls: clients answered and coming back later from the position they were given, while
+# publications flow (mostly delivered), with the same failures now and then.
+_POLL_STEPS = st.one_of(
+    st.tuples(st.just("publish"), st.sampled_from(["deliver"] * 6 + ["lose", "repeat", "late"])),
+    st.tuples(st.just("subscribe"), st.none()),
+    st.tuples(st.just("subscribe"), st.none()),
+    st.tuples(st.just("answer"), st.integers(min_value=0, max_value=10)),
+    st.tuples(st.just("answer"), st.integers(min_value=0, max_value=10)),
+    st.tuples(st.just("answer"), st.integers(min_value=0, max_value=10)),
+    st.tuples(st.just("repoll"), st.just(None)),
+    st.tuples(st.just("repoll"), st.just(None)),
+    st.tuples(st.just("repoll"), st.just(None)),
+    st.tuples(st.just("deliver_late"), st.just(None)),
+    st.tuples(st.just("flush"), st.just(None)),
+    st.tuples(st.just("reconnect"), st.just(None)),
+    st.tuples(st.just("hold_history"), st.just(None)),
+    st.tuples(st.just("release_history"), st.sampled_from([None, "fail"])),
+    st.tuples(st.just("retry_due"), st.just(None)),
+    st.tuples(st.just("linger_due"), st.just(None)),
 )
 
 
@@ -514,8 +606,29 @@ def test_random_interleavings_never_go_backwards(steps, history_size):
     every subscription is never reset backwards within an epoch, never gets a publication
     twice, never skips silently, never returns to an epoch it left, and ends at the channel's
     top."""
-    bus, broker, clock = make(ManualBroker(history_size=history_size))
-    clients, published, late = [], [], []
+    _random_interleavings(steps, history_size, recent=0, linger=0.0)
+
+
+@settings(max_examples=400, deadline=None)
+@given(steps=st.lists(_STEPS, min_size=1, max_size=40), history_size=st.integers(min_value=1, max_value=20))
+def test_random_interleavings_never_go_backwards_with_recent_publications_and_linger(steps, history_size):
+    """The same with subscriptions started from the node's recent publications and channels
+    lingering after their last subscription (and subscribed again meanwhile)."""
+    _random_interleavings(steps, history_size, recent=3, linger=5.0)
+
+
+@settings(max_examples=400, deadline=None)
+@given(steps=st.lists(_POLL_STEPS, min_size=10, max_size=60), history_size=st.integers(min_value=1, max_value=20))
+def test_long_polls_started_from_the_node_never_go_backwards(steps, history_size):
+    """Long polls coming back from the position they were given, answered from the node's recent
+    publications when it has them, under the same failures: never backwards, never twice, never a
+    silent gap, and every live one ends at the top."""
+    _random_interleavings(steps, history_size, recent=3, linger=5.0)
+
+
+def _random_interleavings(steps, history_size, recent, linger):
+    bus, broker, clock = make(ManualBroker(history_size=history_size), recent=recent, linger=linger)
+    clients, published, late, returning = [], [], [], []
     for step, arg in steps:
         if step == "publish":
             pub = publish_and_deliver(bus, broker, "c", deliver=False)
@@ -555,6 +668,16 @@ def test_random_interleavings_never_go_backwards(steps, history_size):
             clients.append(_Client(bus, since))
         elif step == "cancel" and clients:
             clients[arg % len(clients)].sub.cancel()
+        elif step == "linger_due":
+            clock.advance(linger)
+        elif step == "answer" and clients:
+            # A long poll answered: its client comes back later from the position it was given.
+            client = clients[arg % len(clients)]
+            if client.sub.active and client.result is not None:
+                client.sub.cancel()
+                returning.append(Position(*_check_never_backwards(*client.stream())))
+        elif step == "repoll" and returning:
+            clients.append(_Client(bus, returning.pop(0)))
     # Settle: hand over everything, let the node catch up with history.
     broker.hold_history = False
     for _ in range(3):
@@ -573,3 +696,6 @@ def test_random_interleavings_never_go_backwards(steps, history_size):
         if client.sub.active:
             assert final == (top.epoch, top.seq), client.stream()
     assert bus.pending_timers == 0
+    clock.advance(linger)
+    assert bus.linger_timers == 0
+    assert broker.subscribed == set(bus.channels)

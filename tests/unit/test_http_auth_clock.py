@@ -70,9 +70,10 @@ def request(query: dict[bytes, list[bytes]], headers: dict[bytes, bytes] | None 
 
 
 def session_timers(clock: Clock) -> list:
-    """Delayed calls other than the node's own: the in-memory broker's history sweep
-    and the presence batch (node-level, not the session's)."""
-    return [c for c in clock.getDelayedCalls() if c.active() and "sweep" not in repr(c.func) and "Presence" not in repr(c.func)]
+    """Delayed calls other than the node's own: the in-memory broker's history sweep,
+    the presence batch and a released channel's linger (node-level, not the session's)."""
+    node_level = ("sweep", "Presence", "_linger_due")
+    return [c for c in clock.getDelayedCalls() if c.active() and not any(n in repr(c.func) for n in node_level)]
 
 
 def written(req: DummyRequest) -> bytes:
