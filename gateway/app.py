@@ -87,8 +87,10 @@ class Gateway:
         self.bus = Bus(
             broker or broker_from_config(config, reactor),
             reactor,
-            recent=config.recent_publications,
+            # Never more than history keeps: the node resumes no one history would reset.
+            recent=min(config.recent_publications, config.history_size),
             linger=config.channel_linger,
+            history_ttl=config.history_ttl,
         )
         self.bus.hooks.extend([_CountPublications(self.stats), *hooks])
         # Revocation (POST /disconnect): the store the auth chain asks, and the bus' control messages.

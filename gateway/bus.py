@@ -42,8 +42,9 @@ every subscriber sees events in the order the sequencer decided them.
 
 from __future__ import annotations
 
+import time
 from collections import deque
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any, Protocol
 
 import attrs
@@ -145,14 +146,27 @@ class Bus:
             broker's history (0: every subscription reads history).
         linger: seconds a channel's broker subscription is kept after its last
             local subscriber leaves (0: released at once).
+        history_ttl: seconds the broker keeps a publication for resume: a
+            subscription that would be given an older one from the node reads
+            history instead (``recent`` should not exceed the history's size either).
+        now: the wall clock of publications' ``ts``.
     """
 
     _log = Logger()
 
-    def __init__(self, broker: IBroker, clock: IReactorTime, recent: int = 0, linger: float = 0.0) -> None:
+    def __init__(
+        self,
+        broker: IBroker,
+        clock: IReactorTime,
+        recent: int = 0,
+        linger: float = 0.0,
+        history_ttl: float | None = None,
+        now: Callable[[], float] = time.time,
+    ) -> None:
         self.broker = broker
         self._clock = clock
-        self._sequencer = sq.Sequencer(retry_delay=GAP_RETRY_SECONDS, recent=recent, linger=linger)
+        self._now = now
+        self._sequencer = sq.Sequencer(retry_delay=GAP_RETRY_SECONDS, recent=recent, linger=linger, max_age=history_ttl)
         self._retries: dict[str, IDelayedCall] = {}
         self._lingers: dict[str, IDelayedCall] = {}
         # The encodings of each channel's recent publications (at most `recent`), for
@@ -308,7 +322,7 @@ class Bus:
         """
         validate_channel(channel)
         sub = Subscription(self, channel, subscriber, since)
-        self._run(self._sequencer.subscribe(sub, channel, since))
+        self._run(self._sequencer.subscribe(sub, channel, since, self._now() if since is not None else None))
         return sub
 
     def _remove(self, sub: Subscription) -> None:

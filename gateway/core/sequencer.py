@@ -331,12 +331,16 @@ class Sequencer:
             (0: every subscription reads history).
         linger: seconds a channel's broker subscription outlives its last
             subscription (0: released at once).
+        max_age: seconds a publication is kept for resume (the history's age limit):
+            a subscription that would get an older one from the ring reads history
+            instead (None: no limit).
     """
 
-    def __init__(self, retry_delay: float = 1.0, recent: int = 0, linger: float = 0.0) -> None:
+    def __init__(self, retry_delay: float = 1.0, recent: int = 0, linger: float = 0.0, max_age: float | None = None) -> None:
         self.retry_delay = retry_delay
         self.recent = recent
         self.linger = linger
+        self.max_age = max_age
         self._channels: dict[str, _Channel] = {}
         self._subscriptions: dict[Hashable, _Subscription] = {}
         self._requests: dict[int, _Request] = {}
@@ -390,8 +394,11 @@ class Sequencer:
 
     # -- subscriptions ------------------------------------------------------------------
 
-    def subscribe(self, key: Hashable, channel: str, since: Position | None = None) -> list[Action]:
-        """A subscription to ``channel`` is asked for, continuing after ``since`` when given."""
+    def subscribe(self, key: Hashable, channel: str, since: Position | None = None, now: float | None = None) -> list[Action]:
+        """A subscription to ``channel`` is asked for, continuing after ``since`` when given.
+
+        ``now`` (wall-clock seconds, the clock of publications' ``ts``) lets the ring
+        tell publications older than ``max_age``."""
         if key in self._subscriptions:
             raise ValueError(f"subscription {key!r} exists already")
         ch = self._channels.get(channel)
@@ -407,7 +414,7 @@ class Sequencer:
             return [SubscribeChannel(channel, self._request(_Request("subscribe", ch)))]
         if ch.subscribed:
             if since is not None and ch.recent is not None:
-                ready = self._start_from_node(sub, since)
+                ready = self._start_from_node(sub, since, now)
                 if ready is not None:
                     return [ready]
             return [self._read_for(sub)]
@@ -676,7 +683,7 @@ class Sequencer:
 
     # -- subscription level -------------------------------------------------------------
 
-    def _start_from_node(self, sub: _Subscription, since: Position) -> SubscriptionReady | None:
+    def _start_from_node(self, sub: _Subscription, since: Position, now: float | None) -> SubscriptionReady | None:
         """Start ``sub`` from the node position and ring when ``since`` is in them (see
         "Answers from the node"); None when history must be read."""
         ch = sub.channel
@@ -693,6 +700,8 @@ class Sequencer:
             if last.seq != node.seq or last.epoch != node.epoch or since.seq < first - 1:
                 return None
             publications = tuple(recent)[since.seq - first + 1 :]
+            if self.max_age is not None and now is not None and publications[0].ts < (now - self.max_age) * 1000:
+                return None  # history may have let it expire: it decides
         sub.position, sub.learned = node, ch.confirmed_answer
         sub.buffer = None
         ch.pending -= 1

@@ -215,3 +215,15 @@ def test_resets_are_per_subscription_for_subscriptions_started_from_the_node():
     assert not [a for a in actions if isinstance(a, Reset)]
     assert stream(actions, "b") == [("message", E1, 6), ("message", E1, 7)]
     assert s.node_position("c") == Position(E1, 7)
+
+
+def test_publications_older_than_history_keeps_are_read_from_history():
+    """A subscription that would get a publication older than max_age from the ring reads history
+    (which may have let it expire) instead."""
+    s = Sequencer(recent=4, max_age=300.0)
+    live(s, "a", P(E1, 3))
+    publish(s, 4, 5)  # ts 1004 and 1005 ms
+    read = fetch(s.subscribe("b", "c", P(E1, 3), now=300 + 1.0045))
+    assert (read.since, read.subscription) == (P(E1, 3), "b")
+    assert [SubscriptionReady("x", P(E1, 5), True, (pub(5),))] == s.subscribe("x", "c", P(E1, 4), now=300 + 1.0045)
+    assert [SubscriptionReady("y", P(E1, 5), True, ())] == s.subscribe("y", "c", P(E1, 5), now=1e9)
