@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from twisted.web.http import combinedLogFormatter
+from twisted.internet import address
+from twisted.web.http import _escape, combinedLogFormatter
 from twisted.web.iweb import IAccessLogFormatter
 from zope.interface import provider
 
@@ -25,8 +26,8 @@ def redact_uri(uri: bytes) -> bytes:
     """``uri`` with the value of each secret query parameter replaced (names are
     compared percent-decoded, as the query parser reads them)."""
     path, question, query = uri.partition(b"?")
-    if not question:
-        return uri
+    if not question or (b"token" not in query and b"%" not in query):
+        return uri  # no parameter name can read as a secret one
     query, hash_, fragment = query.partition(b"#")
     items = []
     for item in query.split(b"&"):
@@ -54,7 +55,44 @@ class _Redacted:
         return getattr(self._request, name)
 
 
+# Escaped forms of the values that repeat from line to line (methods, protocols,
+# addresses, user agents, referrers), bounded.
+_ESCAPED: dict[Any, str] = {}
+_ESCAPED_MAX = 1024
+
+
+def _escaped(value: Any) -> str:
+    out = _ESCAPED.get(value)
+    if out is None:
+        out = _escape(value)
+        if len(_ESCAPED) >= _ESCAPED_MAX:
+            _ESCAPED.clear()
+        _ESCAPED[value] = out
+    return out
+
+
+_ADDRESSES = (address.IPv4Address, address.IPv6Address)
+
+
 @provider(IAccessLogFormatter)
 def access_log_formatter(timestamp: str, request: Any) -> str:
-    """twisted.web's combined log line, without the tokens of the query string."""
-    return combinedLogFormatter(timestamp, _Redacted(request))  # type: ignore[no-any-return]
+    """twisted.web's combined log line (:func:`~twisted.web.http.combinedLogFormatter`,
+    the same text), without the tokens of the query string."""
+    client = request.getClientAddress()
+    if not isinstance(client, _ADDRESSES):
+        # Whatever twisted.web makes of other addresses (X-Forwarded-For, UNIX).
+        return combinedLogFormatter(timestamp, _Redacted(request))  # type: ignore[no-any-return]
+    referrer = request.getHeader(b"referer")
+    referrer = _escaped(redact_uri(referrer) if referrer else b"-")
+    agent = _escaped(request.getHeader(b"user-agent") or b"-")
+    return '"%s" - - %s "%s %s %s" %d %s "%s" "%s"' % (
+        _escaped(client.host),
+        timestamp,
+        _escaped(request.method),
+        _escape(redact_uri(request.uri)),
+        _escaped(request.clientproto),
+        request.code,
+        request.sentLength or "-",
+        referrer,
+        agent,
+    )

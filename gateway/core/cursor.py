@@ -22,9 +22,32 @@ MAX_CURSOR_LENGTH = 4096
 MAX_EPOCH_LENGTH = 64
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
 
+# Many clients hold the same cursor (every long poll of a channel after the same
+# publication): the last ones encoded and decoded are remembered, bounded.
+_CACHE_SIZE = 1024
+_encoded: dict[tuple[str, Position], str] = {}
+_decoded: dict[str, dict[str, Position]] = {}
+
+
+def _remember(cache: dict, key: object, value: object) -> None:  # type: ignore[type-arg]
+    if len(cache) >= _CACHE_SIZE:
+        cache.clear()
+    cache[key] = value
+
 
 def encode_cursor(positions: Mapping[str, Position]) -> str:
     """Encode channel positions into a cursor string (deterministic: keys sorted)."""
+    if len(positions) == 1:
+        key = next(iter(positions.items()))
+        cursor = _encoded.get(key)
+        if cursor is None:
+            cursor = _encode(positions)
+            _remember(_encoded, key, cursor)
+        return cursor
+    return _encode(positions)
+
+
+def _encode(positions: Mapping[str, Position]) -> str:
     obj = {channel: [pos.epoch, pos.seq] for channel, pos in sorted(positions.items())}
     raw = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
@@ -34,6 +57,14 @@ def decode_cursor(cursor: str) -> dict[str, Position]:
     """Decode a cursor; raise :class:`BadRequest` unless it has exactly the documented shape."""
     if not isinstance(cursor, str):
         raise BadRequest("cursor must be a string")
+    positions = _decoded.get(cursor)
+    if positions is None:
+        positions = _decode(cursor)
+        _remember(_decoded, cursor, positions)
+    return dict(positions)
+
+
+def _decode(cursor: str) -> dict[str, Position]:
     if len(cursor) > MAX_CURSOR_LENGTH:
         raise BadRequest(f"cursor longer than {MAX_CURSOR_LENGTH} characters")
     if not _B64URL.fullmatch(cursor) or len(cursor) % 4 == 1:

@@ -27,6 +27,7 @@ from typing import Any
 from twisted.logger import Logger
 from twisted.web.server import NOT_DONE_YET, Request
 
+from gateway.core.cursor import encode_cursor
 from gateway.core.events import dumps
 from gateway.core.presence import parse_client_id
 from gateway.errors import (
@@ -85,6 +86,16 @@ def poll_body(messages: list[bytes], cursor: str) -> bytes:
     return b'{"messages":[' + b",".join(messages) + b'],"cursor":' + dumps(cursor) + b"}"
 
 
+_POLL_SINGLE = "poll-1"
+
+
+def _single_channel_body(channel: str, prepared: Any) -> Any:
+    def build(payload: bytes) -> bytes:
+        return poll_body([payload], encode_cursor({channel: prepared.publication.position}))
+
+    return build
+
+
 class HeldPoll(ChannelSetRequest):
     """One ``GET /poll``: answered with the first events, or held until some come.
 
@@ -123,8 +134,14 @@ class HeldPoll(ChannelSetRequest):
         self.release()
         for event in events:
             self.advance(event)
-        messages = [event.payload for event in events]
-        body = poll_body(messages, self.cursor())
+        prepared = events[0].prepared if len(events) == 1 else None
+        if prepared is not None and len(self.channels) == 1:
+            # One publication for a poll of its channel alone: the cursor after it is
+            # the publication's own position, so the body is the same for every such
+            # poll and is built once.
+            body = prepared.form(_POLL_SINGLE, _single_channel_body(self.channels[0], prepared))
+        else:
+            body = poll_body([event.payload for event in events], self.cursor())
         delivered = sum(1 for event in events if event.prepared is not None)
         if delivered and not is_gone(self.request):
             self.gateway.delivered("poll", delivered)

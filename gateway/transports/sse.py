@@ -39,6 +39,7 @@ line, which carries each stream's own cursor, is written per connection.
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
@@ -166,6 +167,13 @@ def parse_cursor(value: str | None, name: str) -> dict[str, Position] | None:
         return decode_cursor(value)
     except BadRequest as e:
         raise BadRequest(f"{name}: {e.message}") from None
+
+
+@functools.lru_cache(maxsize=1024)
+def _cursor_fits(tops: tuple[tuple[str, str, int], ...]) -> bool:
+    """Whether a cursor of these (channel, epoch, seq) stays within MAX_CURSOR_LENGTH."""
+    worst = {channel: Position(epoch, seq) for channel, epoch, seq in tops}
+    return len(encode_cursor(worst)) <= MAX_CURSOR_LENGTH
 
 
 class ChannelSetRequest:
@@ -362,8 +370,7 @@ class ChannelSetRequest:
         self._open(first)
 
     def _check_cursor_fits(self) -> None:
-        worst = {channel: Position(top.epoch, max(top.seq, _SEQ_HEADROOM)) for channel, top in self._tops.items()}
-        if len(encode_cursor(worst)) > MAX_CURSOR_LENGTH:
+        if not _cursor_fits(tuple((channel, top.epoch, max(top.seq, _SEQ_HEADROOM)) for channel, top in self._tops.items())):
             raise BadRequest(
                 f"these channels make a cursor longer than {MAX_CURSOR_LENGTH} characters: use fewer or shorter names"
             )

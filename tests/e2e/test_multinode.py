@@ -254,8 +254,9 @@ async def test_client_of_a_stopped_node_resumes_on_another(nodes):
 
 async def test_one_redis_subscription_per_channel_per_node(nodes, redis_server):
     """However many local subscribers a channel has, a node holds one Redis subscription for it,
-    all on one pub/sub connection, and drops it when the last local subscriber leaves."""
-    a, b = await nodes(2)
+    all on one pub/sub connection, and drops it when the last local subscriber leaves (after
+    Config.channel_linger seconds, so that a client coming straight back finds it)."""
+    a, b = await nodes(2, channel_linger=0.5)
 
     def numsub(channel):
         reply = redis_server.cli("PUBSUB", "NUMSUB", a.bus.broker.pubsub_channel(channel)).split()

@@ -175,3 +175,36 @@ def test_gateway_start_up_error_for_a_secret_file_is_a_config_error(tmp_path, mo
 )
 def test_redact_uri(uri, expected):
     assert redact_uri(uri) == expected
+
+
+@pytest.mark.parametrize(
+    "uri,headers",
+    [
+        (b"/poll?channel=a&cursor=eyJhIjpbImUxIiwzXX0", {}),
+        (b"/sse?channel=a&token=abc.def", {b"referer": b"https://x.test/p?token=zzz", b"user-agent": b'curl "7"'}),
+        (b"/poll?tok%65n=x", {b"referer": b"", b"user-agent": b"\xffodd\\agent"}),
+        (b'/ws?q="\\', {b"referer": b"https://x.test/"}),
+    ],
+)
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_access_log_line_is_twisted_combined_format_without_tokens(uri, headers, host):
+    """The access-log formatter writes twisted.web's combined line, the same text, with tokens redacted."""
+    from twisted.internet.address import IPv4Address, IPv6Address
+    from twisted.web.http import combinedLogFormatter
+    from twisted.web.test.requesthelper import DummyRequest
+
+    from gateway.auth.redact import _Redacted, access_log_formatter
+
+    request = DummyRequest([b""])
+    request.uri = uri
+    request.method = b"GET"
+    request.clientproto = b"HTTP/1.1"
+    request.code = 200
+    request.sentLength = 123
+    request.client = (IPv6Address if ":" in host else IPv4Address)("TCP", host, 5555)
+    for name, value in headers.items():
+        request.requestHeaders.setRawHeaders(name, [value])
+    for _ in range(2):  # the second time from the cache of escaped values
+        line = access_log_formatter("[30/Nov/2026:03:00:00 +0000]", request)
+        assert line == combinedLogFormatter("[30/Nov/2026:03:00:00 +0000]", _Redacted(request))
+    assert b"zzz" not in line.encode() and b"abc.def" not in line.encode()
