@@ -85,14 +85,9 @@ def access_log_formatter(timestamp: str, request: Any) -> str:
     referrer = request.getHeader(b"referer")
     referrer = _escaped(redact_uri(referrer) if referrer else b"-")
     agent = _escaped(request.getHeader(b"user-agent") or b"-")
-    return '"%s" - - %s "%s %s %s" %d %s "%s" "%s"' % (
-        _escaped(client.host),
-        timestamp,
-        _escaped(request.method),
-        _escape(redact_uri(request.uri)),
-        _escaped(request.clientproto),
-        request.code,
-        request.sentLength or "-",
-        referrer,
-        agent,
-    )
+    ip = _escaped(client.host)
+    method = _escaped(request.method)
+    uri = _escape(redact_uri(request.uri))
+    protocol = _escaped(request.clientproto)
+    length = request.sentLength or "-"
+    return f'"{ip}" - - {timestamp} "{method} {uri} {protocol}" {request.code:d} {length} "{referrer}" "{agent}"'

@@ -113,7 +113,7 @@ def test_subscription_continuing_from_the_node_reads_no_history_and_shares_encod
     """A subscriber coming back with the position it was given (a long poll's next request) starts
     from the node's recent publications: no history read, the same encoded objects as the live
     delivery, then live publications."""
-    bus, broker, clock = make(recent=8, linger=5.0)
+    bus, broker, _ = make(recent=8, linger=5.0)
     seen = []
 
     class Sub(RecordingSubscriber):

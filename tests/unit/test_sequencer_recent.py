@@ -17,10 +17,10 @@ from gateway.core.sequencer import (
 from tests.unit.test_sequencer import E1, E2, P, answer, fetch, live, pub, stream
 
 
-def node(recent=4, linger=0.0, top=P(E1, 3)):
-    """A sequencer with subscription "a" live on "c" at ``top``."""
+def node(recent=4, linger=0.0):
+    """A sequencer with subscription "a" live on "c" at (E1, 3)."""
     s = Sequencer(recent=recent, linger=linger)
-    live(s, "a", top)
+    live(s, "a", P(E1, 3))
     return s
 
 
