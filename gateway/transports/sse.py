@@ -506,9 +506,17 @@ class SSEStream(ChannelSetRequest):
 
     def on_publication(self, prepared: PreparedPublication) -> None:
         if self.opened and not self.released and len(self.channels) == 1:
-            # The live delivery of a one-channel stream, without an Event.
+            # The live delivery of a one-channel stream, without an Event and
+            # with _deliver_single() and _write() inlined (once per stream per
+            # publication).
             self.positions[self.channels[0]] = prepared.publication.position
-            self._deliver_single(prepared)
+            data, chunk = prepared.sse_single or _single_channel_event(prepared)
+            buffer = self._buffer
+            if buffer is not None and buffer.paused and buffer.overflows(len(data), self.gateway.config.max_send_buffer):
+                self._drop_slow_consumer()
+                return
+            write_body(self.gateway_writer, self.request, data, chunk)
+            self.gateway.stats.counted["sse"] += 1
         else:
             super().on_publication(prepared)
 
