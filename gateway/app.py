@@ -256,7 +256,7 @@ class Gateway:
         return len(sessions)
 
     def delivered(self, transport: str, count: int = 1) -> None:
-        self.stats.deliveries[transport] += count
+        self.stats.counted[transport] += count
 
     # -- policy ------------------------------------------------------------
 

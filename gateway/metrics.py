@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import Any, TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -36,8 +36,23 @@ class Stats:
 
     def __init__(self) -> None:
         self.connections: Counter[str] = Counter()
-        self.deliveries: Counter[str] = Counter()
+        # Deliveries counted by transport name (Gateway.delivered).
+        self.counted: Counter[str] = Counter()
+        # (transport, object with an int ``delivered``) counted where the writes happen.
+        self._delivery_sources: list[tuple[str, Any]] = []
         self.publications = 0
+
+    def add_delivery_source(self, transport: str, source: Any) -> None:
+        """Count ``source.delivered`` (an int the source keeps adding to) under ``transport``."""
+        self._delivery_sources.append((transport, source))
+
+    @property
+    def deliveries(self) -> Counter[str]:
+        """Events delivered so far, by transport (a snapshot)."""
+        counts = Counter(self.counted)
+        for transport, source in self._delivery_sources:
+            counts[transport] += source.delivered
+        return counts
 
 
 class _GatewayCollector(Collector):
@@ -57,8 +72,9 @@ class _GatewayCollector(Collector):
             value=self.gateway.bus.deduplicated,
         )
         deliveries = CounterMetricFamily("gateway_deliveries", "Events delivered to clients.", labels=["transport"])
+        delivered = stats.deliveries
         for t in TRANSPORTS:
-            deliveries.add_metric([t], stats.deliveries[t])
+            deliveries.add_metric([t], delivered[t])
         yield deliveries
         yield GaugeMetricFamily("gateway_broker_up", "1 while the message bus can take publications on every channel (0 while any Redis shard is down: gateway_redis_shard_up says which).", value=1 if self.gateway.bus.is_ready() else 0)
         yield GaugeMetricFamily("gateway_channels", "Channels with local subscribers.", value=len(self.gateway.bus.channels))

@@ -46,14 +46,21 @@ class PreparedPublication:
     Attributes:
         publication: the publication.
         payload: the UTF-8 JSON of its ``message`` event.
+        ws_frame: the whole unmasked, uncompressed WebSocket text frame of
+            ``payload``, set by the first WebSocket that sends it (None until then):
+            the one value the per-subscriber fan-out needs, read without a call.
+        sse_single: likewise for SSE streams of this channel alone: the whole
+            event with its ``id:`` line, and the same as one HTTP/1.1 chunk.
     """
 
-    __slots__ = ("publication", "payload", "_forms")
+    __slots__ = ("publication", "payload", "_forms", "ws_frame", "sse_single")
 
     def __init__(self, publication: Publication) -> None:
         self.publication = publication
         self.payload = dumps(publication.to_event())
         self._forms: dict[str, Any] = {}
+        self.ws_frame: bytes | None = None
+        self.sse_single: tuple[bytes, bytes] | None = None
 
     def form(self, key: str, build: Callable[[bytes], T]) -> T:
         """Return the transport form ``key``, building it from the payload once."""

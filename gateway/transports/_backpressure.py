@@ -60,7 +60,14 @@ class HeldMessages:
 
     Args:
         write: writes one message to the connection (called in order).
+
+    Attributes:
+        idle: True when :meth:`offer` would write a message at once (not paused,
+            nothing held).  A plain attribute, kept up to date by every change,
+            because the fan-out reads it once per subscriber per publication.
     """
+
+    __slots__ = ("_write", "paused", "_held", "held_bytes", "idle")
 
     def __init__(self, write: Callable[[Any], None]) -> None:
         self._write = write
@@ -69,21 +76,18 @@ class HeldMessages:
         # connection, and most never hold anything.
         self._held: deque[tuple[Any, int]] | None = None
         self.held_bytes = 0
-
-    @property
-    def idle(self) -> bool:
-        """True when :meth:`offer` would write a message at once (not paused, nothing held)."""
-        return not self.paused and not self._held
+        self.idle = True
 
     def offer(self, message: Any, size: int, limit: int) -> bool:
         """Write ``message`` now or hold it; False when the held backlog passes ``limit``."""
-        if not self.paused and not self._held:
+        if self.idle:
             self._write(message)
             return True
         if self._held is None:
             self._held = deque()
         self._held.append((message, size))
         self.held_bytes += size
+        self.idle = False
         return self.held_bytes <= limit
 
     def drop(self) -> int:
@@ -91,21 +95,25 @@ class HeldMessages:
         count = len(self._held) if self._held else 0
         self._held = None
         self.held_bytes = 0
+        self.idle = not self.paused
         return count
 
     def pauseProducing(self) -> None:
         self.paused = True
+        self.idle = False
 
     def resumeProducing(self) -> None:
         self.paused = False
         # Writing may fill the socket again: Twisted then pauses us from inside
-        # write(), and the rest waits for the next resume.
+        # write(), and the rest waits for the next resume.  Still not idle while
+        # held messages go out, so that nothing offered meanwhile overtakes them.
         while self._held and not self.paused:
             message, size = self._held.popleft()
             self.held_bytes -= size
             self._write(message)
         if not self._held:
             self._held = None
+        self.idle = not self.paused and self._held is None
 
     def stopProducing(self) -> None:
         self.paused = False

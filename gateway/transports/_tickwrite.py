@@ -38,8 +38,8 @@ Flow control is Twisted's: the append calls ``_maybePauseProducer`` like
 ``bufferSize`` and resumed by ``doWrite`` once the buffer drains.
 
 This module is the one place that touches Twisted's private write state
-(``_tempDataBuffer``, ``_tempDataLen``, ``_maybePauseProducer``,
-``_writeDisconnected``, ``_writeDisconnecting``) and twisted.web's request
+(``_tempDataBuffer``, ``_tempDataLen``, ``dataBuffer``/``offset``,
+``_maybePauseProducer``, ``_writeDisconnected``, ``_writeDisconnecting``) and twisted.web's request
 internals for :func:`write_body`; tests/integration/test_tickwrite.py pins what it relies
 on.  Any transport that is not a plain TCP connection (TLS, a test's
 StringTransport, a ProtocolWrapper) gets a plain ``write()``.
@@ -73,7 +73,9 @@ class TickWriter:
 
     def __init__(self, clock: IReactorTime) -> None:
         self._clock = clock
-        self._pending: dict[int, Any] = {}
+        # The connections to flush, in the order they were first written to (a
+        # dict keyed by the transport itself: Twisted's connections hash by identity).
+        self._pending: dict[Any, None] = {}
         self._call: Any = None
         # Connections flushed, and sends that left data for the reactor (for tests).
         self.flushes = 0
@@ -98,9 +100,11 @@ class TickWriter:
             self._write_otherwise(transport, data)
             return
         transport._tempDataBuffer.append(data)
-        transport._tempDataLen += len(data)
-        transport._maybePauseProducer()
-        self._pending[id(transport)] = transport
+        size = transport._tempDataLen = transport._tempDataLen + len(data)
+        if size + len(transport.dataBuffer) > transport.bufferSize:
+            # Only then can _maybePauseProducer() do anything (_isSendBufferFull).
+            transport._maybePauseProducer()
+        self._pending[transport] = None
         if self._call is None:
             self._call = self._clock.callLater(0, self.flush)
 
@@ -117,14 +121,47 @@ class TickWriter:
             self._call.cancel()
         self._call = None
         pending, self._pending = self._pending, {}
-        for transport in pending.values():
+        for transport in pending:
             self._flush_one(transport)
 
     def _flush_one(self, transport: Any) -> None:
         if not transport.connected or transport.disconnecting or transport._writeDisconnecting:
             return  # gone, or Twisted's own write pass owns it now
-        if not transport._tempDataLen and transport.offset >= len(transport.dataBuffer):
-            return  # the reactor sent it meanwhile
+        size = transport._tempDataLen
+        if transport.offset >= len(transport.dataBuffer):
+            if not size:
+                return  # the reactor sent it meanwhile
+            if size <= transport.SEND_LIMIT and not transport.producerPaused:
+                # The common case: nothing older waits in Twisted's buffer and only
+                # our appends are there.  Send them with one send() and, when it
+                # takes everything, leave the buffer empty as doWrite() would (the
+                # socket was never registered, so there is nothing to unregister,
+                # and no paused producer to resume).  Anything else, a partial
+                # send or an error included, is handed to doWrite() and the reactor.
+                chunks = transport._tempDataBuffer
+                data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                try:
+                    sent = transport.socket.send(data)
+                except OSError:
+                    sent = -1  # EAGAIN, or broken: doWrite() below tells which
+                if sent == size:
+                    self.flushes += 1
+                    transport._tempDataBuffer = []
+                    transport._tempDataLen = 0
+                    transport.dataBuffer = b""
+                    transport.offset = 0
+                    return
+                if sent > 0:
+                    # The socket is full: the unsent rest goes where doWrite()
+                    # expects it, and the reactor's write pass takes over.
+                    self.flushes += 1
+                    self.handed_over += 1
+                    transport._tempDataBuffer = []
+                    transport._tempDataLen = 0
+                    transport.dataBuffer = data
+                    transport.offset = sent
+                    transport.startWriting()
+                    return
         self.flushes += 1
         # doWrite sends, and once the buffer is empty unregisters the socket
         # (nothing to do if it was not registered) and resumes a paused producer.

@@ -463,20 +463,16 @@ def _sse_block(kind: bytes, payload: bytes) -> bytes:
     return b"event: " + kind + b"\ndata: " + payload + b"\n\n"
 
 
-_SSE_SINGLE = "sse-1"
-_SSE_SINGLE_CHUNKED = "sse-1-chunked"
-
-
-def _single_channel_event(chunked: bool, channel: str, prepared: PreparedPublication) -> Any:
-    """Builds a publication's whole event for a stream of ``channel`` alone: (the
-    event's bytes, the same as one HTTP/1.1 chunk or None)."""
-
-    def build(payload: bytes) -> tuple[bytes, bytes | None]:
-        cursor = encode_cursor({channel: prepared.publication.position})
-        data = b"id: " + cursor.encode("ascii") + b"\n" + _sse_block(b"message", payload)
-        return data, (b"".join(toChunk(data)) if chunked else None)
-
-    return build
+def _single_channel_event(prepared: PreparedPublication) -> tuple[bytes, bytes]:
+    """A publication's whole event for a stream of its channel alone: (the event's
+    bytes, the same as one HTTP/1.1 chunk), built once and kept on ``prepared``."""
+    event = prepared.sse_single
+    if event is None:
+        pub = prepared.publication
+        cursor = encode_cursor({pub.channel: pub.position})
+        data = b"id: " + cursor.encode("ascii") + b"\n" + _sse_block(b"message", prepared.payload)
+        event = prepared.sse_single = (data, b"".join(toChunk(data)))
+    return event
 
 
 class SSEStream(ChannelSetRequest):
@@ -517,20 +513,28 @@ class SSEStream(ChannelSetRequest):
 
     def on_publication(self, prepared: PreparedPublication) -> None:
         if self.opened and not self.released and len(self.channels) == 1:
-            # The live delivery of a one-channel stream, without an Event.
+            # The live delivery of a one-channel stream, without an Event and
+            # with _deliver_single() and _write() inlined (once per stream per
+            # publication).
             self.positions[self.channels[0]] = prepared.publication.position
-            self._deliver_single(prepared)
+            data, chunk = prepared.sse_single or _single_channel_event(prepared)
+            buffer = self._buffer
+            if buffer is not None and buffer.paused and buffer.overflows(len(data), self.gateway.config.max_send_buffer):
+                self._drop_slow_consumer()
+                return
+            write_body(self.gateway_writer, self.request, data, chunk)
+            self.gateway.stats.counted["sse"] += 1
         else:
             super().on_publication(prepared)
 
     def _deliver_single(self, prepared: PreparedPublication) -> None:
         # One channel: the cursor after a publication is the publication's own
         # position, so the whole event, id line and chunk framing included, is
-        # the same bytes for every such stream and is built once.
-        chunked = bool(getattr(self.request, "chunked", False))
-        data, chunk = prepared.form(_SSE_SINGLE_CHUNKED if chunked else _SSE_SINGLE, _single_channel_event(chunked, self.channels[0], prepared))
+        # the same bytes for every such stream and is built once
+        # (write_body takes the chunk when the response is chunked).
+        data, chunk = prepared.sse_single or _single_channel_event(prepared)
         self._write(data, chunk)
-        self.gateway.delivered("sse")
+        self.gateway.stats.counted["sse"] += 1
 
     def _deliver(self, event: Event) -> None:
         if self.released:
@@ -554,7 +558,7 @@ class SSEStream(ChannelSetRequest):
 
     def _write(self, data: bytes, chunk: bytes | None = None) -> None:
         buffer = self._buffer
-        if buffer is not None and buffer.overflows(len(data), self.gateway.config.max_send_buffer):
+        if buffer is not None and buffer.paused and buffer.overflows(len(data), self.gateway.config.max_send_buffer):
             self._drop_slow_consumer()
             return
         # Sent with the other streams' at the end of the reactor turn (_tickwrite).

@@ -121,6 +121,48 @@ async def test_a_full_socket_is_handed_to_the_reactor_and_completes(conn):
     await wait_until(lambda: transport not in reactor.getWriters(), what="write registration dropped")
 
 
+async def test_a_partial_send_under_the_send_limit_leaves_the_rest_to_the_reactor(conn):
+    """A send() that takes only part (a small socket buffer, a client not reading):
+    the rest waits in Twisted's buffer at the right offset, the reactor finishes it,
+    and everything arrives once, in order."""
+    transport, client = conn
+    transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    writer = TickWriter(reactor)
+    blob = bytes(range(256)) * 400  # 100 KiB: under SEND_LIMIT, over both buffers
+    assert len(blob) < transport.SEND_LIMIT
+    writer.write(transport, blob[:50_000])
+    writer.write(transport, blob[50_000:])
+    writer.flush()
+    assert writer.handed_over == 1 and writer.flushes == 1
+    assert transport in reactor.getWriters()
+    assert 0 < transport.offset < len(transport.dataBuffer) == len(blob)
+    assert transport._tempDataBuffer == [] and transport._tempDataLen == 0
+    transport.write(b"+after")
+    got = await read_until(client, len(blob) + 6)
+    assert got == blob + b"+after"
+    await wait_until(lambda: transport not in reactor.getWriters(), what="write registration dropped")
+
+
+async def test_a_broken_socket_is_closed_by_the_reactor_as_usual(conn):
+    """send() failing (the client reset the connection) is left to doWrite(): the
+    connection is lost the usual way and nothing stays pending."""
+    transport, client = conn
+    lost = defer.Deferred()
+    transport.protocol.connectionLost = lambda reason: lost.callback(reason.type)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    client.close()  # an RST, there at once on loopback; the reactor has not read it yet
+    writer = TickWriter(reactor)
+    writer.write(transport, b"x" * 1000)
+    writer.flush()
+    # send() failed, doWrite() said so, and the reactor's write pass took it.
+    assert writer.handed_over == 1
+    assert transport in reactor.getWriters()
+    assert await lost is not None
+    assert writer.pending == 0
+    assert not transport.connected
+
+
 @implementer(IPushProducer)
 class Producer:
     def __init__(self) -> None:

@@ -82,3 +82,28 @@ def test_stop_producing_forgets_everything():
     held.stopProducing()
     held.resumeProducing()
     assert sock.written == ["a"]
+
+
+def test_idle_says_whether_an_offer_would_write_at_once():
+    """``idle`` (read by the fan-out instead of calling offer) follows every change:
+    paused, holding, resumed with some still held, drained, dropped, stopped."""
+    held, sock = make(room=1)
+    assert held.idle
+    held.offer("a", 1, 100)  # fills the socket: paused
+    assert not held.idle
+    held.offer("b", 1, 100)
+    held.offer("c", 1, 100)
+    sock.room = 1
+    held.resumeProducing()  # "b" out, paused again, "c" still held
+    assert not held.idle
+    sock.room = 100
+    held.resumeProducing()
+    assert held.idle and sock.written == ["a", "b", "c"]
+    held.pauseProducing()
+    held.offer("d", 1, 100)
+    assert held.drop() == 1 and not held.idle  # still paused
+    held.resumeProducing()
+    assert held.idle
+    held.pauseProducing()
+    held.stopProducing()
+    assert held.idle

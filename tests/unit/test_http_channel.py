@@ -193,6 +193,35 @@ def test_body_above_100_kb_is_held_in_memory():
     assert status_of(transport.value()) == 200
 
 
+class Args(resource.Resource):
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list = []
+
+    def render(self, request):
+        self.seen.append((dict(request.args), request.content.read()))
+        return b"ok"
+
+
+@pytest.mark.parametrize(
+    "ctype", [b"application/x-www-form-urlencoded", b"multipart/form-data; boundary=xyz", b"application/json"]
+)
+def test_post_bodies_are_never_parsed_as_forms(ctype):
+    """args hold the query string only, whatever the POST's Content-Type, and the
+    body is left whole for the resource (twisted.web's form parsing is off)."""
+    clock = MemoryReactorClock()
+    root = Args()
+    proto, transport = connect(root, clock)
+    body = b"channel=evil&data=1" if b"x-www" in ctype else b'--xyz\r\nContent-Disposition: form-data; name="channel"\r\n\r\nevil\r\n--xyz--\r\n'
+    proto.dataReceived(
+        b"POST /publish?channel=good HTTP/1.1\r\nHost: x\r\nContent-Type: " + ctype + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    )
+    assert status_of(transport.value()) == 200
+    assert root.seen == [({b"channel": [b"good"]}, body)]
+
+
 @pytest.mark.parametrize("expect", [False, True])
 def test_content_length_over_the_limit_is_refused_after_the_head(expect):
     """413 JSON right after the head, no 100 Continue, and the resource never runs."""
