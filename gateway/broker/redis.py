@@ -232,8 +232,52 @@ def _protocols() -> dict[str, type]:
                     call.cancel()
             self._timers = []
 
+        def dataReceived(self, data: bytes, unpause: bool = False) -> None:
+            # Our reader (gateway/broker/_resp.py) parses every reply in one pass:
+            # txredisapi's own (without hiredis) pauses the socket and takes a
+            # reactor turn per bulk string (a publish's reply holds one).
+            reader = self.__dict__.get("_resp_reader")
+            if reader is None:
+                reader = self._resp_reader = RespReader(txredisapi.ResponseError)
+            try:
+                replies = reader.feed(data)
+            except RespError as e:
+                self.factory.broker._log.warn("{url}: {error}; reconnecting", url=self.factory.broker.name, error=str(e))
+                self.transport.abortConnection()
+                return
+            for reply in replies:
+                self.replyReceived(reply)
+
     class _CommandProtocol(_BrokerConnection, txredisapi.RedisProtocol):
         """A pooled command connection."""
+
+        def _build_command(self, *args: Any, **kwargs: Any) -> bytes:
+            # The same bytes as txredisapi's, built in one join (its own encodes
+            # every argument and its length through a bytearray, a tenth of a
+            # publish's CPU); pinned by tests/unit/test_redis_command.py.
+            return command_bytes(args)
+
+        def run_script(self, script: bytes, sha: str, keys: list[str], args: list[Any]) -> Any:
+            """``EVALSHA`` of ``script`` (whose SHA-1 is ``sha``), or ``EVAL`` the first
+            time on this connection and after a ``NOSCRIPT`` (Redis restarted or its
+            scripts were flushed): txredisapi's ``eval`` without a SHA-1 of the
+            script per call."""
+            loaded: set[str] = self.__dict__.setdefault("_scripts_loaded", set())
+            if sha not in loaded:
+                d = self.execute_command("EVAL", script, len(keys), *keys, *args)
+                return d.addCallback(self._script_loaded, sha)
+            d = self.execute_command("EVALSHA", sha, len(keys), *keys, *args)
+            return d.addErrback(self._no_script, script, sha, keys, args)
+
+        def _script_loaded(self, reply: Any, sha: str) -> Any:
+            self.__dict__.setdefault("_scripts_loaded", set()).add(sha)
+            return reply
+
+        def _no_script(self, failure: Failure, script: bytes, sha: str, keys: list[str], args: list[Any]) -> Any:
+            if failure.check(txredisapi.ResponseError) and str(failure.value).startswith("NOSCRIPT"):
+                self.__dict__.setdefault("_scripts_loaded", set()).discard(sha)
+                return self.run_script(script, sha, keys, args)
+            return failure
 
         def _became_usable(self, conn: Any) -> None:
             self.factory.broker._command_connected(conn)
@@ -252,21 +296,6 @@ def _protocols() -> dict[str, type]:
 
         def messageReceived(self, pattern: Any, channel: bytes, message: bytes) -> None:
             self.factory.broker._message_received(channel, message)
-
-        def dataReceived(self, data: bytes, unpause: bool = False) -> None:
-            # Our reader (gateway/broker/_resp.py) parses every reply in one pass:
-            # txredisapi's own (without hiredis) takes a reactor turn per bulk string.
-            reader = self.__dict__.get("_resp_reader")
-            if reader is None:
-                reader = self._resp_reader = RespReader(txredisapi.ResponseError)
-            try:
-                replies = reader.feed(data)
-            except RespError as e:
-                self.factory.broker._log.warn("pub/sub connection: {error}; reconnecting", error=str(e))
-                self.transport.abortConnection()
-                return
-            for reply in replies:
-                self.replyReceived(reply)
 
         # Sharded pub/sub (Redis Cluster): txredisapi knows SUBSCRIBE and PSUBSCRIBE
         # only.  One channel per SSUBSCRIBE/SUNSUBSCRIBE, so each has one reply; a
@@ -313,6 +342,33 @@ def _protocols() -> dict[str, type]:
     _PROTOCOLS["command"] = _CommandProtocol
     _PROTOCOLS["subscriber"] = _SubscriberProtocol
     return _PROTOCOLS
+
+
+def command_bytes(args: Any) -> bytes:
+    """A Redis command as RESP bytes, encoding its arguments as txredisapi does with
+    ``charset=None``: bytes as they are, text as UTF-8, floats with ``format(x, "f")``,
+    anything else as its ``str``."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        if isinstance(arg, bytes):
+            value = arg
+        elif isinstance(arg, str):
+            try:
+                value = arg.encode()
+            except UnicodeError:
+                raise _txredisapi().InvalidData("Encoding charset was not specified") from None
+        elif type(arg) is int:
+            value = b"%d" % arg
+        elif isinstance(arg, float):
+            value = format(arg, "f").encode()
+        elif isinstance(arg, bytearray):
+            value = bytes(arg)
+        else:
+            value = str(arg).format().encode()
+        parts.append(b"$%d\r\n" % len(value))
+        parts.append(value)
+        parts.append(b"\r\n")
+    return b"".join(parts)
 
 
 def _factory(broker: RedisBroker, protocol: type, poolsize: int, url: RedisURL, db: int | None) -> Any:
@@ -417,6 +473,7 @@ class RedisBroker:
         self._history_script = load_script("history.lua")
         self._presence_script = load_script("presence.lua")
         self._presence_fmt = prefix + ":{{{}}}:"
+        self._script_sha: dict[bytes, str] = {}  # script -> its SHA-1 (EVALSHA)
 
         self._listener: IBrokerListener | None = None
         self._pool: Any = None
@@ -796,7 +853,16 @@ class RedisBroker:
         if asking:
             # ASK redirect: this one command, on the importing node (same connection, next).
             conn.execute_command("ASKING").addErrback(lambda f: None)
-        d = self._measured(self._timed(defer.maybeDeferred(conn.eval, script, keys, args)))
+        sha = self._script_sha.get(script)
+        if sha is None:
+            sha = self._script_sha[script] = hashlib.sha1(script).hexdigest()  # noqa: S324 - Redis' script id
+        run = getattr(conn, "run_script", None)
+        if run is None:
+            # Not one of our connections (tests): txredisapi's own eval.
+            d = defer.maybeDeferred(conn.eval, script, keys, args)
+        else:
+            d = defer.maybeDeferred(run, script, sha, keys, args)
+        d = self._measured(self._timed(d))
         d.addErrback(self._unavailable, what, conn)
         return d
 
