@@ -33,6 +33,13 @@ sys.path.insert(0, os.path.dirname(__file__))
 from procs import Children, cpu_seconds, free_port, http_get, twistd_path  # noqa: E402
 
 
+def user_sys(pid: int) -> tuple[float, float]:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    tck = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tck, int(fields[12]) / tck
+
+
 def wait_port(port: int, proc: subprocess.Popen, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -120,6 +127,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=500)
     ap.add_argument("--conns", type=int, default=4)
     ap.add_argument("--callgrind", action="store_true", help="run the node under valgrind --tool=callgrind")
+    ap.add_argument("--memory", action="store_true", help="the in-memory broker instead of Redis (the HTTP path alone)")
     ap.add_argument("--no-access-log", action="store_true")
     ap.add_argument("--profile", metavar="FILE", help="run the node under cProfile (twistd --profile), stats saved to FILE")
     ap.add_argument("--py-spy", metavar="FILE", help="sample the node with py-spy (raw/collapsed stacks to FILE) over the timed publishes")
@@ -143,8 +151,10 @@ def main() -> None:
         argv = [
             sys.executable, twistd_path(), "-n", "--pidfile", "",
             *([f"--profile={os.path.abspath(args.profile)}", "--savestats"] if args.profile else []), "--logfile", os.path.join(tmp, "node.log"),
-            "gateway", "--listen", f"tcp:{port}:interface=127.0.0.1", "--redis", f"redis://127.0.0.1:{rport}/0",
+            "gateway", "--listen", f"tcp:{port}:interface=127.0.0.1",
         ]
+        if not args.memory:
+            argv += ["--redis", f"redis://127.0.0.1:{rport}/0"]
         if args.no_access_log:
             argv.append("--no-access-log")
         out = os.path.join(tmp, "callgrind.out")
@@ -170,9 +180,11 @@ def main() -> None:
                 stderr=subprocess.DEVNULL,
             )
             time.sleep(1)
+        u0, s0 = user_sys(node.pid)
         c0 = cpu_seconds(node.pid) or 0.0
         wall = publish(pubs, args.count)
         c1 = cpu_seconds(node.pid) or 0.0
+        u1, s1 = user_sys(node.pid)
         if spy is not None:
             spy.send_signal(2)
             spy.wait(30)
@@ -184,7 +196,8 @@ def main() -> None:
         load = open("/proc/loadavg").read().split()[:3]
         print(
             f"{args.count} publishes over {args.conns} connections: {args.count / wall:.0f}/s, "
-            f"node CPU {1e6 * (c1 - c0) / args.count:.0f} us/publish (loadavg {' '.join(load)})"
+            f"node CPU {1e6 * (c1 - c0) / args.count:.0f} us/publish "
+            f"(user {1e6 * (u1 - u0) / args.count:.0f}, system {1e6 * (s1 - s0) / args.count:.0f}; loadavg {' '.join(load)})"
         )
         if args.callgrind:
             total = 0

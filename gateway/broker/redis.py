@@ -297,6 +297,16 @@ def _protocols() -> dict[str, type]:
         def messageReceived(self, pattern: Any, channel: bytes, message: bytes) -> None:
             self.factory.broker._message_received(channel, message)
 
+        def dataReceived(self, data: bytes, unpause: bool = False) -> None:
+            # The publications of one read go to the listener together (see
+            # RedisBroker._deliver_batch), so the node fans them out in one pass.
+            broker = self.factory.broker
+            broker._batch = []
+            try:
+                super().dataReceived(data)
+            finally:
+                broker._deliver_batch()
+
         # Sharded pub/sub (Redis Cluster): txredisapi knows SUBSCRIBE and PSUBSCRIBE
         # only.  One channel per SSUBSCRIBE/SUNSUBSCRIBE, so each has one reply; a
         # "sunsubscribe" nobody asked for is the server dropping a channel whose slot
@@ -488,6 +498,9 @@ class RedisBroker:
         # are handed over after broker_reconnected(), so the bus is already filling
         # gaps when it sees them.
         self._buffered: list[tuple[bytes, bytes]] | None = None
+        # While the pub/sub connection's read is being parsed: its publications,
+        # handed to the listener together at the end (see _deliver_batch).
+        self._batch: list[Publication] | None = None
         self._resubscribed_conn: Any = None
         self._soon: set[Any] = set()  # pending _later() calls, cancelled by stop()
         # subscribe() calls waiting for the subscriber connection to come (back).
@@ -545,6 +558,7 @@ class RedisBroker:
         channel = self._channel_of(redis_channel)
         if channel is None or channel not in self._channels:
             return
+        self._flush_batch()
         self._log.info("{url} dropped the subscription of {channel} (its slot moved)", url=self.name, channel=channel)
         self._channels.discard(channel)
         if self._on_dropped is not None:
@@ -759,6 +773,7 @@ class RedisBroker:
             return
         buffered, self._buffered = self._buffered, None
         if self._listener is not None:
+            self._flush_batch()
             # Whatever was published while the subscriber was away is in history.
             self._listener.broker_reconnected()
         for redis_channel, message in buffered:
@@ -1083,12 +1098,14 @@ class RedisBroker:
         if isinstance(redis_channel, str):
             redis_channel = redis_channel.encode()
         if redis_channel == self._control_channel_bytes:
+            self._flush_batch()
             self._control_received(message)
             return
         channel = self._channel_of(redis_channel)
         if channel is None or channel not in self._channels or self._listener is None:
             return
         if message[:1] == b"P":
+            self._flush_batch()
             self._presence_message(channel, message)
             return
         try:
@@ -1097,7 +1114,32 @@ class RedisBroker:
             # json.JSONDecodeError and UnicodeDecodeError are ValueErrors.
             self._log.failure("undecodable message on {channel}: {message!r}", channel=channel, message=message[:200])
             return
-        self._listener.publication_received(pub)
+        if self._batch is not None:
+            self._batch.append(pub)
+        else:
+            self._listener.publication_received(pub)
+
+    def _flush_batch(self) -> None:
+        """Deliver what the current read brought so far, and go on collecting."""
+        if self._batch:
+            self._deliver_batch()
+            self._batch = []
+
+    def _deliver_batch(self) -> None:
+        """Hand over the publications of one read of the pub/sub connection: to the
+        listener's ``publications_received`` when it has one and there are several
+        (it may fan them out in one pass), else one by one.  Called at the end of
+        each read, and before anything else goes to the listener (presence, control,
+        a reconnect), so the listener sees everything in arrival order."""
+        batch, self._batch = self._batch, None
+        if not batch or self._listener is None:
+            return
+        many = getattr(self._listener, "publications_received", None) if len(batch) > 1 else None
+        if many is not None:
+            many(batch)
+        else:
+            for pub in batch:
+                self._listener.publication_received(pub)
 
 
     def _control_received(self, message: bytes) -> None:

@@ -554,6 +554,29 @@ class GatewayWebSocketProtocol(WebSocketServerProtocol):
             else:
                 self._enqueue((prepared.payload, prepared), len(prepared.payload))
 
+    def send_publications(self, prepared: list[PreparedPublication]) -> None:
+        """:meth:`send_publication` for each of ``prepared`` in order, with the
+        per-message checks done once while nothing is held back."""
+        if self.state != WebSocketProtocol.STATE_OPEN:
+            return
+        if self._perMessageCompress is not None or self.send_queue:
+            for p in prepared:
+                self.send_publication(p)
+            return
+        out, write, transport = self._out, self.factory.writer.write, self.transport
+        prepare = self.factory.prepareMessage
+        sent = 0
+        for i, p in enumerate(prepared):
+            if not out.idle:
+                # The socket filled up: the rest is held (or the client is slow).
+                self.factory.gateway.stats.deliveries["websocket"] += sent
+                for rest in prepared[i:]:
+                    self.send_publication(rest)
+                return
+            write(transport, p.form(_WS_FORM, prepare).payloadHybi)
+            sent += 1
+        self.factory.gateway.stats.deliveries["websocket"] += sent
+
     def _enqueue(self, message: tuple[bytes, PreparedPublication | None], size: int) -> None:
         if not self._out.offer(message, size, self.factory.gateway.config.max_send_buffer):
             self._slow_consumer()
@@ -619,6 +642,9 @@ class _WebSocketSubscriber:
 
     def on_publication(self, prepared: PreparedPublication) -> None:
         self.proto.send_publication(prepared)
+
+    def on_publications(self, prepared: list[PreparedPublication]) -> None:
+        self.proto.send_publications(prepared)
 
     def on_reset(self, channel: str, position: Position) -> None:
         self.proto.send_event(reset_event(channel, position))
