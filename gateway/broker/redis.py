@@ -359,25 +359,29 @@ def command_bytes(args: Any) -> bytes:
     ``charset=None``: bytes as they are, text as UTF-8, floats with ``format(x, "f")``,
     anything else as its ``str``."""
     parts = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        if isinstance(arg, bytes):
-            value = arg
-        elif isinstance(arg, str):
-            try:
+    append = parts.append
+    try:
+        for arg in args:
+            t = type(arg)
+            if t is str:
                 value = arg.encode()
-            except UnicodeError:
-                raise _txredisapi().InvalidData("Encoding charset was not specified") from None
-        elif type(arg) is int:
-            value = b"%d" % arg
-        elif isinstance(arg, float):
-            value = format(arg, "f").encode()
-        elif isinstance(arg, bytearray):
-            value = bytes(arg)
-        else:
-            value = str(arg).format().encode()
-        parts.append(b"$%d\r\n" % len(value))
-        parts.append(value)
-        parts.append(b"\r\n")
+            elif t is bytes:
+                value = arg
+            elif t is int:
+                value = b"%d" % arg
+            elif isinstance(arg, str):
+                value = arg.encode()
+            elif isinstance(arg, bytes):
+                value = arg
+            elif isinstance(arg, float):
+                value = format(arg, "f").encode()
+            elif isinstance(arg, bytearray):
+                value = bytes(arg)
+            else:
+                value = str(arg).format().encode()
+            append(b"$%d\r\n%s\r\n" % (len(value), value))
+    except UnicodeError:
+        raise _txredisapi().InvalidData("Encoding charset was not specified") from None
     return b"".join(parts)
 
 
@@ -874,10 +878,15 @@ class RedisBroker:
         run = getattr(conn, "run_script", None)
         if run is None:
             # Not one of our connections (tests): txredisapi's own eval.
-            d = defer.maybeDeferred(conn.eval, script, keys, args)
+            d = self._timed(defer.maybeDeferred(conn.eval, script, keys, args))
         else:
-            d = defer.maybeDeferred(run, script, sha, keys, args)
-        d = self._measured(self._timed(d))
+            # txredisapi's replyTimeout (command_timeout) bounds EVAL/EVALSHA itself:
+            # no second timer per call.
+            try:
+                d = run(script, sha, keys, args)
+            except Exception:
+                d = defer.fail()
+        d = self._measured(d)
         d.addErrback(self._unavailable, what, conn)
         return d
 
