@@ -208,6 +208,15 @@ def _protocols() -> dict[str, type]:
             raise NotImplementedError
 
         def connectionMade(self) -> Any:
+            # No Nagle delay: a command written while the previous one is unanswered
+            # (publishes pipelined on one connection) goes out at once, as Redis'
+            # own replies do (it sets TCP_NODELAY on its side).
+            no_delay = getattr(self.transport, "setTcpNoDelay", None)  # type: ignore[attr-defined]
+            if no_delay is not None:
+                try:
+                    no_delay(True)
+                except OSError:
+                    pass
             # The base runs AUTH (and SELECT) first; tell the broker once it is usable.
             d = super().connectionMade()  # type: ignore[misc]
             self.whenConnected().addCallback(_later, self._became_usable)  # type: ignore[attr-defined]
