@@ -24,7 +24,11 @@ restore its subscriptions, so the subscriber protocol resubscribes every wanted
 channel when it connects.  Once that is done *and* a command connection works,
 the listener's ``broker_reconnected`` makes the bus fill whatever was published
 meanwhile from history (``lua/history.lua``, one round trip); messages that
-arrived during the resubscribe are handed over after that call.  ``subscribe``
+arrived during the resubscribe are handed over after that call.  The publications
+of one read of that connection go to the listener together
+(``publications_received``, when it has it), so the node fans them out in one
+pass; anything else in the read (presence, control messages) keeps its place
+between them.  ``subscribe``
 fails at once while Redis is unreachable, and waits (up to the command timeout)
 while only the pub/sub connection is coming back.
 
