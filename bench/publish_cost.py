@@ -30,7 +30,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from procs import Children, cpu_seconds, free_port, http_get, twistd_path  # noqa: E402
+from procs import Children, cpu_seconds, free_port, http_get, twistd_path
 
 
 def user_sys(pid: int) -> tuple[float, float]:
@@ -193,7 +193,8 @@ def main() -> None:
         for p in pubs:
             p.sock.close()
         children.stop(node)
-        load = open("/proc/loadavg").read().split()[:3]
+        with open("/proc/loadavg") as f:
+            load = f.read().split()[:3]
         print(
             f"{args.count} publishes over {args.conns} connections: {args.count / wall:.0f}/s, "
             f"node CPU {1e6 * (c1 - c0) / args.count:.0f} us/publish "
@@ -204,7 +205,7 @@ def main() -> None:
             for path in glob.glob(out + "*"):
                 with open(path) as f:
                     for line in f:
-                        if line.startswith("summary:") or line.startswith("totals:"):
+                        if line.startswith(("summary:", "totals:")):
                             total = max(total, int(line.split()[1]))
             print(f"callgrind: {total / args.count / 1e3:.0f}k instructions/publish")
     finally:

@@ -444,8 +444,12 @@ class Bus:
         to = first.subscriptions
         pubs = [first.publication]
         queue = self._queue
-        while queue and type(queue[0][0]) is sq.Deliver and queue[0][0].subscriptions == to:
-            pubs.append(queue.popleft()[0].publication)  # type: ignore[attr-defined]
+        while queue:
+            following = queue[0][0]
+            if not isinstance(following, sq.Deliver) or following.subscriptions != to:
+                break
+            queue.popleft()
+            pubs.append(following.publication)
         if len(pubs) == 1:
             self._deliver(first.publication, to)
             return

@@ -256,10 +256,10 @@ def _protocols() -> dict[str, type]:
                 replies = reader.feed(data)
             except RespError as e:
                 self.factory.broker._log.warn("{url}: {error}; reconnecting", url=self.factory.broker.name, error=str(e))
-                self.transport.abortConnection()
+                self.transport.abortConnection()  # type: ignore[attr-defined]
                 return
             for reply in replies:
-                self.replyReceived(reply)
+                self.replyReceived(reply)  # type: ignore[attr-defined]
 
     class _CommandProtocol(_BrokerConnection, txredisapi.RedisProtocol):
         """A pooled command connection."""
@@ -887,7 +887,7 @@ class RedisBroker:
             conn.execute_command("ASKING").addErrback(lambda f: None)
         sha = self._script_sha.get(script)
         if sha is None:
-            sha = self._script_sha[script] = hashlib.sha1(script).hexdigest()  # noqa: S324 - Redis' script id
+            sha = self._script_sha[script] = hashlib.sha1(script).hexdigest()  # Redis' script id
         run = getattr(conn, "run_script", None)
         if run is None:
             # Not one of our connections (tests): txredisapi's own eval.
@@ -897,7 +897,7 @@ class RedisBroker:
             # no second timer per call.
             try:
                 d = run(script, sha, keys, args)
-            except Exception:
+            except Exception:  # noqa: BLE001 - as maybeDeferred: a raise becomes the failure
                 d = defer.fail()
         d = self._measured(d)
         d.addErrback(self._unavailable, what, conn)

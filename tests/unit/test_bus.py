@@ -616,7 +616,7 @@ def test_a_batch_keeps_order_across_gaps_repeats_channels_and_epochs():
         recs = {"c": BatchRecorder(), "d": BatchRecorder()}
         for ch, rec in recs.items():
             bus.subscribe(ch, rec)
-        c1, c2, c3, c4 = published(bus, broker, "c", 4)
+        c1, _c2, c3, c4 = published(bus, broker, "c", 4)
         (d1,) = published(bus, broker, "d", 1)
         first = [c1, c3, d1, c3, c4]  # c2 lost, c3 repeated
         c5, c6 = published(bus, broker, "c", 2)
