@@ -213,7 +213,7 @@ class _RedisPublisher:
         import subprocess
         import tempfile
 
-        from procs import free_port
+        from procs import _die_with_parent, free_port
 
         from gateway.broker.redis import load_script
 
@@ -222,6 +222,7 @@ class _RedisPublisher:
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", self.dir],
             stdout=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads yet
         )
         self.url = f"redis://127.0.0.1:{self.port}/0"
         deadline = time.monotonic() + 10
