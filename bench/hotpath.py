@@ -44,6 +44,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--payload-bytes", type=int, default=64)
     p.add_argument("--gateway-src", help="put this source tree first on sys.path")
     p.add_argument("--no-access-log", action="store_true", help="the node's --no-access-log (when its code has it)")
+    p.add_argument(
+        "--redis",
+        action="store_true",
+        help="the node on a redis-server of its own; publications arrive over its pub/sub connection "
+        "from another client (what node B of the cross-node scenario does; the publish itself is not timed)",
+    )
+    p.add_argument("--batch", type=int, default=1, help="publications per round (with --redis they can arrive in one read)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--tracemalloc", type=int, metavar="TOP", default=0, help="instead: Python memory per subscriber by source line (top TOP lines)")
     return p.parse_args()
@@ -62,7 +69,31 @@ def main() -> None:
     import gateway
     from gateway.testing import start_gateway
 
-    running = start_gateway(access_log=False) if args.no_access_log and _has_option("access_log") else start_gateway()
+    overrides = {"access_log": False} if args.no_access_log and _has_option("access_log") else {}
+    publisher = None
+    if args.redis:
+        publisher = _RedisPublisher()
+        overrides["redis"] = publisher.url
+        from gateway.broker.redis import RedisBroker
+
+        # No health-check PINGs and long command deadlines: between rounds the reactor
+        # does not turn (and under valgrind a round takes seconds of wall time).
+        broker = RedisBroker(publisher.url, reactor=reactor, command_timeout=3600.0, health_interval=0)
+        running = start_gateway(broker=broker, **overrides)
+    else:
+        running = start_gateway(**overrides)
+    if publisher is not None:
+        # Resolving the Redis address goes through the reactor's thread pool, which
+        # only starts with reactor.run(); this benchmark turns the reactor by hand.
+        pool = reactor.getThreadPool()
+        if not pool.started:
+            pool.start()
+        deadline = time.monotonic() + 30
+        while not running.bus.broker.is_ready():
+            reactor.runUntilCurrent()
+            reactor.doIteration(0.01)
+            if time.monotonic() > deadline:
+                raise SystemExit("the node never connected to its redis-server")
     port = running.port
     channel = "bench"
     n = args.subscribers
@@ -109,9 +140,18 @@ def main() -> None:
     pad = "x" * args.payload_bytes
     total_cpu = 0.0
     measured = 0
-    for r in range(args.warmup + args.rounds):
-        t0 = time.thread_time()
-        running.bus.publish(channel, {"r": r, "pad": pad})
+    for round_ in range(args.warmup + args.rounds):
+        first = round_ * args.batch
+        r = first + args.batch - 1  # the round is done once the last one arrived
+        if publisher is not None:
+            # Untimed: another Redis client publishes (as node A would).
+            for i in range(first, r + 1):
+                publisher.publish(channel, {"r": i, "pad": pad})
+            t0 = time.thread_time()
+        else:
+            t0 = time.thread_time()
+            for i in range(first, r + 1):
+                running.bus.publish(channel, {"r": i, "pad": pad})
         turn(2)
         t1 = time.thread_time()
         pending = clients
@@ -121,7 +161,7 @@ def main() -> None:
             if pending:
                 t2 = time.thread_time()
                 turn()
-                total_cpu += time.thread_time() - t2 if r >= args.warmup else 0
+                total_cpu += time.thread_time() - t2 if round_ >= args.warmup else 0
                 spins += 1
                 if spins > 100000:
                     raise SystemExit(f"round {r}: {len(pending)} subscribers never got it")
@@ -133,21 +173,26 @@ def main() -> None:
             while running.bus.subscriber_count(channel) < n:
                 turn()
             t3 = time.thread_time()
-            if r >= args.warmup:
+            if round_ >= args.warmup:
                 total_cpu += t3 - t2
-        if r >= args.warmup:
+        if round_ >= args.warmup:
             total_cpu += t1 - t0
-            measured += n
+            measured += n * args.batch
     result = {
         "transport": args.transport,
         "subscribers": n,
         "rounds": args.rounds,
+        "batch": args.batch,
+        "broker": "redis" if args.redis else "memory",
         "gateway": os.path.dirname(gateway.__file__),
         "server_cpu_us_per_delivery": round(total_cpu / measured * 1e6, 3),
     }
     for c in clients:
         c.close()
-    print(json.dumps(result) if args.json else f"{args.transport}: {result['server_cpu_us_per_delivery']} us of server CPU per delivery ({n} subscribers, {args.rounds} rounds)")
+    print(json.dumps(result) if args.json else f"{args.transport}: {result['server_cpu_us_per_delivery']} us of server CPU per delivery ({n} subscribers, {args.rounds} rounds of {args.batch}, {result['broker']} broker)")
+    if publisher is not None:
+        publisher.stop()
+        reactor.getThreadPool().stop()
     os._exit(0)
 
 
@@ -157,6 +202,68 @@ def _has_option(name: str) -> bool:
     from gateway.config import Config
 
     return any(a.name == name for a in attrs.fields(Config))
+
+
+class _RedisPublisher:
+    """A redis-server of the benchmark's own, and a blocking client publishing to it
+    exactly as RedisBroker.publish does (publish.lua), from outside the node."""
+
+    def __init__(self) -> None:
+        import hashlib
+        import subprocess
+        import tempfile
+
+        from procs import _die_with_parent, free_port
+
+        from gateway.broker.redis import load_script
+
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="hotpath-redis.")
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", self.dir],
+            stdout=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads yet
+        )
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.sock = socket.create_connection(("127.0.0.1", self.port))
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        self.script = load_script("publish.lua")
+        self.sha = hashlib.sha1(self.script).hexdigest()
+        self.buf = b""
+        self.loaded = False
+
+    def publish(self, channel: str, data: object) -> None:
+        body = json.dumps({"c": channel, "d": data, "f": None}, separators=(",", ":"))
+        keys = [f"gateway:{{{channel}}}:meta", f"gateway:{{{channel}}}:hist"]
+        args = [f"gateway:0:pub:{channel}", body, "bench-epoch", "1000", "300000", "310", "86400", "300000", ""]
+        head = ["EVALSHA", self.sha] if self.loaded else ["EVAL", self.script]
+        parts = [str(a).encode() if not isinstance(a, bytes) else a for a in [*head, len(keys), *keys, *args]]
+        self.sock.sendall(b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in parts))
+        reply = self._reply()
+        assert not reply.startswith(b"-"), reply
+        self.loaded = True
+
+    def _reply(self) -> bytes:
+        # A publish.lua reply is one short array; read until its last line is in.
+        while self.buf.count(b"\r\n") < 5 and not self.buf.startswith(b"-"):
+            self.buf += self.sock.recv(65536)
+        reply, self.buf = self.buf, b""
+        return reply
+
+    def stop(self) -> None:
+        import shutil
+
+        self.sock.close()
+        self.proc.terminate()
+        self.proc.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class _Client:

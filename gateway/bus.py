@@ -68,7 +68,12 @@ GAP_RETRY_SECONDS = 1.0
 
 
 class Subscriber(Protocol):
-    """What a subscription delivers to, in order."""
+    """What a subscription delivers to, in order.
+
+    A subscriber may also have ``on_publications(prepared_list)``: several
+    publications of the channel at once, in order, as when they arrive together
+    from the broker (the bus then calls it instead of ``on_publication`` for each).
+    """
 
     def on_publication(self, prepared: PreparedPublication) -> None:
         """The next publication of the channel."""
@@ -335,6 +340,13 @@ class Bus:
     def publication_received(self, publication: Publication) -> None:
         self._run(self._sequencer.publication_received(publication))
 
+    def publications_received(self, publications: list[Publication]) -> None:
+        """Several publications that arrived together, in order: sequenced one by one,
+        and consecutive deliveries to the same subscribers fanned out in one pass."""
+        for publication in publications:
+            self._queue.extend((action, None) for action in self._sequencer.publication_received(publication))
+        self._run(())
+
     def broker_reconnected(self) -> None:
         self._run(self._sequencer.broker_reconnected())
         if self.on_reconnected is not None:
@@ -371,7 +383,10 @@ class Bus:
             while self._queue:
                 action, why = self._queue.popleft()
                 try:
-                    self._do(action, why)
+                    if self._queue and type(action) is sq.Deliver and type(self._queue[0][0]) is sq.Deliver:
+                        self._deliver_run(action)
+                    else:
+                        self._do(action, why)
                 except Exception:
                     self._log.failure("carrying out {action!r} failed", action=action)
         finally:
@@ -484,6 +499,43 @@ class Bus:
                 try:
                     sub.deliver(prepared)  # type: ignore[attr-defined]
                 except Exception:  # noqa: BLE001 - a subscriber's failure must not stop the fan-out
+                    self._log.failure("delivering to a subscriber of {channel} failed", channel=sub.channel)
+
+    def _deliver_run(self, first: sq.Deliver) -> None:
+        """``first`` and the Delivers right behind it in the queue that go to the same
+        subscribers: one pass over them, each subscriber given every publication in
+        order (``on_publications`` when it has one: a WebSocket writes them at once)."""
+        to = first.subscriptions
+        pubs = [first.publication]
+        queue = self._queue
+        while queue:
+            following = queue[0][0]
+            if not isinstance(following, sq.Deliver) or following.subscriptions != to:
+                break
+            queue.popleft()
+            pubs.append(following.publication)
+        if len(pubs) == 1:
+            self._deliver(first.publication, to)
+            return
+        prepared = [self._prepare(p) for p in pubs]
+        for sub in to:
+            assert isinstance(sub, Subscription)
+            if not sub.active:
+                continue
+            subscriber = sub.subscriber
+            many = getattr(subscriber, "on_publications", None)
+            if many is not None:
+                try:
+                    many(prepared)
+                except Exception:  # noqa: BLE001 - as in _deliver
+                    self._log.failure("delivering to a subscriber of {channel} failed", channel=sub.channel)
+                continue
+            for p in prepared:
+                if not sub.active:
+                    break
+                try:
+                    subscriber.on_publication(p)
+                except Exception:  # noqa: BLE001 - as in _deliver
                     self._log.failure("delivering to a subscriber of {channel} failed", channel=sub.channel)
 
     # -- broker outcomes ----------------------------------------------------

@@ -19,6 +19,13 @@ class IBrokerListener(Interface):
         and the listener fills gaps with :meth:`IBroker.history`.
         """
 
+    def publications_received(publications):  # type: ignore[no-untyped-def]
+        """Optional: several publications that arrived together (one read of the
+        broker's delivery connection), in order; the same as
+        :meth:`publication_received` for each in turn, but the listener may fan them
+        out in one pass.  A broker calls it only when the listener has it.
+        """
+
     def broker_reconnected():  # type: ignore[no-untyped-def]
         """The broker lost and regained its delivery connection: deliveries may have been lost.
 

@@ -75,6 +75,17 @@ class _LinkListener:
         if self.owner._listener is not None:
             self.owner._listener.publication_received(pub)
 
+    def publications_received(self, pubs: list[Publication]) -> None:
+        listener = self.owner._listener
+        if listener is None:
+            return
+        many = getattr(listener, "publications_received", None)
+        if many is not None:
+            many(pubs)
+        else:
+            for pub in pubs:
+                listener.publication_received(pub)
+
     def presence_received(self, channel: str, events: Any) -> None:
         if self.owner._listener is not None:
             self.owner._listener.presence_received(channel, events)

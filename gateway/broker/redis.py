@@ -24,7 +24,11 @@ restore its subscriptions, so the subscriber protocol resubscribes every wanted
 channel when it connects.  Once that is done *and* a command connection works,
 the listener's ``broker_reconnected`` makes the bus fill whatever was published
 meanwhile from history (``lua/history.lua``, one round trip); messages that
-arrived during the resubscribe are handed over after that call.  ``subscribe``
+arrived during the resubscribe are handed over after that call.  The publications
+of one read of that connection go to the listener together
+(``publications_received``, when it has it), so the node fans them out in one
+pass; anything else in the read (presence, control messages) keeps its place
+between them.  ``subscribe``
 fails at once while Redis is unreachable, and waits (up to the command timeout)
 while only the pub/sub connection is coming back.
 
@@ -208,6 +212,15 @@ def _protocols() -> dict[str, type]:
             raise NotImplementedError
 
         def connectionMade(self) -> Any:
+            # No Nagle delay: a command written while the previous one is unanswered
+            # (publishes pipelined on one connection) goes out at once, as Redis'
+            # own replies do (it sets TCP_NODELAY on its side).
+            no_delay = getattr(self.transport, "setTcpNoDelay", None)  # type: ignore[attr-defined]
+            if no_delay is not None:
+                try:
+                    no_delay(True)
+                except OSError:
+                    pass
             # The base runs AUTH (and SELECT) first; tell the broker once it is usable.
             d = super().connectionMade()  # type: ignore[misc]
             self.whenConnected().addCallback(_later, self._became_usable)  # type: ignore[attr-defined]
@@ -232,8 +245,52 @@ def _protocols() -> dict[str, type]:
                     call.cancel()
             self._timers = []
 
+        def dataReceived(self, data: bytes, unpause: bool = False) -> None:
+            # Our reader (gateway/broker/_resp.py) parses every reply in one pass:
+            # txredisapi's own (without hiredis) pauses the socket and takes a
+            # reactor turn per bulk string (a publish's reply holds one).
+            reader = self.__dict__.get("_resp_reader")
+            if reader is None:
+                reader = self._resp_reader = RespReader(txredisapi.ResponseError)
+            try:
+                replies = reader.feed(data)
+            except RespError as e:
+                self.factory.broker._log.warn("{url}: {error}; reconnecting", url=self.factory.broker.name, error=str(e))
+                self.transport.abortConnection()  # type: ignore[attr-defined]
+                return
+            for reply in replies:
+                self.replyReceived(reply)  # type: ignore[attr-defined]
+
     class _CommandProtocol(_BrokerConnection, txredisapi.RedisProtocol):
         """A pooled command connection."""
+
+        def _build_command(self, *args: Any, **kwargs: Any) -> bytes:
+            # The same bytes as txredisapi's, built in one join (its own encodes
+            # every argument and its length through a bytearray, a tenth of a
+            # publish's CPU); pinned by tests/unit/test_redis_command.py.
+            return command_bytes(args)
+
+        def run_script(self, script: bytes, sha: str, keys: list[str], args: list[Any]) -> Any:
+            """``EVALSHA`` of ``script`` (whose SHA-1 is ``sha``), or ``EVAL`` the first
+            time on this connection and after a ``NOSCRIPT`` (Redis restarted or its
+            scripts were flushed): txredisapi's ``eval`` without a SHA-1 of the
+            script per call."""
+            loaded: set[str] = self.__dict__.setdefault("_scripts_loaded", set())
+            if sha not in loaded:
+                d = self.execute_command("EVAL", script, len(keys), *keys, *args)
+                return d.addCallback(self._script_loaded, sha)
+            d = self.execute_command("EVALSHA", sha, len(keys), *keys, *args)
+            return d.addErrback(self._no_script, script, sha, keys, args)
+
+        def _script_loaded(self, reply: Any, sha: str) -> Any:
+            self.__dict__.setdefault("_scripts_loaded", set()).add(sha)
+            return reply
+
+        def _no_script(self, failure: Failure, script: bytes, sha: str, keys: list[str], args: list[Any]) -> Any:
+            if failure.check(txredisapi.ResponseError) and str(failure.value).startswith("NOSCRIPT"):
+                self.__dict__.setdefault("_scripts_loaded", set()).discard(sha)
+                return self.run_script(script, sha, keys, args)
+            return failure
 
         def _became_usable(self, conn: Any) -> None:
             self.factory.broker._command_connected(conn)
@@ -254,19 +311,14 @@ def _protocols() -> dict[str, type]:
             self.factory.broker._message_received(channel, message)
 
         def dataReceived(self, data: bytes, unpause: bool = False) -> None:
-            # Our reader (gateway/broker/_resp.py) parses every reply in one pass:
-            # txredisapi's own (without hiredis) takes a reactor turn per bulk string.
-            reader = self.__dict__.get("_resp_reader")
-            if reader is None:
-                reader = self._resp_reader = RespReader(txredisapi.ResponseError)
+            # The publications of one read go to the listener together (see
+            # RedisBroker._deliver_batch), so the node fans them out in one pass.
+            broker = self.factory.broker
+            broker._batch = []
             try:
-                replies = reader.feed(data)
-            except RespError as e:
-                self.factory.broker._log.warn("pub/sub connection: {error}; reconnecting", error=str(e))
-                self.transport.abortConnection()
-                return
-            for reply in replies:
-                self.replyReceived(reply)
+                super().dataReceived(data)
+            finally:
+                broker._deliver_batch()
 
         # Sharded pub/sub (Redis Cluster): txredisapi knows SUBSCRIBE and PSUBSCRIBE
         # only.  One channel per SSUBSCRIBE/SUNSUBSCRIBE, so each has one reply; a
@@ -313,6 +365,37 @@ def _protocols() -> dict[str, type]:
     _PROTOCOLS["command"] = _CommandProtocol
     _PROTOCOLS["subscriber"] = _SubscriberProtocol
     return _PROTOCOLS
+
+
+def command_bytes(args: Any) -> bytes:
+    """A Redis command as RESP bytes, encoding its arguments as txredisapi does with
+    ``charset=None``: bytes as they are, text as UTF-8, floats with ``format(x, "f")``,
+    anything else as its ``str``."""
+    parts = [b"*%d\r\n" % len(args)]
+    append = parts.append
+    try:
+        for arg in args:
+            t = type(arg)
+            if t is str:
+                value = arg.encode()
+            elif t is bytes:
+                value = arg
+            elif t is int:
+                value = b"%d" % arg
+            elif isinstance(arg, str):
+                value = arg.encode()
+            elif isinstance(arg, bytes):
+                value = arg
+            elif isinstance(arg, float):
+                value = format(arg, "f").encode()
+            elif isinstance(arg, bytearray):
+                value = bytes(arg)
+            else:
+                value = str(arg).format().encode()
+            append(b"$%d\r\n%s\r\n" % (len(value), value))
+    except UnicodeError:
+        raise _txredisapi().InvalidData("Encoding charset was not specified") from None
+    return b"".join(parts)
 
 
 def _factory(broker: RedisBroker, protocol: type, poolsize: int, url: RedisURL, db: int | None) -> Any:
@@ -417,6 +500,7 @@ class RedisBroker:
         self._history_script = load_script("history.lua")
         self._presence_script = load_script("presence.lua")
         self._presence_fmt = prefix + ":{{{}}}:"
+        self._script_sha: dict[bytes, str] = {}  # script -> its SHA-1 (EVALSHA)
 
         self._listener: IBrokerListener | None = None
         self._pool: Any = None
@@ -431,6 +515,9 @@ class RedisBroker:
         # are handed over after broker_reconnected(), so the bus is already filling
         # gaps when it sees them.
         self._buffered: list[tuple[bytes, bytes]] | None = None
+        # While the pub/sub connection's read is being parsed: its publications,
+        # handed to the listener together at the end (see _deliver_batch).
+        self._batch: list[Publication] | None = None
         self._resubscribed_conn: Any = None
         self._soon: set[Any] = set()  # pending _later() calls, cancelled by stop()
         # subscribe() calls waiting for the subscriber connection to come (back).
@@ -488,6 +575,7 @@ class RedisBroker:
         channel = self._channel_of(redis_channel)
         if channel is None or channel not in self._channels:
             return
+        self._flush_batch()
         self._log.info("{url} dropped the subscription of {channel} (its slot moved)", url=self.name, channel=channel)
         self._channels.discard(channel)
         if self._on_dropped is not None:
@@ -702,6 +790,7 @@ class RedisBroker:
             return
         buffered, self._buffered = self._buffered, None
         if self._listener is not None:
+            self._flush_batch()
             # Whatever was published while the subscriber was away is in history.
             self._listener.broker_reconnected()
         for redis_channel, message in buffered:
@@ -796,7 +885,21 @@ class RedisBroker:
         if asking:
             # ASK redirect: this one command, on the importing node (same connection, next).
             conn.execute_command("ASKING").addErrback(lambda f: None)
-        d = self._measured(self._timed(defer.maybeDeferred(conn.eval, script, keys, args)))
+        sha = self._script_sha.get(script)
+        if sha is None:
+            sha = self._script_sha[script] = hashlib.sha1(script).hexdigest()  # Redis' script id
+        run = getattr(conn, "run_script", None)
+        if run is None:
+            # Not one of our connections (tests): txredisapi's own eval.
+            d = self._timed(defer.maybeDeferred(conn.eval, script, keys, args))
+        else:
+            # txredisapi's replyTimeout (command_timeout) bounds EVAL/EVALSHA itself:
+            # no second timer per call.
+            try:
+                d = run(script, sha, keys, args)
+            except Exception:  # noqa: BLE001 - as maybeDeferred: a raise becomes the failure
+                d = defer.fail()
+        d = self._measured(d)
         d.addErrback(self._unavailable, what, conn)
         return d
 
@@ -1017,12 +1120,14 @@ class RedisBroker:
         if isinstance(redis_channel, str):
             redis_channel = redis_channel.encode()
         if redis_channel == self._control_channel_bytes:
+            self._flush_batch()
             self._control_received(message)
             return
         channel = self._channel_of(redis_channel)
         if channel is None or channel not in self._channels or self._listener is None:
             return
         if message[:1] == b"P":
+            self._flush_batch()
             self._presence_message(channel, message)
             return
         try:
@@ -1031,7 +1136,32 @@ class RedisBroker:
             # json.JSONDecodeError and UnicodeDecodeError are ValueErrors.
             self._log.failure("undecodable message on {channel}: {message!r}", channel=channel, message=message[:200])
             return
-        self._listener.publication_received(pub)
+        if self._batch is not None:
+            self._batch.append(pub)
+        else:
+            self._listener.publication_received(pub)
+
+    def _flush_batch(self) -> None:
+        """Deliver what the current read brought so far, and go on collecting."""
+        if self._batch:
+            self._deliver_batch()
+            self._batch = []
+
+    def _deliver_batch(self) -> None:
+        """Hand over the publications of one read of the pub/sub connection: to the
+        listener's ``publications_received`` when it has one and there are several
+        (it may fan them out in one pass), else one by one.  Called at the end of
+        each read, and before anything else goes to the listener (presence, control,
+        a reconnect), so the listener sees everything in arrival order."""
+        batch, self._batch = self._batch, None
+        if not batch or self._listener is None:
+            return
+        many = getattr(self._listener, "publications_received", None) if len(batch) > 1 else None
+        if many is not None:
+            many(batch)
+        else:
+            for pub in batch:
+                self._listener.publication_received(pub)
 
 
     def _control_received(self, message: bytes) -> None:

@@ -483,6 +483,7 @@ def gateway_site(
         reactor: the reactor for timeouts (default: the global one).
         **kwargs: passed to ``server.Site`` (``timeout``: idle timeout, ``logPath``, ...).
     """
+    # GatewayRequest does not parse bodies as forms (see its docstring).
     site = server.Site(resource, requestFactory=GatewayRequest, reactor=reactor, **kwargs)
     site.protocol = GatewayHTTPChannel  # type: ignore[assignment]
     site.max_body_size = max_body_size  # type: ignore[attr-defined]

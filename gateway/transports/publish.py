@@ -126,6 +126,10 @@ class PublishResource(CORSResource):
             except Forbidden as e:
                 raise Forbidden(f"messages[{i}]: {e.message}" if batch else e.message) from None
         self.gateway.check_publish_rate(publish_rate_key(self.gateway, request, identity))
+        if not batch:
+            channel, data, key = items[0]
+            d = self.gateway.publish(channel, data, identity.sender, idempotency_key=key)
+            return d.addCallback(lambda pub: (False, [_result(pub)]))
         d = self._publish_all(items, identity.sender)
         return d.addCallback(lambda results: (batch, results))
 

@@ -305,3 +305,15 @@ async def test_data_that_is_not_json_is_a_bad_request(brokers):
 
     assert isinstance(error, BadRequest)
     assert 1 == pub.seq
+
+
+async def test_connections_send_without_nagle_delay(brokers):
+    """Both connection kinds set TCP_NODELAY: a publish written while the previous one is
+    unanswered goes out at once instead of waiting for Redis' acknowledgement."""
+    import socket
+
+    broker, _ = await brokers()
+    await wait_for(lambda: broker._subscriber is not None, what="pub/sub connection")
+    for conn in [*broker._commands, broker._subscriber]:
+        sock = conn.transport.getHandle()
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0

@@ -520,3 +520,27 @@ async def test_refusals_reach_the_client_over_tls(tls):
     assert_json_error(big, 413, "too_large")
     plain = await aio(ask(request_bytes("GET", "/ws")))
     assert_json_error(plain, 426, "bad_request")
+
+
+# -- bodies are never parsed as forms ------------------------------------------------------
+
+
+class _ArgsEcho(resource.Resource):
+    isLeaf = True
+
+    def render_POST(self, request):
+        import json
+
+        return json.dumps(sorted(k.decode() for k in request.args)).encode()
+
+
+async def test_form_bodies_are_not_parsed_into_request_args(serve):
+    """No endpoint takes a form: a url-encoded or multipart body's fields never become
+    request arguments (where ``token=`` is read from), only the query's do."""
+    port = serve(gateway_site(_ArgsEcho(), max_body_size=4096))
+    form = request_bytes("POST", "/p?q=1", {"Content-Type": "application/x-www-form-urlencoded"}, b"token=x&channel=c")
+    r = await aio(exchange(port, form))
+    assert (r.status, r.json()) == (200, ["q"])
+    multipart = b'--b\r\nContent-Disposition: form-data; name="token"\r\n\r\nx\r\n--b--\r\n'
+    r = await aio(exchange(port, request_bytes("POST", "/p", {"Content-Type": "multipart/form-data; boundary=b"}, multipart)))
+    assert (r.status, r.json()) == (200, [])

@@ -24,3 +24,31 @@ async def test_subscribe_publish_ack_and_message(gw):
     assert isinstance(message["ts"], int)
     await sub.close()
     await pub.close()
+
+
+async def test_publications_arriving_together_reach_websockets_in_order(gw):
+    """Publications handed to the bus together (as one read of Redis pub/sub brings them)
+    reach every WebSocket subscriber once each, in seq order, then live delivery goes on."""
+    subs = [await WSClient.connect(gw.ws_url) for _ in range(3)]
+    for ws in subs:
+        await ws.request({"type": "subscribe", "channel": "batch", "id": 1})
+    broker = gw.gateway.bus.broker
+    bus = broker._listener
+    held = []
+
+    class Holder:
+        def publication_received(self, pub):
+            held.append(pub)
+
+    broker._listener = Holder()
+    try:
+        for i in range(5):
+            await gw.gateway.publish("batch", {"i": i})
+    finally:
+        broker._listener = bus
+    bus.publications_received(held)
+    await gw.gateway.publish("batch", {"i": 5})
+    for ws in subs:
+        got = [await ws.recv() for _ in range(6)]
+        assert [(m["seq"], m["data"]["i"]) for m in got] == [(i + 1, i) for i in range(6)]
+        await ws.close()

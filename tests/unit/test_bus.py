@@ -699,3 +699,82 @@ def _random_interleavings(steps, history_size, recent, linger):
     clock.advance(linger)
     assert bus.linger_timers == 0
     assert broker.subscribed == set(bus.channels)
+
+
+# -- publications that arrive together (one read of the broker's connection) ---------------
+
+
+class BatchRecorder(RecordingSubscriber):
+    """A subscriber that takes several publications at once, recording each call's size."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def on_publications(self, prepared):
+        self.calls.append(len(prepared))
+        for p in prepared:
+            self.on_publication(p)
+
+
+def published(bus, broker, channel, n):
+    return [publish_and_deliver(bus, broker, channel, deliver=False) for _ in range(n)]
+
+
+def test_publications_arriving_together_are_fanned_out_in_one_pass():
+    """publications_received: each subscriber gets every publication in order, in one
+    on_publications call when it has one, one by one otherwise; encoded once."""
+    bus, broker, _ = make()
+    batch, plain = BatchRecorder(), RecordingSubscriber()
+    bus.subscribe("c", batch)
+    bus.subscribe("c", plain)
+    bus.publications_received(published(bus, broker, "c", 3))
+    assert batch.seqs == plain.seqs == [1, 2, 3]
+    assert batch.calls == [3]
+
+
+def test_a_batch_keeps_order_across_gaps_repeats_channels_and_epochs():
+    """Batches with a lost publication (filled from history), a repeat, another channel
+    and a new epoch give every subscriber what one-by-one delivery gives, in order."""
+
+    def run(together):
+        bus, broker, _ = make()
+        recs = {"c": BatchRecorder(), "d": BatchRecorder()}
+        for ch, rec in recs.items():
+            bus.subscribe(ch, rec)
+        c1, _c2, c3, c4 = published(bus, broker, "c", 4)
+        (d1,) = published(bus, broker, "d", 1)
+        first = [c1, c3, d1, c3, c4]  # c2 lost, c3 repeated
+        c5, c6 = published(bus, broker, "c", 2)
+        broker.restart_stream("c")
+        (e1,) = published(bus, broker, "c", 1)
+        second = [c5, c6, e1]
+        for batch in (first, second):
+            if together:
+                bus.publications_received(batch)
+            else:
+                for p in batch:
+                    bus.publication_received(p)
+        return {ch: rec.events for ch, rec in recs.items()}, recs["c"].calls
+
+    (together, _), (one_by_one, _) = run(True), run(False)
+    assert together == one_by_one
+    assert [e[3] for e in together["d"]] == [1]
+    kinds = [(e[0], e[3]) for e in together["c"]]
+    assert kinds[0] == ("message", 1) and kinds[-2:] == [("reset", 0), ("message", 1)]
+
+
+def test_a_subscriber_cancelled_during_a_batch_gets_nothing_more():
+    """A subscriber whose delivery cancels its own subscription gets no later publication of the batch."""
+    bus, broker, _ = make()
+    rec = RecordingSubscriber()
+    sub = bus.subscribe("c", rec)
+    original = rec.on_publication
+
+    def once(prepared):
+        original(prepared)
+        sub.cancel()
+
+    rec.on_publication = once
+    bus.publications_received(published(bus, broker, "c", 3))
+    assert rec.seqs == [1]
