@@ -86,6 +86,7 @@ from gateway.errors import (
 from gateway.transports._backpressure import HeldMessages
 from gateway.transports._session import ClientSession
 from gateway.transports import _wscompact
+from gateway.transports._compact import shrink
 from gateway.transports._tickwrite import tick_writer
 
 __all__ = ["GatewayWebSocketFactory", "GatewayWebSocketProtocol", "upgrade_credentials", "websocket_resource"]
@@ -179,6 +180,8 @@ class GatewayWebSocketProtocol(WebSocketServerProtocol):
         super().succeedHandshake(res)
         # The handshake is over: drop what only it needed.
         _wscompact.compact(self)
+        if self.transport is not None:
+            shrink(self.transport)
 
     def onFrameEnd(self) -> bool | None:
         result: bool | None = super().onFrameEnd()
