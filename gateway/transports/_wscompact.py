@@ -39,6 +39,7 @@ connection).
 
 from __future__ import annotations
 
+import inspect
 from collections import deque
 from typing import Any
 
@@ -164,7 +165,12 @@ def ensure_send_queue(proto: Any) -> None:
 def bind_options(cls: type, factory: Any) -> None:
     """Hold ``factory``'s current options (``CONFIG_ATTRS``) as class attributes of ``cls``."""
     for name in cls.CONFIG_ATTRS:  # type: ignore[attr-defined]
-        setattr(cls, name, getattr(factory, name))
+        value = getattr(factory, name)
+        if inspect.isfunction(value):
+            # A plain function (perMessageCompressionAccept) would become a
+            # method of the connection; the instance copy never was one.
+            value = staticmethod(value)
+        setattr(cls, name, value)
 
 
 def protocol_class(base: type, factory: Any) -> type:
