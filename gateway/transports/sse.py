@@ -66,7 +66,7 @@ from gateway.errors import (
 )
 from gateway.transports._auth import as_gateway_error, authenticate_request
 from gateway.transports._backpressure import SendBuffer
-from gateway.transports._compact import slim_request
+from gateway.transports._compact import on_finish, slim_request
 from gateway.transports._http import (
     error_body,
     is_gone,
@@ -247,7 +247,7 @@ class ChannelSetRequest:
         """
         self.gateway.check_connection_limit()
         self.gateway.connection_opened(self.transport, self)
-        self.request.notifyFinish().addBoth(self._finished)
+        on_finish(self.request, self._finished)
         d = authenticate_request(self.gateway, self.request, self.transport, self.jsonp)
         d.addCallbacks(self._authenticated, self._auth_failed)
         d.addErrback(self._crashed)
@@ -267,10 +267,12 @@ class ChannelSetRequest:
         try:
             for channel in self.channels:
                 identity.check_subscribe(channel)
-            # The deadline runs on the clock the authenticators judged exp by.
-            session = ClientSession(self.gateway, self, Session(MAX_CHANNELS, identity=None), now=self.gateway.auth.now)
-            self.session = session
-            session.authenticate(identity)
+            if identity.sub is not None or identity.exp is not None:
+                # The deadline runs on the clock the authenticators judged exp by.
+                session = ClientSession(self.gateway, self, Session(MAX_CHANNELS, identity=None), now=self.gateway.auth.now)
+                self.session = session
+                session.authenticate(identity)
+            # else nothing can expire or be revoked: no session (memory).
         except GatewayError as e:
             self._fail(e)
             return

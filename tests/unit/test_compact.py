@@ -104,3 +104,37 @@ def test_upgraded_channels_are_forgotten_at_once():
     connections.upgraded(a)
     assert len(connections) == 1
     assert a not in connections._open
+
+
+def _held_request():
+    leaf = Held(True)
+    site = gateway_site(leaf)
+    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
+    channel.makeConnection(StringTransport())
+    channel.dataReceived(b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n")
+    return channel, leaf.requests[0]
+
+
+def test_on_finish_is_told_once_when_the_response_finishes():
+    from gateway.transports._compact import on_finish
+
+    channel, request = _held_request()
+    seen: list = []
+    on_finish(request, seen.append)
+    request.finish()
+    assert seen == [None]
+    channel.connectionLost(None)
+    assert seen == [None]
+
+
+def test_on_finish_is_told_once_when_the_client_goes_away():
+    from twisted.internet.error import ConnectionLost
+    from twisted.python.failure import Failure
+
+    from gateway.transports._compact import on_finish
+
+    channel, request = _held_request()
+    seen: list = []
+    on_finish(request, seen.append)
+    channel.connectionLost(Failure(ConnectionLost()))
+    assert len(seen) == 1 and seen[0].check(ConnectionLost)
