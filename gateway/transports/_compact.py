@@ -108,7 +108,7 @@ def on_finish(request: Any, fn: Any) -> None:
     chain per request (about 0.4 KB): ``fn(None)`` once the response finished,
     ``fn(failure)`` once the client went away."""
     if isinstance(request, http.Request) and isinstance(getattr(request, "notifications", None), list):
-        request.notifications.append(_FinishNotice(fn))
+        request.notifications.append(_FinishNotice(fn))  # type: ignore[arg-type]
     else:
         # Not twisted.web's own Request (a test double): its notifyFinish.
         request.notifyFinish().addBoth(fn)

@@ -51,9 +51,9 @@ __all__ = [
     "PER_MESSAGE",
     "UncountedTraffic",
     "bind_options",
+    "compact",
     "ensure_send_queue",
     "frame_done",
-    "compact",
     "protocol_class",
 ]
 

@@ -83,10 +83,10 @@ from gateway.errors import (
     Unauthorized,
     Unavailable,
 )
-from gateway.transports._backpressure import HeldMessages
-from gateway.transports._session import ClientSession
 from gateway.transports import _wscompact
+from gateway.transports._backpressure import HeldMessages
 from gateway.transports._compact import shrink
+from gateway.transports._session import ClientSession
 from gateway.transports._tickwrite import tick_writer
 
 __all__ = ["GatewayWebSocketFactory", "GatewayWebSocketProtocol", "upgrade_credentials", "websocket_resource"]
@@ -699,7 +699,7 @@ class GatewayWebSocketFactory(WebSocketServerFactory):
             webStatus=False,
         )
         # Connections read these options from their class, not from a copy each.
-        self.protocol = _wscompact.protocol_class(GatewayWebSocketProtocol, self)
+        self.protocol = _wscompact.protocol_class(GatewayWebSocketProtocol, self)  # type: ignore[assignment]
 
     def setProtocolOptions(self, *args: Any, **kwargs: Any) -> None:
         super().setProtocolOptions(*args, **kwargs)

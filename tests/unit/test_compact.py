@@ -4,6 +4,7 @@ nothing observable (issue 11 goal 4: memory per held connection)."""
 from __future__ import annotations
 
 import sys
+from typing import ClassVar
 
 import pytest
 from twisted.internet.address import IPv4Address
@@ -95,7 +96,7 @@ def test_upgraded_channels_are_forgotten_at_once():
 
     class Channel:
         transport = object()
-        requests: list = []
+        requests: ClassVar[list] = []
         persistent = True
 
     a, b = Channel(), Channel()

@@ -23,7 +23,10 @@ from twisted.python.failure import Failure
 from gateway.app import Gateway
 from gateway.config import Config
 from gateway.transports import _wscompact
-from gateway.transports.websocket import GatewayWebSocketFactory, GatewayWebSocketProtocol
+from gateway.transports.websocket import (
+    GatewayWebSocketFactory,
+    GatewayWebSocketProtocol,
+)
 
 HANDSHAKE = (
     b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
