@@ -45,6 +45,11 @@ class OpenConnections:
         if self.draining:
             channel.persistent = False
 
+    def upgraded(self, channel: Any) -> None:
+        """``channel`` handed its socket to a WebSocket: no longer an HTTP connection."""
+        self._open.discard(channel)
+        self._check()
+
     def closed(self, channel: Any) -> None:
         self._open.discard(channel)
         self._check()

@@ -39,6 +39,7 @@ from gateway.errors import (
     Unavailable,
 )
 from gateway.transports._auth import respond, respond_error
+from gateway.transports._compact import slim_request
 from gateway.transports._http import (
     is_gone,
     query_params,
@@ -121,6 +122,8 @@ class HeldPoll(ChannelSetRequest):
             self._answer(first)
             return
         self._timer = self.gateway.reactor.callLater(self.timeout, self._timed_out)
+        # Held: what twisted.web keeps of the arrived request is not needed (memory).
+        slim_request(self.request)
 
     def _deliver(self, event: Event) -> None:
         self._answer([event])

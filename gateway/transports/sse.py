@@ -40,6 +40,7 @@ line, which carries each stream's own cursor, is written per connection.
 from __future__ import annotations
 
 import functools
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
@@ -66,6 +67,7 @@ from gateway.errors import (
 )
 from gateway.transports._auth import as_gateway_error, authenticate_request
 from gateway.transports._backpressure import SendBuffer
+from gateway.transports._compact import on_finish, slim_request
 from gateway.transports._http import (
     error_body,
     is_gone,
@@ -200,6 +202,13 @@ class ChannelSetRequest:
 
     transport: ClassVar[str]
     _log = Logger()
+    # Read after opening (empty then): the opening's own are dropped (memory).
+    _live: list[Event] = ()  # type: ignore[assignment]
+    _resets: list[Event] = ()  # type: ignore[assignment]
+    _backlog: list[Event] = ()  # type: ignore[assignment]
+    _waiting: set[str] = frozenset()  # type: ignore[assignment]
+    _tops: dict[str, Position] = MappingProxyType({})  # type: ignore[assignment]
+    since: dict[str, Position] = MappingProxyType({})  # type: ignore[assignment]
 
     def __init__(
         self,
@@ -225,10 +234,10 @@ class ChannelSetRequest:
         self.released = False
         self._subscriptions: list[Subscription] = []
         self._waiting = set(channels)
-        self._tops: dict[str, Position] = {}
-        self._resets: list[Event] = []
-        self._backlog: list[Event] = []
-        self._live: list[Event] = []
+        self._tops = {}
+        self._resets = []
+        self._backlog = []
+        self._live = []
         self.session: ClientSession | None = None
 
     # -- lifecycle ------------------------------------------------------------
@@ -246,7 +255,7 @@ class ChannelSetRequest:
         """
         self.gateway.check_connection_limit()
         self.gateway.connection_opened(self.transport, self)
-        self.request.notifyFinish().addBoth(self._finished)
+        on_finish(self.request, self._finished)
         d = authenticate_request(self.gateway, self.request, self.transport, self.jsonp)
         d.addCallbacks(self._authenticated, self._auth_failed)
         d.addErrback(self._crashed)
@@ -266,10 +275,12 @@ class ChannelSetRequest:
         try:
             for channel in self.channels:
                 identity.check_subscribe(channel)
-            # The deadline runs on the clock the authenticators judged exp by.
-            session = ClientSession(self.gateway, self, Session(MAX_CHANNELS, identity=None), now=self.gateway.auth.now)
-            self.session = session
-            session.authenticate(identity)
+            if identity.sub is not None or identity.exp is not None:
+                # The deadline runs on the clock the authenticators judged exp by.
+                session = ClientSession(self.gateway, self, Session(MAX_CHANNELS, identity=None), now=self.gateway.auth.now)
+                self.session = session
+                session.authenticate(identity)
+            # else nothing can expire or be revoked: no session (memory).
         except GatewayError as e:
             self._fail(e)
             return
@@ -297,7 +308,10 @@ class ChannelSetRequest:
         subscriptions, self._subscriptions = self._subscriptions, []
         for sub in subscriptions:
             sub.cancel()
-        self._live.clear()
+        try:
+            del self._live  # what arrived before opening (memory: the class's empty one)
+        except AttributeError:
+            pass
         try:
             self._leave_presence()
             # Dropped, not only closed: the session refers back to this request, and
@@ -365,7 +379,8 @@ class ChannelSetRequest:
             return
         self.opened = True
         first = self._resets + self._backlog + self._live
-        self._resets, self._backlog, self._live = [], [], []
+        # Only the opening needed these: the class's empty ones from now on.
+        del self._resets, self._backlog, self._live, self._waiting, self._tops, self.since
         self._join_presence()
         self._open(first)
 
@@ -510,6 +525,8 @@ class SSEStream(ChannelSetRequest):
             self._deliver(event)
         if not self.released:
             self._schedule_ping()
+            # The head is out: what twisted.web keeps for it is not needed (memory).
+            slim_request(request)
 
     def on_publication(self, prepared: PreparedPublication) -> None:
         if self.opened and not self.released and len(self.channels) == 1:

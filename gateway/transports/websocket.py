@@ -38,6 +38,8 @@ authenticator configured:
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -81,7 +83,9 @@ from gateway.errors import (
     Unauthorized,
     Unavailable,
 )
+from gateway.transports import _wscompact
 from gateway.transports._backpressure import HeldMessages
+from gateway.transports._compact import shrink
 from gateway.transports._session import ClientSession
 from gateway.transports._tickwrite import tick_writer
 
@@ -148,27 +152,57 @@ class GatewayWebSocketProtocol(WebSocketServerProtocol):
     _log = Logger()
     factory: GatewayWebSocketFactory
 
+    # Per-connection state, read from the class until first set: an idle
+    # connection keeps only what differs (see _wscompact).
+    session: Session | None = None
+    # The session's clock-and-node side (expiry, revocation); from onOpen to onClose.
+    client: ClientSession | None = None
+    # What the upgrade's credentials came to: an identity, or a refusal that
+    # closes the connection once open, or (cookies only) a note for the 4001.
+    _upgrade_identity: Identity | None = None
+    _upgrade_refusal: GatewayError | None = None
+    _upgrade_note: str | None = None
+    _origin: str | None = None
+    _auth_timer: Any = None
+    # Commands received while an auth command is being checked, or None.
+    _held: deque[bytes] | None = None
+    _heartbeat_call: Any = None
+    _awaiting_pong: bytes | None = None
+    _pings = 0
+    # Presence (section 11): channel -> (sub counted, join/leave listener or None);
+    # an empty mapping on the class until the first join.
+    _presence: Mapping[str, tuple[str | None, Any]] = MappingProxyType({})
+
     def __init__(self) -> None:
         super().__init__()
-        self.session: Session | None = None
-        # The session's clock-and-node side (expiry, revocation); from onOpen to onClose.
-        self.client: ClientSession | None = None
-        # What the upgrade's credentials came to: an identity, or a refusal that
-        # closes the connection once open, or (cookies only) a note for the 4001.
-        self._upgrade_identity: Identity | None = None
-        self._upgrade_refusal: GatewayError | None = None
-        self._upgrade_note: str | None = None
-        self._origin: str | None = None
-        self._auth_timer: Any = None
-        # Commands received while an auth command is being checked, or None.
-        self._held: deque[bytes] | None = None
         # Replies and publications, held back whole while the client is not reading.
         self._out = HeldMessages(self._write_message)
-        self._heartbeat_call: Any = None
-        self._awaiting_pong: bytes | None = None
-        self._pings = 0
-        # Presence (section 11): channel -> (sub counted, join/leave listener or None).
-        self._presence: dict[str, tuple[str | None, Any]] = {}
+
+    # -- Autobahn internals (see _wscompact) -------------------------------------
+
+    def succeedHandshake(self, res: Any) -> None:
+        super().succeedHandshake(res)
+        # The handshake is over: drop what only it needed.
+        _wscompact.compact(self)
+        if self.transport is not None:
+            shrink(self.transport)
+
+    def onFrameEnd(self) -> bool | None:
+        result: bool | None = super().onFrameEnd()
+        _wscompact.frame_done(self)
+        return result
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        if sync or chopsize:
+            _wscompact.ensure_send_queue(self)
+        super().sendData(data, sync, chopsize)
+
+    def on(self, event: str, handler: Any) -> None:
+        if "_results" not in self.__dict__:
+            # Dropped after the handshake (_wscompact.HANDSHAKE_ONLY): restored
+            # for whoever listens to events after all.
+            self.set_valid_events(["message"])
+        super().on(event, handler)
 
     # -- Autobahn callbacks ---------------------------------------------------
 
@@ -392,11 +426,15 @@ class GatewayWebSocketProtocol(WebSocketServerProtocol):
         if listener is not None:
             presence.listen(channel, listener)
         sub = session.identity.sender
-        self._presence[channel] = (sub, listener)
+        if "_presence" not in self.__dict__:
+            self._presence = {}
+        self._presence[channel] = (sub, listener)  # type: ignore[index]
         presence.connection_added(channel, sub)
 
     def _leave_presence(self, channel: str) -> None:
-        entry = self._presence.pop(channel, None)
+        if channel not in self._presence:
+            return
+        entry = self._presence.pop(channel)  # type: ignore[attr-defined]
         if entry is None:
             return
         presence = self.factory.gateway.presence
@@ -718,6 +756,14 @@ class GatewayWebSocketFactory(WebSocketServerFactory):
             versions=[13],
             webStatus=False,
         )
+        # Connections read these options from their class, not from a copy each.
+        self.protocol = _wscompact.protocol_class(GatewayWebSocketProtocol, self)  # type: ignore[assignment]
+
+    def setProtocolOptions(self, *args: Any, **kwargs: Any) -> None:
+        super().setProtocolOptions(*args, **kwargs)
+        bound = self.protocol.__dict__.get("factory")
+        if bound is self:
+            _wscompact.bind_options(self.protocol, self)
 
 
 def websocket_resource(gateway: Any) -> Any:

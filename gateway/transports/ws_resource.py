@@ -155,6 +155,14 @@ class WebSocketEndpoint(resource.Resource):
             # decline anyway is simply not passed on.
             request.requestHeaders.removeHeader(b"sec-websocket-extensions")
         result: bytes | int = self.websocket.render(request)
+        channel = request.channel
+        if channel is not None and channel.transport is None:
+            # Upgraded: the socket is the WebSocket's now.  Nothing may keep the
+            # HTTP channel (and through it this request, its headers and its
+            # buffers) alive for the life of the connection.
+            connections = getattr(getattr(channel, "site", None), "connections", None)
+            if connections is not None:
+                connections.upgraded(channel)
         return result
 
     def check(self, request: Request) -> None:
