@@ -466,21 +466,23 @@ def _no_silent_gap(events):
     return pos
 
 
-@settings(max_examples=200, deadline=None)
-@given(
-    deliveries=st.lists(st.sampled_from(["deliver", "lose", "repeat"]), min_size=1, max_size=40),
-    history_size=st.integers(min_value=1, max_value=50),
-)
+def _lossy_cases(test):
+    """Hypothesis cases for the lossy-delivery tests: what pub/sub does with each publication."""
+    return settings(max_examples=200, deadline=None)(
+        given(
+            deliveries=st.lists(st.sampled_from(["deliver", "lose", "repeat"]), min_size=1, max_size=40),
+            history_size=st.integers(min_value=1, max_value=50),
+        )(test)
+    )
+
+
+@_lossy_cases
 def test_lossy_delivery_never_produces_a_silent_gap(deliveries, history_size):
     """Whatever pub/sub loses or repeats, a subscriber sees every seq once in order, or a reset; never a silent gap."""
     _lossy_delivery(deliveries, history_size, recent=0)
 
 
-@settings(max_examples=200, deadline=None)
-@given(
-    deliveries=st.lists(st.sampled_from(["deliver", "lose", "repeat"]), min_size=1, max_size=40),
-    history_size=st.integers(min_value=1, max_value=50),
-)
+@_lossy_cases
 def test_lossy_delivery_never_produces_a_silent_gap_with_recent_publications(deliveries, history_size):
     """The same with the node keeping recent publications (a bus of a Gateway)."""
     _lossy_delivery(deliveries, history_size, recent=3)

@@ -22,6 +22,8 @@ from gateway.app import Gateway
 from gateway.config import Config
 from gateway.transports.websocket import GatewayWebSocketFactory, upgrade_credentials
 
+from ._wsframes import parse_frames
+
 SECRET = "a-test-secret-of-more-than-32-bytes-0123456789"
 HANDSHAKE = (
     b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -54,17 +56,7 @@ class Conn:
         self.proto.dataReceived(client_frame(obj))
 
     def frames(self) -> list[tuple[int, bytes]]:
-        data = self.transport.value().split(b"\r\n\r\n", 1)[1]
-        out = []
-        while data:
-            opcode, n = data[0] & 0x0F, data[1] & 0x7F
-            start = 2
-            if n == 126:
-                (n,) = struct.unpack("!H", data[2:4])
-                start = 4
-            out.append((opcode, data[start : start + n]))
-            data = data[start + n :]
-        return out
+        return parse_frames(self.transport.value().split(b"\r\n\r\n", 1)[1])
 
     def events(self) -> list[dict]:
         return [json.loads(p) for op, p in self.frames() if op == 1]

@@ -28,6 +28,8 @@ from gateway.transports.websocket import (
     GatewayWebSocketProtocol,
 )
 
+from ._wsframes import parse_frames
+
 HANDSHAKE = (
     b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
@@ -42,17 +44,7 @@ def frame(payload: bytes, opcode: int = 1, fin: bool = True) -> bytes:
     return head + b"\0\0\0\0" + payload
 
 
-def parse(data: bytes) -> list[tuple[int, bytes]]:
-    out = []
-    while data:
-        opcode, n = data[0] & 0x0F, data[1] & 0x7F
-        start = 2
-        if n == 126:
-            (n,) = struct.unpack("!H", data[2:4])
-            start = 4
-        out.append((opcode, data[start : start + n]))
-        data = data[start + n :]
-    return out
+parse = parse_frames
 
 
 class Conn:
