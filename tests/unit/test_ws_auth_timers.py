@@ -22,7 +22,7 @@ from gateway.app import Gateway
 from gateway.config import Config
 from gateway.transports.websocket import GatewayWebSocketFactory, upgrade_credentials
 
-from ._wsframes import parse_frames
+from ._wsframes import ServerFrames, parse_frames
 
 SECRET = "a-test-secret-of-more-than-32-bytes-0123456789"
 HANDSHAKE = (
@@ -39,7 +39,7 @@ def client_frame(obj: object) -> bytes:
     return head + b"\0\0\0\0" + payload
 
 
-class Conn:
+class Conn(ServerFrames):
     """One protocol over a StringTransport, with the server's frames parsed."""
 
     def __init__(self, clock: MemoryReactorClock, headers: bytes = b"", **config: object) -> None:
@@ -58,14 +58,6 @@ class Conn:
     def frames(self) -> list[tuple[int, bytes]]:
         return parse_frames(self.transport.value().split(b"\r\n\r\n", 1)[1])
 
-    def events(self) -> list[dict]:
-        return [json.loads(p) for op, p in self.frames() if op == 1]
-
-    def close_code(self) -> int | None:
-        for op, payload in self.frames():
-            if op == 8:
-                return struct.unpack("!H", payload[:2])[0]
-        return None
 
     def lose(self) -> None:
         self.proto.connectionLost(Failure(ConnectionDone()))

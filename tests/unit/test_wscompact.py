@@ -28,7 +28,7 @@ from gateway.transports.websocket import (
     GatewayWebSocketProtocol,
 )
 
-from ._wsframes import parse_frames
+from ._wsframes import ServerFrames, parse_frames
 
 HANDSHAKE = (
     b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -47,7 +47,7 @@ def frame(payload: bytes, opcode: int = 1, fin: bool = True) -> bytes:
 parse = parse_frames
 
 
-class Conn:
+class Conn(ServerFrames):
     def __init__(self, clock: MemoryReactorClock, factory_class: type = GatewayWebSocketFactory, **config: object) -> None:
         self.gateway = Gateway(Config(**config), clock)  # type: ignore[arg-type]
         self.factory = factory_class(self.gateway) if factory_class is GatewayWebSocketFactory else factory_class()
@@ -67,14 +67,6 @@ class Conn:
     def frames(self) -> list[tuple[int, bytes]]:
         return parse(self.transport.value()[self.head_len :])
 
-    def events(self) -> list[dict]:
-        return [json.loads(p) for op, p in self.frames() if op == 1]
-
-    def close_code(self) -> int | None:
-        for op, payload in self.frames():
-            if op == 8:
-                return struct.unpack("!H", payload[:2])[0]
-        return None
 
 
 @pytest.fixture
