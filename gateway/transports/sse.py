@@ -530,17 +530,9 @@ class SSEStream(ChannelSetRequest):
 
     def on_publication(self, prepared: PreparedPublication) -> None:
         if self.opened and not self.released and len(self.channels) == 1:
-            # The live delivery of a one-channel stream, without an Event and
-            # with _deliver_single() and _write() inlined (once per stream per
-            # publication).
+            # The live delivery of a one-channel stream, without an Event.
             self.positions[self.channels[0]] = prepared.publication.position
-            data, chunk = prepared.sse_single or _single_channel_event(prepared)
-            buffer = self._buffer
-            if buffer is not None and buffer.paused and buffer.overflows(len(data), self.gateway.config.max_send_buffer):
-                self._drop_slow_consumer()
-                return
-            write_body(self.gateway_writer, self.request, data, chunk)
-            self.gateway.stats.counted["sse"] += 1
+            self._deliver_single(prepared)
         else:
             super().on_publication(prepared)
 
@@ -549,8 +541,13 @@ class SSEStream(ChannelSetRequest):
         # position, so the whole event, id line and chunk framing included, is
         # the same bytes for every such stream and is built once
         # (write_body takes the chunk when the response is chunked).
+        # _write() inlined: this runs once per stream per publication.
         data, chunk = prepared.sse_single or _single_channel_event(prepared)
-        self._write(data, chunk)
+        buffer = self._buffer
+        if buffer is not None and buffer.paused and buffer.overflows(len(data), self.gateway.config.max_send_buffer):
+            self._drop_slow_consumer()
+            return
+        write_body(self.gateway_writer, self.request, data, chunk)
         self.gateway.stats.counted["sse"] += 1
 
     def _deliver(self, event: Event) -> None:
