@@ -12,7 +12,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
@@ -403,3 +403,15 @@ async def publish_until_stopped_ws(
                 outcomes.append((f"{prefix}{k}", "unavailable", None, None))
             k += 1
             await asyncio.sleep(pause)
+
+
+def running_cluster(tmp_path: object, replicas: int) -> Iterator[RedisCluster]:
+    """A 3-master :class:`RedisCluster` with ``replicas`` per master and
+    ``cluster-require-full-coverage no`` (as docs/protocol.md recommends: the healthy
+    masters go on serving while one is down), stopped when the generator ends."""
+    c = RedisCluster(str(tmp_path), masters=3, replicas=replicas, extra=("--cluster-require-full-coverage", "no"))
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop()

@@ -21,7 +21,7 @@ import websockets
 from gateway.broker.slots import key_slot
 from gateway.config import Config
 from gateway.testing import aio, start_gateway
-from tests.e2e.support import TIMEOUT_FACTOR, RedisCluster, Subscriber, until
+from tests.e2e.support import TIMEOUT_FACTOR, Subscriber, running_cluster, until
 from tests.e2e.test_sentinel import check_stream
 
 pytestmark = pytest.mark.redis
@@ -29,13 +29,7 @@ pytestmark = pytest.mark.redis
 
 @pytest.fixture
 def cluster(tmp_path):
-    # As docs/protocol.md recommends: the healthy masters go on serving while one is down.
-    c = RedisCluster(str(tmp_path), masters=3, replicas=1, extra=("--cluster-require-full-coverage", "no"))
-    try:
-        c.start()
-        yield c
-    finally:
-        c.stop()
+    yield from running_cluster(tmp_path, replicas=1)
 
 
 def cluster_url(cluster) -> str:

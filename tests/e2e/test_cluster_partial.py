@@ -24,7 +24,7 @@ import pytest
 from gateway.broker.slots import key_slot
 from gateway.config import Config
 from gateway.testing import aio, start_gateway
-from tests.e2e.support import TIMEOUT_FACTOR, RedisCluster, Subscriber, until
+from tests.e2e.support import TIMEOUT_FACTOR, Subscriber, running_cluster, until
 from tests.e2e.test_cluster import Publisher, channels_on_every_shard, cluster_url
 from tests.e2e.test_sentinel import check_stream
 
@@ -33,12 +33,7 @@ pytestmark = pytest.mark.redis
 
 @pytest.fixture
 def cluster(tmp_path):
-    c = RedisCluster(str(tmp_path), masters=3, replicas=0, extra=("--cluster-require-full-coverage", "no"))
-    try:
-        c.start()
-        yield c
-    finally:
-        c.stop()
+    yield from running_cluster(tmp_path, replicas=0)
 
 
 async def first_sse_message(client: httpx.AsyncClient, url: str) -> tuple[int, dict | None]:
