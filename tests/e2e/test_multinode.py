@@ -131,7 +131,8 @@ async def test_redis_killed_and_restarted_mid_stream(nodes, redis_server):
         assert s.close_code == 1000  # closed by us at the end, not by the outage
         messages = s.check_order()
         delivered = {(m["epoch"], m["seq"]): m["data"] for m in messages}
-        assert all(delivered.get(key) == data for key, data in acked.items()), "an acked publication was not delivered"
+        missing = sorted(key for key, data in acked.items() if delivered.get(key) != data)
+        assert not missing, f"acked publications not delivered to {s.url}: {missing}; delivered {sorted(delivered)}"
         assert 1 == sum(1 for e in s.events if e["type"] == "reset")
 
 
