@@ -50,7 +50,8 @@ class PreparedPublication:
             ``payload``, set by the first WebSocket that sends it (None until then):
             the one value the per-subscriber fan-out needs, read without a call.
         sse_single: likewise for SSE streams of this channel alone: the whole
-            event with its ``id:`` line, and the same as one HTTP/1.1 chunk.
+            event with its ``id:`` line, the same as one HTTP/1.1 chunk, and the
+            publication's position (the stream's after it).
     """
 
     __slots__ = ("publication", "payload", "_forms", "ws_frame", "sse_single")
@@ -60,7 +61,7 @@ class PreparedPublication:
         self.payload = dumps(publication.to_event())
         self._forms: dict[str, Any] = {}
         self.ws_frame: bytes | None = None
-        self.sse_single: tuple[bytes, bytes] | None = None
+        self.sse_single: tuple[bytes, bytes, Position] | None = None
 
     def form(self, key: str, build: Callable[[bytes], T]) -> T:
         """Return the transport form ``key``, building it from the payload once."""

@@ -53,7 +53,7 @@ from twisted.internet import tcp
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.http import toChunk
 
-__all__ = ["TickWriter", "tick_writer", "write_body"]
+__all__ = ["TickWriter", "body_transport", "tick_writer", "write_body"]
 
 
 # The connection classes of plain TCP sockets (tested by identity on the hot path).
@@ -182,24 +182,35 @@ def tick_writer(gateway: Any) -> TickWriter:
     return writer
 
 
-def write_body(writer: TickWriter, request: Any, data: bytes, chunk: bytes | None = None) -> None:
-    """``request.write(data)`` for a response whose headers are out, through ``writer``.
-
-    Frames ``data`` as ``Request.write`` does (a chunk when the response is
-    chunked; ``chunk``, when given, is that chunk already built) and counts it in
-    ``sentLength``; anything unusual (headers not yet written, a finished or
-    disconnected request, a HEAD request, no channel) is left to ``request.write``.
-    """
+def body_transport(request: Any) -> Any:
+    """The plain TCP connection a response's body bytes may be written to directly
+    (:func:`write_body`), or None when they must go through ``request.write``:
+    headers not yet written, a finished or disconnected request, a HEAD request,
+    no channel, or a connection that is not plain TCP (TLS, HTTP/2, a test's)."""
     channel = getattr(request, "channel", None)
-    transport = getattr(channel, "transport", None)
+    transport: Any = getattr(channel, "transport", None)
     if (
         (type(transport) not in _TCP_TYPES and not _plain_tcp(transport))
-        or not data
+        or transport.TLS
         or not request.startedWriting
         or request.finished
         or request._disconnected
         or request.method == b"HEAD"
     ):
+        return None
+    return transport
+
+
+def write_body(writer: TickWriter, request: Any, data: bytes, chunk: bytes | None = None) -> None:
+    """``request.write(data)`` for a response whose headers are out, through ``writer``.
+
+    Frames ``data`` as ``Request.write`` does (a chunk when the response is
+    chunked; ``chunk``, when given, is that chunk already built) and counts it in
+    ``sentLength``; anything unusual (see :func:`body_transport`) is left to
+    ``request.write``.
+    """
+    transport = body_transport(request)
+    if transport is None or not data:
         request.write(data)
         return
     request.sentLength += len(data)

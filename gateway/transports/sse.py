@@ -35,13 +35,22 @@ connection is unregistered from the gateway.
 The SSE ``event:``/``data:`` block of a publication is built once per publication
 (:meth:`PreparedPublication.form`) and shared by every stream; only the ``id:``
 line, which carries each stream's own cursor, is written per connection.
+
+A stream of one channel needs not even that: the cursor after a publication is
+the publication's own position, so the whole event, ``id:`` line and HTTP/1.1
+chunk framing included, is the same bytes for every such stream and is built
+once per publication (``PreparedPublication.sse_single``).  Once such a stream is
+open on a plain TCP connection, its live deliveries are written like a
+WebSocket's: those shared bytes appended to the connection's buffer by the
+gateway's :class:`~gateway.transports._tickwrite.TickWriter`, with no Python
+object made per stream and event (see :meth:`SSEStream.on_publication`).
 """
 
 from __future__ import annotations
 
 import functools
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 
 import attrs
 from twisted.internet import defer
@@ -76,7 +85,12 @@ from gateway.transports._http import (
     single_param,
 )
 from gateway.transports._session import ClientSession
-from gateway.transports._tickwrite import tick_writer, write_body
+from gateway.transports._tickwrite import (
+    TickWriter,
+    body_transport,
+    tick_writer,
+    write_body,
+)
 from gateway.transports.cors import CORSResource, apply_cors
 
 if TYPE_CHECKING:
@@ -478,16 +492,45 @@ def _sse_block(kind: bytes, payload: bytes) -> bytes:
     return b"event: " + kind + b"\ndata: " + payload + b"\n\n"
 
 
-def _single_channel_event(prepared: PreparedPublication) -> tuple[bytes, bytes]:
+# The items of PreparedPublication.sse_single: the event's bytes (an HTTP/1.0
+# response's body), the same as one HTTP/1.1 chunk, and the position after it.
+_RAW: Final = 0
+_CHUNK: Final = 1
+_POSITION: Final = 2
+
+
+def _single_channel_event(prepared: PreparedPublication) -> tuple[bytes, bytes, Position]:
     """A publication's whole event for a stream of its channel alone: (the event's
-    bytes, the same as one HTTP/1.1 chunk), built once and kept on ``prepared``."""
+    bytes, the same as one HTTP/1.1 chunk, the position after it), built once and
+    kept on ``prepared``."""
     event = prepared.sse_single
     if event is None:
         pub = prepared.publication
-        cursor = encode_cursor({pub.channel: pub.position})
+        position = pub.position
+        cursor = encode_cursor({pub.channel: position})
         data = b"id: " + cursor.encode("ascii") + b"\n" + _sse_block(b"message", prepared.payload)
-        event = prepared.sse_single = (data, b"".join(toChunk(data)))
+        event = prepared.sse_single = (data, b"".join(toChunk(data)), position)
     return event
+
+
+class _Fanout:
+    """What every SSE stream of a gateway shares on its live path: the gateway's
+    :class:`TickWriter`, and the count of events its streams wrote that way (read
+    by the gateway's stats: one integer add per delivery)."""
+
+    __slots__ = ("delivered", "writer")
+
+    def __init__(self, writer: TickWriter) -> None:
+        self.writer = writer
+        self.delivered = 0
+
+
+def _fanout(gateway: Gateway) -> _Fanout:
+    fanout: _Fanout | None = getattr(gateway, "_sse_fanout", None)
+    if fanout is None:
+        fanout = gateway._sse_fanout = _Fanout(tick_writer(gateway))  # type: ignore[attr-defined]
+        gateway.stats.add_delivery_source("sse", fanout)
+    return fanout
 
 
 class SSEStream(ChannelSetRequest):
@@ -500,12 +543,17 @@ class SSEStream(ChannelSetRequest):
 
     transport = "sse"
     _log = Logger()
+    # Set while the live path of on_publication() applies (an open stream of one
+    # channel on a plain TCP connection): that connection, and which item of
+    # PreparedPublication.sse_single is its framing (_RAW or _CHUNK).
+    _wire: Any = None
+    _framing: Literal[0, 1] = _CHUNK
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._heartbeat: Any = None
         self._buffer: SendBuffer | None = None
-        self.gateway_writer = tick_writer(self.gateway)
+        self._fanout = _fanout(self.gateway)
 
     def _open(self, first: list[Event]) -> None:
         request = self.request
@@ -525,30 +573,57 @@ class SSEStream(ChannelSetRequest):
             self._deliver(event)
         if not self.released:
             self._schedule_ping()
+            if len(self.channels) == 1:
+                wire = body_transport(request)
+                if wire is not None:
+                    self._wire = wire
+                    if not request.chunked:
+                        self._framing = _RAW  # HTTP/1.0 (memory: the class's otherwise)
             # The head is out: what twisted.web keeps for it is not needed (memory).
             slim_request(request)
 
     def on_publication(self, prepared: PreparedPublication) -> None:
+        """The bus's delivery of the next publication.
+
+        This runs once per stream per publication.  On the live path (``_wire``
+        set: see :meth:`_open`; cleared on release, so set only while the request
+        is open, its head written, not finished and not disconnected) the shared
+        event goes to the connection as :func:`write_body` would write it, with
+        its checks made once at opening, and the stream's position becomes the
+        event's; anything else takes :meth:`_on_publication`."""
+        wire = self._wire
+        if wire is None:
+            self._on_publication(prepared)
+            return
+        event = prepared.sse_single or _single_channel_event(prepared)
+        buffer = self._buffer
+        if buffer.paused and buffer.overflows(len(event[_RAW]), self.gateway.config.max_send_buffer):  # type: ignore[union-attr]
+            self._drop_slow_consumer()
+            return
+        self.positions[self.channels[0]] = event[_POSITION]
+        self.request.sentLength += len(event[_RAW])
+        fanout = self._fanout
+        fanout.writer.write(wire, event[self._framing])
+        fanout.delivered += 1
+
+    def _on_publication(self, prepared: PreparedPublication) -> None:
         if self.opened and not self.released and len(self.channels) == 1:
-            # The live delivery of a one-channel stream, without an Event.
-            self.positions[self.channels[0]] = prepared.publication.position
+            # A one-channel stream off the live path (not plain TCP, a HEAD), without an Event.
+            self.positions[self.channels[0]] = (prepared.sse_single or _single_channel_event(prepared))[_POSITION]
             self._deliver_single(prepared)
         else:
             super().on_publication(prepared)
 
     def _deliver_single(self, prepared: PreparedPublication) -> None:
-        # One channel: the cursor after a publication is the publication's own
-        # position, so the whole event, id line and chunk framing included, is
-        # the same bytes for every such stream and is built once
-        # (write_body takes the chunk when the response is chunked).
-        # _write() inlined: this runs once per stream per publication.
-        data, chunk = prepared.sse_single or _single_channel_event(prepared)
+        # One channel: the whole event is shared (see the module docstring;
+        # write_body takes the chunk when the response is chunked).
+        data, chunk, _ = prepared.sse_single or _single_channel_event(prepared)
         buffer = self._buffer
         if buffer is not None and buffer.paused and buffer.overflows(len(data), self.gateway.config.max_send_buffer):
             self._drop_slow_consumer()
             return
-        write_body(self.gateway_writer, self.request, data, chunk)
-        self.gateway.stats.counted["sse"] += 1
+        write_body(self._fanout.writer, self.request, data, chunk)
+        self._fanout.delivered += 1
 
     def _deliver(self, event: Event) -> None:
         if self.released:
@@ -576,7 +651,7 @@ class SSEStream(ChannelSetRequest):
             self._drop_slow_consumer()
             return
         # Sent with the other streams' at the end of the reactor turn (_tickwrite).
-        write_body(self.gateway_writer, self.request, data, chunk)
+        write_body(self._fanout.writer, self.request, data, chunk)
 
     def _drop_slow_consumer(self) -> None:
         self._log.info("dropping a slow SSE consumer ({count} bytes unsent)", count=self._buffer.queued if self._buffer else 0)
@@ -605,6 +680,8 @@ class SSEStream(ChannelSetRequest):
             self._schedule_ping()
 
     def _on_release(self) -> None:
+        # Off the live path: nothing is written to the connection any more.
+        self._wire = None
         if self._heartbeat is not None and self._heartbeat.active():
             self._heartbeat.cancel()
         self._heartbeat = None

@@ -14,7 +14,7 @@ from twisted.internet.testing import StringTransport
 from zope.interface import implementer
 
 from gateway.testing import sleep
-from gateway.transports._tickwrite import TickWriter, write_body
+from gateway.transports._tickwrite import TickWriter, body_transport, write_body
 
 from .conftest import wait_until
 
@@ -248,3 +248,16 @@ async def test_write_body_frames_chunks_like_request_write(conn):
     other = FakeRequest(StringTransport(), chunked=True)
     write_body(writer, other, b"y")
     assert other.written == [b"y"]
+
+
+def test_body_transport_only_for_a_started_open_response_on_plain_tcp(conn):
+    """The connection is given for a GET whose head is out on plain TCP; None for a
+    HEAD, an unstarted, finished or disconnected request, or another transport."""
+    transport, _ = conn
+    assert body_transport(FakeRequest(transport, chunked=True)) is transport
+    assert body_transport(FakeRequest(transport, chunked=True, started=False)) is None
+    assert body_transport(FakeRequest(StringTransport(), chunked=True)) is None
+    for name, value in (("method", b"HEAD"), ("finished", True), ("_disconnected", True)):
+        request = FakeRequest(transport, chunked=True)
+        setattr(request, name, value)
+        assert body_transport(request) is None, name

@@ -1,0 +1,67 @@
+"""An SSE stream of one channel off the live path (a connection that is not plain TCP,
+here twisted.web's DummyRequest): the same shared event bytes go through
+``request.write``, in order, counted as deliveries (the live path itself, over real
+sockets, is tests/integration/test_sse_live.py)."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+from twisted.internet.task import Clock
+from twisted.web.test.requesthelper import DummyRequest
+
+from gateway.app import Gateway
+from gateway.config import Config
+from gateway.transports.sse import SSEStream
+
+
+@pytest.fixture
+def gateway():
+    gw = Gateway(Config(), reactor=Clock())
+    gw.start()
+    yield gw
+    gw.stop()
+
+
+class Request(DummyRequest):
+    """DummyRequest with a push producer slot (its own loops over pull producers), no
+    connection, and ``startedWriting`` as twisted.web's Request keeps it."""
+
+    producer = None
+    channel = None
+    startedWriting = False
+
+    def write(self, data):
+        self.startedWriting = True
+        super().write(data)
+
+    def registerProducer(self, producer, streaming):
+        self.producer = producer
+
+    def unregisterProducer(self):
+        self.producer = None
+
+
+def cursor(channel: str, epoch: str, seq: int) -> bytes:
+    raw = json.dumps({channel: [epoch, seq]}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=")
+
+
+def test_one_channel_stream_on_another_transport_writes_through_request_write(gateway):
+    req = Request([b""])
+    stream = SSEStream(gateway, req, ["a"], {})
+    stream.start()
+    assert stream.opened and stream._wire is None
+    pubs = [gateway.publish("a", n) for n in (1, 2)]
+    pubs = [d.result for d in pubs]
+    opening, *events = req.written
+    assert opening == b"id: " + cursor("a", pubs[0].epoch, 0) + b"\n: ping\n\n"
+    for pub, written in zip(pubs, events, strict=True):
+        message = {"type": "message", "channel": "a", "seq": pub.seq, "epoch": pub.epoch, "data": pub.data, "ts": pub.ts}
+        assert written == b"id: " + cursor("a", pub.epoch, pub.seq) + b"\nevent: message\ndata: " + json.dumps(message, separators=(",", ":")).encode() + b"\n\n"
+    assert stream.cursor() == cursor("a", pubs[1].epoch, 2).decode()
+    assert gateway.stats.deliveries["sse"] == 2
+    stream.release()
+    assert gateway.bus.subscriber_count() == 0
