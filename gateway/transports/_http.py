@@ -160,6 +160,10 @@ def query_params(request: Request, max_length: int = MAX_QUERY_LENGTH) -> dict[s
         BadRequest: when the query string is longer than ``max_length`` bytes or a
             name or value is not UTF-8.
     """
+    cached: dict[str, list[str]] | None = getattr(request, "gateway_params", None)
+    if cached is not None and max_length == MAX_QUERY_LENGTH:
+        # Read once per request (the endpoint, then its authentication).
+        return cached
     query = request.uri.partition(b"?")[2]
     if len(query) > max_length:
         raise BadRequest(f"query string longer than {max_length} bytes")
@@ -171,6 +175,11 @@ def query_params(request: Request, max_length: int = MAX_QUERY_LENGTH) -> dict[s
             params[name] = [v.decode("utf-8") for v in raw_values]
         except UnicodeDecodeError:
             raise BadRequest("query parameters must be UTF-8") from None
+    if max_length == MAX_QUERY_LENGTH:
+        try:
+            request.gateway_params = params  # type: ignore[attr-defined]
+        except AttributeError:
+            pass  # a request that takes no attributes: parsed again next time
     return params
 
 
