@@ -383,12 +383,34 @@ class GatewayHTTPChannel(http.HTTPChannel):
         if connections is not None:
             connections.closed(self)
 
-    # -- Server header ------------------------------------------------------
+    # -- writing: Server header, one send per reactor turn ---------------------
 
     def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
-        if isinstance(headers, Headers):
-            headers.setRawHeaders(b"server", [SERVER_NAME])
-        super().writeHeaders(version, code, reason, headers)
+        if not isinstance(headers, Headers):
+            # twisted.web's own path sanitizes other header collections first.
+            super().writeHeaders(version, code, reason, headers)
+            return
+        headers.setRawHeaders(b"server", [SERVER_NAME])
+        # The bytes twisted.web's writeHeaders builds, written through self.write.
+        head = [version, b" ", code, b" ", reason, b"\r\n"]
+        for name, values in headers.getAllRawHeaders():
+            for value in values:
+                head += (name, b": ", value, b"\r\n")
+        head.append(b"\r\n")
+        self.write(b"".join(head))
+
+    def write(self, data: bytes) -> None:
+        # Through the Site's TickWriter when it has one: appended to the same
+        # buffer as transport.write() (order holds), sent once at the end of the
+        # reactor turn without registering the socket for writing.
+        writer = getattr(getattr(self, "site", None), "tick_writer", None)
+        if writer is None:
+            self.transport.write(data)
+        else:
+            writer.write(self.transport, data)
+
+    def writeSequence(self, iovec: Any) -> None:
+        self.write(b"".join(iovec))
 
 
 LineLimitHTTPChannel = GatewayHTTPChannel
@@ -500,7 +522,9 @@ def gateway_site(
     return site
 
 
-def make_site(resource: Any, config: Any, reactor: Any = None, request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT) -> server.Site:
+def make_site(
+    resource: Any, config: Any, reactor: Any = None, request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT, writer: Any = None
+) -> server.Site:
     """The Site a :class:`~gateway.service.GatewayService` serves ``resource`` with.
 
     Request bodies are bounded by ``config.max_message_size`` before they are read,
@@ -528,6 +552,9 @@ def make_site(resource: Any, config: Any, reactor: Any = None, request_timeout: 
         reactor=reactor,
         logFormatter=access_log_formatter,
     )
+    # Responses are sent through ``writer`` (a TickWriter: one send() per
+    # connection per reactor turn, see GatewayHTTPChannel.write) when given.
+    site.tick_writer = writer  # type: ignore[attr-defined]
     if not getattr(config, "access_log", True):
         # --no-access-log: no line per request (about 9% of a long poll's CPU).
         site.log = _no_access_log  # type: ignore[method-assign]
