@@ -25,6 +25,7 @@ from gateway.interfaces import IBroker, IPublishHook
 from gateway.metrics import Stats
 from gateway.metrics_limits import LimitStats
 from gateway.presence import Presence
+from gateway.transports._compact import LaterSlimming
 
 __all__ = ["Gateway"]
 
@@ -102,6 +103,8 @@ class Gateway:
         self.presence = Presence(self.bus, config.node_id, config.presence_ttl, reactor)
         self.bus.on_presence = self.presence.events_received
         self.draining = False
+        # Held polls are slimmed (memory) only once held a while (see LaterSlimming).
+        self.slimming = LaterSlimming(reactor, 0.25)
         self._connections: dict[str, set[Any]] = {"websocket": set(), "sse": set(), "poll": set()}
         self._drained: list[defer.Deferred[None]] = []
 

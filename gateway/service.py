@@ -18,6 +18,7 @@ from gateway.interfaces import IBroker
 from gateway.resource import GatewayResource
 from gateway.transports._drain import OpenConnections
 from gateway.transports._http import make_site
+from gateway.transports._tickwrite import tick_writer
 
 __all__ = ["GatewayService", "ListenError"]
 
@@ -86,7 +87,7 @@ class GatewayService(service.MultiService):
         self.config = config or Config()
         self.gateway = Gateway(self.config, reactor, broker)
         self.resource = GatewayResource(self.gateway)
-        self.site = make_site(self.resource, self.config, reactor)
+        self.site = make_site(self.resource, self.config, reactor, writer=tick_writer(self.gateway))
         # The Site's open HTTP connections, closed once their last answer is written
         # at the end of a drain (see gateway.transports._drain).
         self.site.connections = OpenConnections()  # type: ignore[attr-defined]

@@ -160,6 +160,10 @@ def query_params(request: Request, max_length: int = MAX_QUERY_LENGTH) -> dict[s
         BadRequest: when the query string is longer than ``max_length`` bytes or a
             name or value is not UTF-8.
     """
+    cached: dict[str, list[str]] | None = getattr(request, "gateway_params", None)
+    if cached is not None and max_length == MAX_QUERY_LENGTH:
+        # Read once per request (the endpoint, then its authentication).
+        return cached
     query = request.uri.partition(b"?")[2]
     if len(query) > max_length:
         raise BadRequest(f"query string longer than {max_length} bytes")
@@ -171,6 +175,11 @@ def query_params(request: Request, max_length: int = MAX_QUERY_LENGTH) -> dict[s
             params[name] = [v.decode("utf-8") for v in raw_values]
         except UnicodeDecodeError:
             raise BadRequest("query parameters must be UTF-8") from None
+    if max_length == MAX_QUERY_LENGTH:
+        try:
+            request.gateway_params = params  # type: ignore[attr-defined]
+        except AttributeError:
+            pass  # a request that takes no attributes: parsed again next time
     return params
 
 
@@ -374,12 +383,34 @@ class GatewayHTTPChannel(http.HTTPChannel):
         if connections is not None:
             connections.closed(self)
 
-    # -- Server header ------------------------------------------------------
+    # -- writing: Server header, one send per reactor turn ---------------------
 
     def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
-        if isinstance(headers, Headers):
-            headers.setRawHeaders(b"server", [SERVER_NAME])
-        super().writeHeaders(version, code, reason, headers)
+        if not isinstance(headers, Headers):
+            # twisted.web's own path sanitizes other header collections first.
+            super().writeHeaders(version, code, reason, headers)
+            return
+        headers.setRawHeaders(b"server", [SERVER_NAME])
+        # The bytes twisted.web's writeHeaders builds, written through self.write.
+        head = [version, b" ", code, b" ", reason, b"\r\n"]
+        for name, values in headers.getAllRawHeaders():
+            for value in values:
+                head += (name, b": ", value, b"\r\n")
+        head.append(b"\r\n")
+        self.write(b"".join(head))
+
+    def write(self, data: bytes) -> None:
+        # Through the Site's TickWriter when it has one: appended to the same
+        # buffer as transport.write() (order holds), sent once at the end of the
+        # reactor turn without registering the socket for writing.
+        writer = getattr(getattr(self, "site", None), "tick_writer", None)
+        if writer is None:
+            self.transport.write(data)
+        else:
+            writer.write(self.transport, data)
+
+    def writeSequence(self, iovec: Any) -> None:
+        self.write(b"".join(iovec))
 
 
 LineLimitHTTPChannel = GatewayHTTPChannel
@@ -491,7 +522,9 @@ def gateway_site(
     return site
 
 
-def make_site(resource: Any, config: Any, reactor: Any = None, request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT) -> server.Site:
+def make_site(
+    resource: Any, config: Any, reactor: Any = None, request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT, writer: Any = None
+) -> server.Site:
     """The Site a :class:`~gateway.service.GatewayService` serves ``resource`` with.
 
     Request bodies are bounded by ``config.max_message_size`` before they are read,
@@ -519,6 +552,9 @@ def make_site(resource: Any, config: Any, reactor: Any = None, request_timeout: 
         reactor=reactor,
         logFormatter=access_log_formatter,
     )
+    # Responses are sent through ``writer`` (a TickWriter: one send() per
+    # connection per reactor turn, see GatewayHTTPChannel.write) when given.
+    site.tick_writer = writer  # type: ignore[attr-defined]
     if not getattr(config, "access_log", True):
         # --no-access-log: no line per request (about 9% of a long poll's CPU).
         site.log = _no_access_log  # type: ignore[method-assign]

@@ -39,7 +39,6 @@ from gateway.errors import (
     Unavailable,
 )
 from gateway.transports._auth import respond, respond_error
-from gateway.transports._compact import slim_request
 from gateway.transports._http import (
     is_gone,
     query_params,
@@ -122,8 +121,9 @@ class HeldPoll(ChannelSetRequest):
             self._answer(first)
             return
         self._timer = self.gateway.reactor.callLater(self.timeout, self._timed_out)
-        # Held: what twisted.web keeps of the arrived request is not needed (memory).
-        slim_request(self.request)
+        # Held: what twisted.web keeps of the arrived request is not needed (memory),
+        # if it is still held in a moment.
+        self.gateway.slimming.hold(self, self.request)
 
     def _deliver(self, event: Event) -> None:
         self._answer([event])
@@ -162,9 +162,11 @@ class HeldPoll(ChannelSetRequest):
         presence.poll_ended(channel, sub, self.client)
 
     def _on_release(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+        self.gateway.slimming.release(self)
 
     def expired(self) -> None:
         """The token expired while held: answered now with its cursor (the next

@@ -139,3 +139,72 @@ def test_on_finish_is_told_once_when_the_client_goes_away():
     on_finish(request, seen.append)
     channel.connectionLost(Failure(ConnectionLost()))
     assert len(seen) == 1 and seen[0].check(ConnectionLost)
+
+
+def test_later_slimming_slims_only_what_is_still_held_after_the_delay():
+    from twisted.internet.task import Clock
+
+    from gateway.transports._compact import LaterSlimming
+
+    clock = Clock()
+    slimming = LaterSlimming(clock, 0.25)
+    (ch1, kept), (ch2, answered), (ch3, gone) = _held_request(), _held_request(), _held_request()
+    for key, request in (("kept", kept), ("answered", answered), ("gone", gone)):
+        request.args = {b"a": [b"1"]}
+        slimming.hold(key, request)
+    assert len(clock.getDelayedCalls()) == 1 and slimming.waiting == 3
+    answered.finish()
+    slimming.release("answered")
+    ch3.connectionLost(None)
+    clock.advance(0.2)
+    assert kept.args == {b"a": [b"1"]}  # not yet
+    clock.advance(0.05)
+    assert kept.args == {} and kept.content is None
+    assert gone.args == {b"a": [b"1"]}  # the client went away: left as it was
+    assert slimming.waiting == 0 and clock.getDelayedCalls() == []
+    kept.finish()
+    for ch in (ch1, ch2):
+        ch.connectionLost(None)
+
+
+def test_later_slimming_holds_no_timer_once_every_request_is_released():
+    from twisted.internet.task import Clock
+
+    from gateway.transports._compact import LaterSlimming
+
+    clock = Clock()
+    slimming = LaterSlimming(clock, 1.0)
+    channel, request = _held_request()
+    slimming.hold("a", request)
+    slimming.hold("b", request)
+    slimming.release("a")
+    assert len(clock.getDelayedCalls()) == 1
+    slimming.release("b")
+    slimming.release("b")  # idempotent
+    assert clock.getDelayedCalls() == [] and slimming.waiting == 0
+    slimming.hold("c", request)  # armed again
+    assert len(clock.getDelayedCalls()) == 1
+    slimming.release("c")
+    request.finish()
+    channel.connectionLost(None)
+
+
+def test_query_parameters_are_parsed_once_per_request_and_dropped_when_slimmed():
+    from gateway.errors import BadRequest
+    from gateway.transports._http import query_params
+
+    leaf = Held(False)
+    site = gateway_site(leaf)
+    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
+    channel.makeConnection(StringTransport())
+    channel.dataReceived(b"GET /x?channel=a&token=t%C3%A9 HTTP/1.1\r\nHost: h\r\n\r\n")
+    (request,) = leaf.requests
+    first = query_params(request)
+    assert first == {"channel": ["a"], "token": ["t\u00e9"]}
+    assert query_params(request) is first
+    with pytest.raises(BadRequest):
+        query_params(request, max_length=5)  # another limit: checked, not taken from the cache
+    slim_request(request)
+    assert "gateway_params" not in vars(request)
+    request.finish()
+    channel.connectionLost(None)
