@@ -94,6 +94,12 @@ def main() -> None:
             reactor.doIteration(0.01)
             if time.monotonic() > deadline:
                 raise SystemExit("the node never connected to its redis-server")
+    # What a twistd node does once running (gc.freeze() in trees without tune_gc).
+    import gc
+
+    import gateway.tap
+
+    getattr(gateway.tap, "tune_gc", gc.freeze)()
     port = running.port
     channel = "bench"
     n = args.subscribers

@@ -225,8 +225,28 @@ def makeService(options: GatewayOptions) -> service.IService:
     _one_line_listen_errors()
     from twisted.internet import reactor
 
-    # Everything loaded at startup (modules, plugins, the node itself) lives as long
-    # as the process: keep it out of the cyclic collector's full passes, which a
-    # busy node otherwise spends a share of its CPU re-scanning (bench/README.md).
-    reactor.callWhenRunning(gc.freeze)  # type: ignore[attr-defined]
+    reactor.callWhenRunning(tune_gc)  # type: ignore[attr-defined]
     return svc
+
+
+GC_THRESHOLDS = (20_000, 20, 10)
+"""The cyclic collector's thresholds in a twistd node (Python's default: 700, 10, 10)."""
+
+
+def tune_gc() -> None:
+    """Fit the cyclic garbage collector to a long-running node (twistd calls it once running).
+
+    * Everything loaded at startup (modules, plugins, the node itself) lives as long
+      as the process: ``gc.freeze()`` keeps it out of the collector's full passes,
+      which would otherwise re-scan it every time.
+    * The gateway frees what a request or connection leaves by reference counting,
+      but a request held even a few milliseconds (a poll waiting for the next
+      publication) outlives the young-generation passes, which Python runs every
+      700 container allocations, and so reaches the old generation, whose growth
+      triggers full passes over every live connection.  At 1,000 pollers that was
+      about a tenth of the node's CPU and a full pass every few seconds.  Passes
+      every 20,000 allocations let such requests die young; cyclic garbage, if any,
+      is still collected, a little later (bench/README.md, "Issue 11, third session").
+    """
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)

@@ -262,12 +262,25 @@ def test_access_log_flags():
     assert parse("--no-access-log", "--access-log").config.access_log is True
 
 
-def test_make_service_freezes_what_startup_loaded(monkeypatch):
+def test_make_service_tunes_the_collector_once_running(monkeypatch):
     """Once the reactor runs, twistd's node moves everything loaded so far out of the
-    cyclic collector's reach (gc.freeze), so full collections do not re-scan it."""
+    cyclic collector's reach (gc.freeze), so full collections do not re-scan it, and
+    raises the collector's thresholds (held polls die young instead of filling the
+    old generation)."""
     from twisted.internet import reactor
+
+    from gateway.tap import GC_THRESHOLDS, tune_gc
 
     scheduled = []
     monkeypatch.setattr(reactor, "callWhenRunning", lambda f, *a, **k: scheduled.append(f))
     makeService(parse("--listen", "tcp:0:interface=127.0.0.1"))
-    assert scheduled == [gc.freeze]
+    assert scheduled == [tune_gc]
+    before = gc.get_threshold()
+    frozen = gc.get_freeze_count()
+    try:
+        tune_gc()
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert gc.get_freeze_count() > frozen
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
