@@ -8,6 +8,7 @@ import re
 import time
 
 import httpx
+import pytest
 
 from gateway.testing import ManualBroker, aio, http
 
@@ -320,3 +321,13 @@ async def test_drain_while_subscribing_is_503(gw_factory):
     r = await pending
     assert r.status_code == 503
     assert gw.bus.subscriber_count() == 0
+
+
+@pytest.mark.parametrize("path", ["/poll", "/sse"])
+async def test_token_given_twice_is_400_without_authentication_too(gw, path):
+    """With no authentication configured the token is not read, but a query that gives
+    it twice is still refused: which one would count is a guess."""
+    r = await http("GET", gw.base + path + "?channel=a&timeout=0&token=x&token=y")
+    assert r.status_code == 400
+    assert r.json()["error"] == {"code": "bad_request", "message": "token given more than once"}
+    assert gw.bus.subscriber_count("a") == 0
