@@ -271,6 +271,7 @@ class GatewayHTTPChannel(http.HTTPChannel):
     _deadline: Any = None
     _linger: Any = None
     _answering = False
+    _arriving = False
     _refused = False
 
     def connectionMade(self) -> None:
@@ -296,10 +297,16 @@ class GatewayHTTPChannel(http.HTTPChannel):
         if self._refused:
             return
         if data and self._deadline is None and not self._answering and self.request_timeout:
-            self._deadline = self.callLater(self.request_timeout, self._request_timed_out)
+            # A request is arriving.  Its deadline is armed only if these bytes do
+            # not complete it (allContentReceived clears this): most requests
+            # arrive whole in one read and need no timer at all.
+            self._arriving = True
         super().dataReceived(data)
+        if self._arriving and self._deadline is None and not self._refused:
+            self._deadline = self.callLater(self.request_timeout, self._request_timed_out)
 
     def allContentReceived(self) -> None:
+        self._arriving = False
         self._cancel_deadline()
         if self._refused:
             return
@@ -374,6 +381,7 @@ class GatewayHTTPChannel(http.HTTPChannel):
         self.refuse(400, BadRequest("malformed HTTP request"))
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._arriving = False
         self._cancel_deadline()
         if self._linger is not None and self._linger.active():
             self._linger.cancel()

@@ -132,6 +132,26 @@ def test_each_request_gets_its_own_deadline():
     assert status_of(transport.value()) == 408
 
 
+def test_a_request_arriving_whole_arms_no_deadline_timer():
+    """The deadline is armed only when a read leaves a request incomplete: one that
+    arrives whole (most do) costs no timer."""
+    clock = MemoryReactorClock()
+    root = Held()
+    proto, _ = connect(root, clock)
+    armed: list = []
+    real = proto.callLater
+    proto.callLater = lambda delay, f, *a, **k: armed.append(f) or real(delay, f, *a, **k)
+    proto.dataReceived(REQUEST)
+    assert len(root.requests) == 1
+    assert proto._request_timed_out not in armed
+    root.requests[0].finish()
+    proto.dataReceived(REQUEST[:10])
+    assert armed.count(proto._request_timed_out) == 1
+    proto.dataReceived(REQUEST[10:])
+    assert len(root.requests) == 2 and armed.count(proto._request_timed_out) == 1
+    assert not [c for c in clock.getDelayedCalls() if c.active() and c.func == proto._request_timed_out]
+
+
 def test_partial_request_pipelined_behind_a_held_one_gets_a_deadline_when_its_turn_comes():
     """Bytes buffered behind a held request start their deadline only once that request is done."""
     clock = MemoryReactorClock()
