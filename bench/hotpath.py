@@ -94,12 +94,18 @@ def main() -> None:
             reactor.doIteration(0.01)
             if time.monotonic() > deadline:
                 raise SystemExit("the node never connected to its redis-server")
-    # What a twistd node does once running (gc.freeze() in trees without tune_gc).
+    # What a twistd node does (gc.freeze() in trees without tune_gc; the Date cache).
     import gc
 
     import gateway.tap
 
     getattr(gateway.tap, "tune_gc", gc.freeze)()
+    try:
+        from gateway.transports import _httpdate
+    except ImportError:
+        pass
+    else:
+        _httpdate.install()
     port = running.port
     channel = "bench"
     n = args.subscribers

@@ -226,6 +226,10 @@ def makeService(options: GatewayOptions) -> service.IService:
     from twisted.internet import reactor
 
     reactor.callWhenRunning(tune_gc)  # type: ignore[attr-defined]
+    # The node owns its process: one Date text per second for twisted.web's responses.
+    from gateway.transports import _httpdate
+
+    _httpdate.install()
     return svc
 
 

@@ -271,10 +271,16 @@ def test_make_service_tunes_the_collector_once_running(monkeypatch):
 
     from gateway.tap import GC_THRESHOLDS, tune_gc
 
+    from twisted.web import server
+
+    from gateway.transports._httpdate import CachedHTTPDate
+
     scheduled = []
     monkeypatch.setattr(reactor, "callWhenRunning", lambda f, *a, **k: scheduled.append(f))
+    monkeypatch.setattr(server, "datetimeToString", server.datetimeToString)
     makeService(parse("--listen", "tcp:0:interface=127.0.0.1"))
     assert scheduled == [tune_gc]
+    assert isinstance(server.datetimeToString, CachedHTTPDate)  # Date formatted once a second
     before = gc.get_threshold()
     frozen = gc.get_freeze_count()
     try:
