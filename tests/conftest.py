@@ -3,9 +3,20 @@ the reactor clean (no delayed calls left behind by the gateway)."""
 
 from __future__ import annotations
 
+import sys
+
 import pytest_twisted
 
-from gateway.testing import start_gateway, sleep
+from gateway.testing import sleep, start_gateway
+
+try:
+    import sniffio  # noqa: F401
+except ImportError:
+    # httpcore imports sniffio (which nothing installs any more) inside every async
+    # request's lock setup; each failed import searches sys.path again (through pytest's
+    # import hook too): some 0.25 ms, several times per request.  None in sys.modules
+    # fails the import at once, and httpcore falls back to asyncio as before.
+    sys.modules["sniffio"] = None  # type: ignore[assignment]
 
 
 @pytest_twisted.async_yield_fixture

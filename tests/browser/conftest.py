@@ -107,6 +107,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+_http: httpx.Client | None = None
+
+
+def http() -> httpx.Client:
+    """The harness's own httpx client, one for the run: every httpx client builds an SSL
+    context (some 40 ms of CPU), which ``httpx.get()`` and ``httpx.post()`` would do on
+    each call.  It keeps no connection alive: each request has a connection of its own,
+    as with those functions."""
+    global _http
+    if _http is None:
+        _http = httpx.Client(timeout=10, limits=httpx.Limits(max_keepalive_connections=0))
+    return _http
+
+
 def wait_until(predicate: Any, timeout: float = TIMEOUT, what: str = "condition", interval: float = 0.05) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -155,7 +169,7 @@ class GatewayProcess:
             if self.proc.poll() is not None:
                 raise AssertionError(f"twistd exited with {self.proc.returncode}:\n{self.output()}")
             try:
-                if httpx.get(self.base + "readyz", timeout=1).status_code == 200:
+                if http().get(self.base + "readyz", timeout=1).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
@@ -191,7 +205,7 @@ class GatewayProcess:
 
     def publish(self, channel: str, data: Any, headers: dict[str, str] | None = None, **extra: Any) -> dict[str, Any]:
         """POST /publish with httpx (not our client); the ack, or an AssertionError with the error."""
-        r = httpx.post(self.base + "publish", json={"channel": channel, "data": data, **extra}, headers=headers or {}, timeout=10)
+        r = http().post(self.base + "publish", json={"channel": channel, "data": data, **extra}, headers=headers or {}, timeout=10)
         assert r.status_code == 200, (r.status_code, r.text)
         return dict(r.json())
 

@@ -28,7 +28,7 @@ import pytest
 
 from tests.browser._many import count_connected, start_many, summary
 from tests.browser._middlebox import middleboxes
-from tests.browser.conftest import TIMEOUT, GatewayProcess, wait_until
+from tests.browser.conftest import TIMEOUT, GatewayProcess, http, wait_until
 from tests.e2e.support import RedisServer
 
 TRANSPORTS = ["websocket", "sse", "poll"]
@@ -98,7 +98,7 @@ class ClusterPublisher:
 def history(node: GatewayProcess, channel: str, epoch: str) -> list[dict[str, Any]]:
     """Every publication of ``channel`` in history, read with a poll from seq 0 (a cursor built by hand)."""
     cursor = base64.urlsafe_b64encode(json.dumps({channel: [epoch, 0]}).encode()).rstrip(b"=").decode()
-    r = httpx.get(node.base + "poll", params={"channel": channel, "cursor": cursor, "timeout": "0"}, timeout=10)
+    r = http().get(node.base + "poll", params={"channel": channel, "cursor": cursor, "timeout": "0"}, timeout=10)
     assert r.status_code == 200, r.text
     return list(r.json()["messages"])
 
@@ -170,7 +170,7 @@ PUBLISH_LOOP = """async ([channel, count, interval, pause]) => {
 
 
 def metric(node: GatewayProcess, name: str) -> float:
-    for line in httpx.get(node.base + "metrics", timeout=10).text.splitlines():
+    for line in http().get(node.base + "metrics", timeout=10).text.splitlines():
         if line.startswith(name + " "):
             return float(line.split()[-1])
     return 0.0

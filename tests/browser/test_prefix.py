@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from tests.browser.conftest import TIMEOUT, free_port
+from tests.browser.conftest import TIMEOUT, free_port, http
 
 APP = """
 from twisted.application import strports
@@ -31,8 +31,10 @@ strports.service("tcp:{port}:interface=127.0.0.1", server.Site(root)).setService
 """
 
 
-@pytest.fixture
-def mounted(tmp_path):
+@pytest.fixture(scope="module")
+def mounted(tmp_path_factory):
+    """The host application, one for the module's tests: each sends and awaits a text of its own."""
+    tmp_path = tmp_path_factory.mktemp("mounted")
     port = free_port()
     tac = tmp_path / "app.tac"
     tac.write_text(APP.format(port=port))
@@ -45,7 +47,7 @@ def mounted(tmp_path):
         while True:
             assert proc.poll() is None, (tmp_path / "app.log").read_text()
             try:
-                if httpx.get(base + "readyz", timeout=1).status_code == 200:
+                if http().get(base + "readyz", timeout=1).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.support import TIMEOUT_FACTOR, free_port
+from tests.e2e.support import TIMEOUT_FACTOR, client_ssl, free_port
 
 pytestmark = pytest.mark.redis
 
@@ -53,7 +53,7 @@ def wait_ready(url: str, timeout: float = 20.0) -> None:
     last: object = None
     while time.monotonic() < deadline:
         try:
-            last = httpx.get(url, timeout=1).status_code
+            last = httpx.get(url, timeout=1, verify=client_ssl()).status_code
             if last == 200:
                 return
         except httpx.HTTPError as e:

@@ -224,6 +224,11 @@ def test_scripts_start_a_new_epoch_under_another_writer(redis_server):
 async def test_demoted_master_that_stays_up_is_left_for_the_new_one(sentinels):
     """SENTINEL FAILOVER with the master alive: it becomes a replica (writes get READONLY,
     ROLE says slave) and the nodes must move to the promoted one on their own."""
+    # A Sentinel demotes the old master once it has reported itself a master for 4
+    # publish periods (4 x 2 s by default), seen in its INFO (every 10 s by default):
+    # shorten both (SENTINEL DEBUG, Redis >= 7; older ones answer an error and take longer).
+    for port in sentinels.sentinel_ports:
+        sentinels.sentinel(port, "SENTINEL", "DEBUG", "INFO-PERIOD", "500", "PUBLISH-PERIOD", "250")
     node = start_gateway(Config(node_id="a", redis=sentinels.url, drain_timeout=2.0))
 
     async def scenario():

@@ -13,7 +13,7 @@ import httpx
 import pytest
 import websockets.sync.client
 
-from tests.e2e.support import TIMEOUT_FACTOR, free_port
+from tests.e2e.support import TIMEOUT_FACTOR, client_ssl, free_port
 
 pytestmark = pytest.mark.redis
 
@@ -35,7 +35,7 @@ def wait_status(url: str, status: int, proc: subprocess.Popen, timeout: float = 
         if proc.poll() is not None:
             raise AssertionError(f"twistd exited early with {proc.returncode}: {proc.stdout.read()}")
         try:
-            last = httpx.get(url, timeout=1).status_code
+            last = httpx.get(url, timeout=1, verify=client_ssl()).status_code
             if last == status:
                 return
         except httpx.HTTPError:

@@ -22,7 +22,7 @@ import pytest
 import websockets.sync.client
 from websockets.exceptions import ConnectionClosed
 
-from tests.e2e.support import TIMEOUT_FACTOR, free_port
+from tests.e2e.support import TIMEOUT_FACTOR, client_ssl, free_port
 
 pytestmark = pytest.mark.redis
 
@@ -83,7 +83,7 @@ class Supervised:
         while True:
             assert self.proc.poll() is None, f"exited with {self.proc.returncode}:\n{self.log()}"
             assert time.monotonic() < deadline, f"no connection landed on {node}:\n{self.log()}"
-            client = httpx.Client(base_url=self.base, timeout=10 * TIMEOUT_FACTOR)
+            client = httpx.Client(base_url=self.base, timeout=10 * TIMEOUT_FACTOR, verify=client_ssl())
             try:
                 if client.get("/readyz").json().get("node") == node:
                     self.clients.append(client)

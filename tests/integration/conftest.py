@@ -18,6 +18,7 @@ import httpx
 import pytest_twisted
 
 from gateway.testing import DEFAULT_TIMEOUT, aio, sleep
+from tests.e2e.support import client_ssl
 
 
 class SSEClient:
@@ -41,7 +42,7 @@ class SSEClient:
     async def open(cls, url: str, headers: dict[str, str] | None = None) -> SSEClient:
         """Connect and return once the response headers are in (asyncio coroutine)."""
         # No read timeout on the stream itself: each read below has its own.
-        client = httpx.AsyncClient(timeout=httpx.Timeout(DEFAULT_TIMEOUT, read=None))
+        client = httpx.AsyncClient(timeout=httpx.Timeout(DEFAULT_TIMEOUT, read=None), verify=client_ssl())
         response = await client.send(client.build_request("GET", url, headers=headers), stream=True)
         return cls(client, response)
 

@@ -22,6 +22,7 @@ from twisted.web import resource, server, static
 from gateway import Config, GatewayService
 from gateway.service import ListenError
 from gateway.testing import RecordingSubscriber, WSClient, http
+from tests.e2e.support import client_ssl
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TIMEOUT_FACTOR = float(os.environ.get("GATEWAY_TESTS_TIMEOUT_FACTOR", "1"))
@@ -101,7 +102,7 @@ def test_readme_embedding_example_runs_as_written(tmp_path):
         while True:
             assert proc.poll() is None, proc.communicate()[0]
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/realtime/healthz", timeout=1).status_code == 200:
+                if httpx.get(f"http://127.0.0.1:{port}/realtime/healthz", timeout=1, verify=client_ssl()).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass

@@ -14,6 +14,8 @@ import httpx
 import pytest
 import websockets.sync.client
 
+from tests.e2e.support import client_ssl
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -27,7 +29,7 @@ def wait_ready(base: str, proc: subprocess.Popen, timeout: float = 20.0) -> None
         if proc.poll() is not None:
             raise AssertionError(f"twistd exited early with {proc.returncode}: {proc.stdout.read()}")
         try:
-            if httpx.get(base + "/readyz", timeout=1).status_code == 200:
+            if httpx.get(base + "/readyz", timeout=1, verify=client_ssl()).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
