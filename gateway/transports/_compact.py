@@ -25,6 +25,20 @@ What
   while writing the head (``Request.write`` before ``startedWriting``, and
   ``finish`` of a request that wrote nothing).
 
+* Attributes a class lists in ``lazy_defaults`` (:class:`LazyDefaults`:
+  :class:`~gateway.transports._http.GatewayRequest` and
+  :class:`~gateway.transports._http.GatewayHTTPChannel`) are dropped while they
+  are empty (``cookies = []``, ``received_cookies = {}``, ``_adapterCache = {}``,
+  the sent response headers, a channel's ``_dataBuffer = []``...) and made
+  again, empty, by whoever reads them next: nothing reads a different value.
+* The request headers of a held request are cut down to those read once it is
+  under way (:data:`KEPT_REQUEST_HEADERS`: the access log's ``Referer``,
+  ``User-Agent`` and ``X-Forwarded-For``, and ``Connection``, which twisted.web
+  reads when the response starts); everything else was read while the request
+  was rendered and authenticated.
+* The request's ``host`` (the server's own address, the same for every request
+  on a listening port) is one shared, equal address object.
+
 * :class:`LaterSlimming` does that to a held poll only once it has been held a
   while: most polls under load are answered within milliseconds, and slimming
   each of them as it started cost about a tenth of a poll's CPU for memory that
@@ -38,12 +52,17 @@ tests/unit/test_compact.py pins what this relies on.
 from __future__ import annotations
 
 import sys
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.web import http
 from twisted.web.http_headers import Headers
 
-__all__ = ["LaterSlimming", "on_finish", "shrink", "slim_request"]
+__all__ = ["KEPT_REQUEST_HEADERS", "LaterSlimming", "LazyDefaults", "on_finish", "shrink", "slim_request"]
+
+KEPT_REQUEST_HEADERS = (b"referer", b"user-agent", b"x-forwarded-for", b"connection")
+"""The request headers a held request keeps (see the module docstring)."""
 
 _SCALARS = (type(None), bool, int, float, str, bytes)
 
@@ -71,6 +90,73 @@ def shrink(obj: Any) -> None:
                 del d[name]
 
 
+class LazyDefaults:
+    """Mixin: an attribute named in ``lazy_defaults`` that the instance does not
+    hold (dropped by :func:`drop_empty`) is made on first read, by calling its
+    factory, and kept.  Other missing attributes raise ``AttributeError`` as usual.
+    Only for attributes the base class never holds at class level (a class
+    attribute would be found first)."""
+
+    __slots__ = ()
+    lazy_defaults: ClassVar[Mapping[str, type]] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        factory = type(self).lazy_defaults.get(name)
+        if factory is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}", name=name, obj=self)
+        value = self.__dict__[name] = factory()
+        return value
+
+
+def _empty(value: Any) -> bool:
+    if isinstance(value, Headers):
+        return next(iter(value.getAllRawHeaders()), None) is None
+    return type(value) in (list, dict) and not value
+
+
+def drop_empty(obj: Any) -> None:
+    """Drop ``obj``'s :class:`LazyDefaults` attributes that are empty (their
+    factory's value): read again, they are made afresh."""
+    lazy = getattr(type(obj), "lazy_defaults", None)
+    if not lazy:
+        return
+    d = obj.__dict__
+    for name in lazy:
+        value = d.get(name)
+        if value is not None and type(value) is lazy[name] and _empty(value):
+            del d[name]
+
+
+def _kept_headers(headers: Headers) -> Headers | None:
+    """``headers`` cut down to :data:`KEPT_REQUEST_HEADERS`, or None when that is all of them."""
+    kept = Headers()
+    count = 0
+    for name in KEPT_REQUEST_HEADERS:
+        values = headers.getRawHeaders(name)
+        if values is not None:
+            kept.setRawHeaders(name, values)
+            count += 1
+    if count == sum(1 for _ in headers.getAllRawHeaders()):
+        return None
+    return kept
+
+
+# One address object per listening address (request.host): at most this many kept.
+_HOSTS: dict[Any, Any] = {}
+_MAX_HOSTS = 256
+
+
+def _shared_host(host: Any) -> Any:
+    if type(host) not in (IPv4Address, IPv6Address):
+        return host
+    shared = _HOSTS.get(host)
+    if shared is None:
+        if len(_HOSTS) >= _MAX_HOSTS:
+            return host
+        shared = _HOSTS[host] = host
+    return shared
+
+
 def slim_request(request: Any) -> None:
     """Shrink a held request (see the module docstring); call it when it starts waiting."""
     if getattr(request, "content", None) is not None and request.method in (b"GET", b"HEAD"):
@@ -80,13 +166,23 @@ def slim_request(request: Any) -> None:
         # The query string was parsed when the request was rendered; the access
         # log uses request.uri.
         request.args = {}
-    request.__dict__.pop("gateway_params", None)
+    d = request.__dict__
+    d.pop("gateway_params", None)
     if getattr(request, "startedWriting", False) and not request.finished:
         # The head is out: nothing reads these again (an empty set for anyone who looks).
         request.responseHeaders = Headers()
+    headers = d.get("requestHeaders")
+    if isinstance(headers, Headers):
+        kept = _kept_headers(headers)
+        if kept is not None:
+            request.requestHeaders = kept
+    if "host" in d:
+        request.host = _shared_host(request.host)
     channel = getattr(request, "channel", None)
+    drop_empty(request)
     shrink(request)
     if channel is not None:
+        drop_empty(channel)
         shrink(channel)
         transport = getattr(channel, "transport", None)
         if transport is not None:

@@ -4,8 +4,9 @@ request class that bound how requests arrive (docs/protocol.md section 2)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from io import BytesIO
-from typing import Any
+from typing import Any, ClassVar
 
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
@@ -25,6 +26,7 @@ from gateway.errors import (
     RateLimited,
     TooLarge,
 )
+from gateway.transports._compact import LazyDefaults
 
 __all__ = ["JSONResource", "NotFoundResource", "json_body", "error_body", "send_json", "send_error"]
 
@@ -235,7 +237,7 @@ def raw_error_response(status: int, error: GatewayError) -> bytes:
     return head % (status, _REASONS.get(status, b"Error"), SERVER_NAME, len(body)) + body
 
 
-class GatewayHTTPChannel(http.HTTPChannel):
+class GatewayHTTPChannel(LazyDefaults, http.HTTPChannel):
     """The HTTP/1.1 channel of the gateway's own Site.
 
     On top of twisted.web's ``HTTPChannel`` it:
@@ -267,6 +269,12 @@ class GatewayHTTPChannel(http.HTTPChannel):
 
     request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT
     linger_timeout: float = LINGER_TIMEOUT
+
+    # Memory of a held connection (_compact.slim_request): what twisted.web's
+    # HTTPChannel.__init__ assigns, as the class default that shrink() drops in
+    # its favour, and the empty buffer made again when next read.
+    _transferDecoder = None
+    lazy_defaults: ClassVar[Mapping[str, type]] = {"_dataBuffer": list}
 
     _deadline: Any = None
     _linger: Any = None
@@ -417,7 +425,7 @@ LineLimitHTTPChannel = GatewayHTTPChannel
 """The former name of :class:`GatewayHTTPChannel`."""
 
 
-class GatewayRequest(server.Request):
+class GatewayRequest(LazyDefaults, server.Request):
     """The request class of the gateway's own Site: bodies bounded, in memory.
 
     twisted.web reads a whole request body before any resource sees it, into a
@@ -439,6 +447,21 @@ class GatewayRequest(server.Request):
     """
 
     _body_refused = False
+
+    # Memory of a held request (_compact.slim_request): the values twisted.web's
+    # Request.__init__ assigns here, as class defaults that shrink() drops in
+    # their favour, and its empty containers, made again when next read.
+    queued = 0  # len(channel.requests) when it was made: twisted.web handles one at a time
+    _parsePOSTFormSubmission = False
+    gateway_params: dict[str, list[str]] | None = None  # query_params' cache
+    lazy_defaults: ClassVar[Mapping[str, type]] = {
+        "_adapterCache": dict,
+        "received_cookies": dict,
+        "cookies": list,
+        "sitepath": list,
+        "requestHeaders": Headers,
+        "responseHeaders": Headers,
+    }
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # twisted.web's switch for reading POST form bodies into args (see above).

@@ -76,7 +76,7 @@ from gateway.errors import (
 )
 from gateway.transports._auth import as_gateway_error, authenticate_request
 from gateway.transports._backpressure import SendBuffer
-from gateway.transports._compact import on_finish, slim_request
+from gateway.transports._compact import on_finish
 from gateway.transports._http import (
     error_body,
     is_gone,
@@ -579,8 +579,10 @@ class SSEStream(ChannelSetRequest):
                     self._wire = wire
                     if not request.chunked:
                         self._framing = _RAW  # HTTP/1.0 (memory: the class's otherwise)
-            # The head is out: what twisted.web keeps for it is not needed (memory).
-            slim_request(request)
+            # The head is out: what twisted.web keeps for it is not needed (memory),
+            # if the stream is still open in a moment (by then twisted.web is done
+            # with the request's arrival, which set some attributes back).
+            self.gateway.slimming.hold(self, request)
 
     def on_publication(self, prepared: PreparedPublication) -> None:
         """The bus's delivery of the next publication.
@@ -682,6 +684,7 @@ class SSEStream(ChannelSetRequest):
     def _on_release(self) -> None:
         # Off the live path: nothing is written to the connection any more.
         self._wire = None
+        self.gateway.slimming.release(self)
         if self._heartbeat is not None and self._heartbeat.active():
             self._heartbeat.cancel()
         self._heartbeat = None

@@ -65,3 +65,25 @@ def test_one_channel_stream_on_another_transport_writes_through_request_write(ga
     assert gateway.stats.deliveries["sse"] == 2
     stream.release()
     assert gateway.bus.subscriber_count() == 0
+
+
+def test_an_open_stream_is_slimmed_once_held_a_moment_and_a_gone_one_never(gateway):
+    """What twisted.web keeps of the arrived request is dropped (memory) when the
+    stream is still open after the slimming delay; one that ended before is left alone."""
+    held, gone = Request([b""]), Request([b""])
+    for req in (held, gone):
+        req.requestHeaders.setRawHeaders(b"accept", [b"*/*"])
+        req.requestHeaders.setRawHeaders(b"user-agent", [b"agent/1"])
+    streams = [SSEStream(gateway, req, ["a"], {}) for req in (held, gone)]
+    for stream in streams:
+        stream.start()
+    assert gateway.slimming.waiting == 2
+    streams[1].release()
+    assert gateway.slimming.waiting == 1
+    gateway.reactor.advance(gateway.slimming.delay)
+    assert gateway.slimming.waiting == 0
+    assert held.getHeader(b"accept") is None and held.getHeader(b"user-agent") == b"agent/1"
+    assert gone.getHeader(b"accept") == b"*/*"
+    gateway.publish("a", 1)
+    assert held.written[-1].startswith(b"id: ")  # still streaming
+    streams[0].release()
