@@ -10,7 +10,9 @@ the bus, the sequencer and the reactor hold for it), every object reachable with
 passing through anything that existed before the connections opened (the gateway,
 its Site, the reactor, modules, classes, functions) is listed with its size
 (``sys.getsizeof``, rounded up to pymalloc's 16 bytes), grouped by the attribute
-path that first reached it.  Objects a second connection reaches too (shared
+path that first reached it.  An instance whose attributes are still in CPython's
+values array (no dictionary object: see gateway/transports/_compact.py's
+``existing_dict``) is shown with that array ("values") in place of a dictionary.  Objects a second connection reaches too (shared
 constants, cached strings) are left out.  Not counted: the entries in shared
 containers (the reactor's fd map, the bus's and sequencer's dicts, the gateway's
 connection set), about 30-100 bytes a connection each, amortized.
@@ -98,6 +100,25 @@ def reach(roots: list[tuple[str, Any]], stop: set[int]) -> dict[int, tuple[str, 
     return found
 
 
+def _inline_objects(roots: list[tuple[str, Any]], stop: set[int]) -> set[int]:
+    """ids of the objects reachable from ``roots`` whose attributes are still in a
+    values array (walking with gc.get_referents, which makes no dictionary)."""
+    from gateway.transports._compact import existing_dict
+
+    seen: set[int] = set()
+    inline: set[int] = set()
+    queue = [obj for _, obj in roots]
+    while queue:
+        obj = queue.pop()
+        if id(obj) in seen or id(obj) in stop or isinstance(obj, _STOP_TYPES):
+            continue
+        seen.add(id(obj))
+        if type(obj).__dictoffset__ and not isinstance(obj, (dict, list, tuple)) and existing_dict(obj) is None:
+            inline.add(id(obj))
+        queue.extend(gc.get_referents(obj))
+    return inline
+
+
 def roots_of(conn: Any, running: Any) -> list[tuple[str, Any]]:
     """The connection's objects, and what the node holds for it elsewhere."""
     roots: list[tuple[str, Any]] = [("conn", conn)]
@@ -170,7 +191,7 @@ def main() -> None:
             per_conn.add(id(obj))
         for sub in getattr(c, "_subscriptions", ()) or ():
             per_conn.add(id(sub))
-        for value in list(vars(c).values()):
+        for value in gc.get_referents(c):  # (vars() would make a dictionary: see below)
             if type(value).__name__ == "DelayedCall":
                 per_conn.add(id(value))
         request = getattr(c, "request", None) or getattr(c, "transport", None)
@@ -180,17 +201,26 @@ def main() -> None:
                 per_conn.add(id(obj))
     shared = reach([("node", running.service), ("reactor", reactor)], per_conn)
     stop |= set(shared)
+    # Which of a's objects keep their attributes in CPython's values array (no
+    # dictionary object yet): found before the named walk below makes one for each.
+    inline = _inline_objects(roots_of(a, running), stop)
     found_b = reach(roots_of(b, running), stop)
     found_a = reach(roots_of(a, running), stop | set(found_b))
+    values = {id(vars(found_a[i][1])) for i in inline if i in found_a}
     groups: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     total = 0
     rows = []
     for path, obj in found_a.values():
         size = _size(obj)
-        total += size
         name = type(obj).__name__
         if isinstance(obj, (dict, list, tuple, set)):
             name += f" ({len(obj)})"
+        if id(obj) in values:
+            # The values array: the made dictionary's size less its 48-byte object
+            # and 16-byte GC header, plus the array's own header.
+            size -= 32
+            name = f"values ({len(obj)})"
+        total += size
         rows.append((path, name, size))
         owner = _owner(path)
         groups[owner][0] += size

@@ -51,15 +51,25 @@ tests/unit/test_compact.py pins what this relies on.
 
 from __future__ import annotations
 
+import gc
 import sys
-from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.web import http
 from twisted.web.http_headers import Headers
 
-__all__ = ["KEPT_REQUEST_HEADERS", "LaterSlimming", "LazyDefaults", "on_finish", "shrink", "slim_request"]
+__all__ = [
+    "KEPT_REQUEST_HEADERS",
+    "LaterSlimming",
+    "LazyEmpty",
+    "drop_empty",
+    "existing_dict",
+    "lazy_attributes",
+    "on_finish",
+    "shrink",
+    "slim_request",
+]
 
 KEPT_REQUEST_HEADERS = (b"referer", b"user-agent", b"x-forwarded-for", b"connection")
 """The request headers a held request keeps (see the module docstring)."""
@@ -67,9 +77,31 @@ KEPT_REQUEST_HEADERS = (b"referer", b"user-agent", b"x-forwarded-for", b"connect
 _SCALARS = (type(None), bool, int, float, str, bytes)
 
 
+def existing_dict(obj: Any) -> dict[str, Any] | None:
+    """``obj``'s instance dictionary if it exists already, else None (without making one).
+
+    CPython 3.11 keeps a new instance's attributes in a values array shared-key
+    style and makes a dictionary object only when something asks for
+    ``__dict__`` (or an attribute does not fit its class's shared keys).  Asking
+    makes one: 64 more bytes, and on 3.11 an attribute read through a dictionary
+    made that way is never specialized (every read of every attribute takes the
+    slow path).  The garbage collector's view tells the two apart: it visits the
+    dictionary when there is one, else each attribute's value.
+    """
+    refs = [ref for ref in gc.get_referents(obj) if not isinstance(ref, type)]
+    if len(refs) == 1 and type(refs[0]) is dict:
+        d = getattr(obj, "__dict__", None)
+        if d is refs[0]:
+            return d
+    return None
+
+
 def shrink(obj: Any) -> None:
-    """Drop ``obj``'s instance attributes that equal their class default; rebuild its dict."""
-    d = getattr(obj, "__dict__", None)
+    """Drop ``obj``'s instance attributes that equal their class default and rebuild
+    its dictionary at the size its keys need, if it has one already (see
+    :func:`existing_dict`: attributes still in CPython's values array take no
+    less room when some are dropped)."""
+    d = existing_dict(obj)
     if d is None:
         return
     cls = type(obj)
@@ -81,31 +113,49 @@ def shrink(obj: Any) -> None:
                 continue
         kept[name] = value
     if len(kept) < len(d) or sys.getsizeof(kept) < sys.getsizeof(d):
-        if sys.getsizeof(kept) < sys.getsizeof(d):
-            obj.__dict__ = kept
-        else:
-            # A dict that shares its keys with its class's other instances is
-            # smaller than any rebuilt one: only drop the defaults from it.
-            for name in [name for name in d if name not in kept]:
-                del d[name]
+        obj.__dict__ = kept
 
 
-class LazyDefaults:
-    """Mixin: an attribute named in ``lazy_defaults`` that the instance does not
-    hold (dropped by :func:`drop_empty`) is made on first read, by calling its
-    factory, and kept.  Other missing attributes raise ``AttributeError`` as usual.
-    Only for attributes the base class never holds at class level (a class
-    attribute would be found first)."""
+class LazyEmpty:
+    """A class attribute standing for an instance attribute dropped while empty
+    (:func:`drop_empty`): read on an instance that does not hold it, it makes an
+    empty one (``factory()``), gives it to the instance and returns it.  An
+    instance that holds the attribute reads its own (a descriptor without
+    ``__set__``), so only attributes that the base class assigns in its
+    ``__init__`` and holds no class attribute for are declared this way: nothing
+    reads a different value than before."""
 
-    __slots__ = ()
-    lazy_defaults: ClassVar[Mapping[str, type]] = {}
+    __slots__ = ("factory", "name")
 
-    def __getattr__(self, name: str) -> Any:
-        factory = type(self).lazy_defaults.get(name)
-        if factory is None:
-            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}", name=name, obj=self)
-        value = self.__dict__[name] = factory()
+    def __init__(self, factory: type) -> None:
+        self.factory = factory
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        value = self.factory()
+        setattr(obj, self.name, value)
         return value
+
+
+def lazy_attributes(cls: type) -> tuple[tuple[str, type], ...]:
+    """The (name, factory) of ``cls``'s :class:`LazyEmpty` attributes."""
+    found = _LAZY.get(cls)
+    if found is None:
+        names: dict[str, type] = {}
+        for klass in reversed(cls.__mro__):
+            for name, value in vars(klass).items():
+                if isinstance(value, LazyEmpty):
+                    names[name] = value.factory
+        found = _LAZY[cls] = tuple(names.items())
+    return found
+
+
+_LAZY: dict[type, tuple[tuple[str, type], ...]] = {}
 
 
 def _empty(value: Any) -> bool:
@@ -115,16 +165,12 @@ def _empty(value: Any) -> bool:
 
 
 def drop_empty(obj: Any) -> None:
-    """Drop ``obj``'s :class:`LazyDefaults` attributes that are empty (their
-    factory's value): read again, they are made afresh."""
-    lazy = getattr(type(obj), "lazy_defaults", None)
-    if not lazy:
-        return
-    d = obj.__dict__
-    for name in lazy:
-        value = d.get(name)
-        if value is not None and type(value) is lazy[name] and _empty(value):
-            del d[name]
+    """Drop ``obj``'s :class:`LazyEmpty` attributes while they are empty: read
+    again, they are made afresh."""
+    for name, factory in lazy_attributes(type(obj)):
+        value = getattr(obj, name)
+        if type(value) is factory and _empty(value):
+            delattr(obj, name)
 
 
 def _kept_headers(headers: Headers) -> Headers | None:
@@ -166,18 +212,19 @@ def slim_request(request: Any) -> None:
         # The query string was parsed when the request was rendered; the access
         # log uses request.uri.
         request.args = {}
-    d = request.__dict__
-    d.pop("gateway_params", None)
+    if getattr(request, "gateway_params", None) is not None:
+        del request.gateway_params
     if getattr(request, "startedWriting", False) and not request.finished:
         # The head is out: nothing reads these again (an empty set for anyone who looks).
         request.responseHeaders = Headers()
-    headers = d.get("requestHeaders")
+    headers = getattr(request, "requestHeaders", None)
     if isinstance(headers, Headers):
         kept = _kept_headers(headers)
         if kept is not None:
             request.requestHeaders = kept
-    if "host" in d:
-        request.host = _shared_host(request.host)
+    host = getattr(request, "host", None)
+    if host is not None:
+        request.host = _shared_host(host)
     channel = getattr(request, "channel", None)
     drop_empty(request)
     shrink(request)

@@ -4,9 +4,8 @@ request class that bound how requests arrive (docs/protocol.md section 2)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from io import BytesIO
-from typing import Any, ClassVar
+from typing import Any
 
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
@@ -26,7 +25,7 @@ from gateway.errors import (
     RateLimited,
     TooLarge,
 )
-from gateway.transports._compact import LazyDefaults
+from gateway.transports._compact import LazyEmpty
 
 __all__ = ["JSONResource", "NotFoundResource", "json_body", "error_body", "send_json", "send_error"]
 
@@ -237,7 +236,7 @@ def raw_error_response(status: int, error: GatewayError) -> bytes:
     return head % (status, _REASONS.get(status, b"Error"), SERVER_NAME, len(body)) + body
 
 
-class GatewayHTTPChannel(LazyDefaults, http.HTTPChannel):
+class GatewayHTTPChannel(http.HTTPChannel):
     """The HTTP/1.1 channel of the gateway's own Site.
 
     On top of twisted.web's ``HTTPChannel`` it:
@@ -274,7 +273,7 @@ class GatewayHTTPChannel(LazyDefaults, http.HTTPChannel):
     # HTTPChannel.__init__ assigns, as the class default that shrink() drops in
     # its favour, and the empty buffer made again when next read.
     _transferDecoder = None
-    lazy_defaults: ClassVar[Mapping[str, type]] = {"_dataBuffer": list}
+    _dataBuffer = LazyEmpty(list)
 
     _deadline: Any = None
     _linger: Any = None
@@ -425,7 +424,7 @@ LineLimitHTTPChannel = GatewayHTTPChannel
 """The former name of :class:`GatewayHTTPChannel`."""
 
 
-class GatewayRequest(LazyDefaults, server.Request):
+class GatewayRequest(server.Request):
     """The request class of the gateway's own Site: bodies bounded, in memory.
 
     twisted.web reads a whole request body before any resource sees it, into a
@@ -454,14 +453,11 @@ class GatewayRequest(LazyDefaults, server.Request):
     queued = 0  # len(channel.requests) when it was made: twisted.web handles one at a time
     _parsePOSTFormSubmission = False
     gateway_params: dict[str, list[str]] | None = None  # query_params' cache
-    lazy_defaults: ClassVar[Mapping[str, type]] = {
-        "_adapterCache": dict,
-        "received_cookies": dict,
-        "cookies": list,
-        "sitepath": list,
-        "requestHeaders": Headers,
-        "responseHeaders": Headers,
-    }
+    _adapterCache = LazyEmpty(dict)
+    received_cookies = LazyEmpty(dict)
+    cookies = LazyEmpty(list)
+    requestHeaders = LazyEmpty(Headers)
+    responseHeaders = LazyEmpty(Headers)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # twisted.web's switch for reading POST form bodies into args (see above).

@@ -669,7 +669,11 @@ class SSEStream(ChannelSetRequest):
         self.request.finish()
 
     def _schedule_ping(self) -> None:
-        self._heartbeat = self.gateway.reactor.callLater(self.gateway.config.heartbeat, self._ping)
+        self._heartbeat = self.gateway.deadlines.call_later(self.gateway.config.heartbeat, self)
+
+    def on_deadline(self) -> None:
+        """The heartbeat is due (:class:`~gateway.transports._deadlines.Deadlines`)."""
+        self._ping()
 
     def _ping(self) -> None:
         self._heartbeat = None
@@ -685,8 +689,8 @@ class SSEStream(ChannelSetRequest):
         # Off the live path: nothing is written to the connection any more.
         self._wire = None
         self.gateway.slimming.release(self)
-        if self._heartbeat is not None and self._heartbeat.active():
-            self._heartbeat.cancel()
+        if self._heartbeat is not None:
+            self.gateway.deadlines.cancel(self._heartbeat)
         self._heartbeat = None
         if self._buffer is not None:
             # Free the connection's producer slot: after a finish() the

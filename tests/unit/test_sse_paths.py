@@ -87,3 +87,38 @@ def test_an_open_stream_is_slimmed_once_held_a_moment_and_a_gone_one_never(gatew
     gateway.publish("a", 1)
     assert held.written[-1].startswith(b"id: ")  # still streaming
     streams[0].release()
+
+
+def test_heartbeats_come_every_heartbeat_seconds_and_stop_with_the_stream(gateway):
+    """The ping timing of a stream (its timers share one reactor call: Deadlines)."""
+    clock, period = gateway.reactor, gateway.config.heartbeat
+    req = Request([b""])
+    stream = SSEStream(gateway, req, ["a"], {})
+    stream.start()
+    opened = len(req.written)
+    clock.advance(period - 0.001)
+    assert len(req.written) == opened
+    clock.advance(0.001)
+    assert req.written[opened:] == [b": ping\n\n"]
+    clock.advance(period)
+    assert req.written[opened:] == [b": ping\n\n"] * 2
+    stream.release()
+    assert gateway.deadlines.pending == 0
+    clock.advance(period * 3)
+    assert req.written[opened:] == [b": ping\n\n"] * 2
+
+
+def test_a_held_poll_is_answered_when_its_timeout_passes(gateway):
+    from gateway.transports.poll import HeldPoll
+
+    clock = gateway.reactor
+    req = Request([b""])
+    poll = HeldPoll(gateway, req, ["a"], {}, timeout=7.5, callback=None)
+    poll.start()
+    assert gateway.deadlines.pending == 1 and req.written == []
+    clock.advance(7.499)
+    assert req.written == [] and not req.finished
+    clock.advance(0.001)
+    (body,) = req.written
+    assert json.loads(body)["messages"] == [] and req.finished
+    assert gateway.deadlines.pending == 0 and poll.released
