@@ -4,33 +4,48 @@ twisted.web request no longer needs once it is under way.
 Why
 ---
 An idle SSE stream or held poll is a twisted.web ``Request`` on an
-``HTTPChannel`` on a ``tcp.Server``, held for minutes.  Each of those objects has
-an instance dictionary that grew while the request arrived and never shrinks
-(a dict of 17 keys that once grew is an 832-byte table, rebuilt it is 464), and
-many of its keys only repeat their class's default (``length = 0``,
-``_transferDecoder = None``...).  The response headers of a stream stay in
-memory after they were sent (about 1.5 KB).
+``HTTPChannel`` on a ``tcp.Server``, held for minutes.  The request's and the
+channel's instance dictionaries grew while the request arrived and never shrink
+(a dict of 30 keys that grew is a 1.5 KB table; rebuilt with the 19 still
+needed it is 464 bytes), and many of their keys only repeat their class's
+default (``_transferDecoder = None``...).  The request keeps what only its
+arrival needed: all its headers, parsed cookies and query, empty lists and
+dicts twisted.web made for it, and, once the head is on the wire, the response
+headers.
+
+CPython 3.11
+------------
+An instance keeps its attributes in a values array (keys shared with its
+class's other instances) until something asks for its ``__dict__`` or adds an
+attribute its class's shared keys cannot take; then it has a dictionary of its
+own.  Asking for ``__dict__`` of one that has none *makes* a dictionary (64 more
+bytes), and on 3.11 attribute reads through a dictionary made that way are
+never specialized: every read of every attribute of that object takes the slow
+path (slimming that way cost an SSE delivery 12% more instructions).  So a
+values array is left as it is (dropping attributes from it frees no room),
+attributes are deleted with ``delattr`` (which makes no dictionary), and only a
+dictionary that exists already is rebuilt (:func:`existing_dict`), into an
+ordinary one, which 3.11 reads fast.
 
 What
 ----
 * :func:`shrink` drops every instance attribute whose value equals (same type,
   an immutable scalar) the class attribute of that name, which the object then
-  reads in its place, and rebuilds the dict at the size its keys need.  Nothing
-  observable changes: each attribute reads the same value as before, and a later
-  assignment puts it back in the instance.
+  reads in its place, and rebuilds the dictionary at the size its keys need, if
+  it has one.  Nothing observable changes: each attribute reads the same value
+  as before, and a later assignment puts it back in the instance.
 * :func:`slim_request` applies it to a request that is being held, its channel
   and its transport, drops the request's body file (twisted.web closes it only
   ``if self.content is not None``), and, when the response head is already on
   the wire, the response headers: twisted.web reads ``responseHeaders`` only
   while writing the head (``Request.write`` before ``startedWriting``, and
   ``finish`` of a request that wrote nothing).
-
-* Attributes a class lists in ``lazy_defaults`` (:class:`LazyDefaults`:
-  :class:`~gateway.transports._http.GatewayRequest` and
-  :class:`~gateway.transports._http.GatewayHTTPChannel`) are dropped while they
-  are empty (``cookies = []``, ``received_cookies = {}``, ``_adapterCache = {}``,
-  the sent response headers, a channel's ``_dataBuffer = []``...) and made
-  again, empty, by whoever reads them next: nothing reads a different value.
+* Attributes declared :class:`LazyEmpty` on the class
+  (:class:`~gateway.transports._http.GatewayRequest`'s ``cookies``,
+  ``received_cookies``, ``_adapterCache``, ``requestHeaders``,
+  ``responseHeaders``; :class:`~gateway.transports._http.GatewayHTTPChannel`'s
+  ``_dataBuffer``) are dropped while they are empty (:func:`drop_empty`) and
+  made again, empty, by whoever reads them next: nothing reads a different value.
 * The request headers of a held request are cut down to those read once it is
   under way (:data:`KEPT_REQUEST_HEADERS`: the access log's ``Referer``,
   ``User-Agent`` and ``X-Forwarded-For``, and ``Connection``, which twisted.web
@@ -39,10 +54,12 @@ What
 * The request's ``host`` (the server's own address, the same for every request
   on a listening port) is one shared, equal address object.
 
-* :class:`LaterSlimming` does that to a held poll only once it has been held a
-  while: most polls under load are answered within milliseconds, and slimming
-  each of them as it started cost about a tenth of a poll's CPU for memory that
-  was about to be freed anyway.
+* :class:`LaterSlimming` does that to a held poll or an open SSE stream only
+  once it has been held a while: most polls under load are answered within
+  milliseconds, and slimming each of them as it started cost about a tenth of a
+  poll's CPU for memory that was about to be freed anyway; and by then
+  twisted.web has finished with the request's arrival (it sets a few attributes
+  back after the resource rendered it).
 
 * :func:`on_finish` is ``notifyFinish().addBoth(fn)`` without the Deferred.
 
@@ -53,6 +70,7 @@ from __future__ import annotations
 
 import gc
 import sys
+from types import MethodType
 from typing import Any
 
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -283,17 +301,29 @@ class LaterSlimming:
 class _FinishNotice:
     """Stands in Request.notifications for the Deferred of ``notifyFinish()``:
     twisted.web calls ``callback(None)`` when the response finished and
-    ``errback(reason)`` when the connection was lost, each at most once."""
+    ``errback(reason)`` when the connection was lost, each at most once.  It
+    holds a bound method as its object and function (a bound method object of its
+    own is 64 bytes more, held as long as the request)."""
 
-    __slots__ = ("fn",)
+    __slots__ = ("fn", "obj")
 
     def __init__(self, fn: Any) -> None:
-        self.fn = fn
+        obj = getattr(fn, "__self__", None)
+        if obj is not None and isinstance(fn, MethodType):
+            self.obj, self.fn = obj, fn.__func__
+        else:
+            self.obj, self.fn = _NO_SELF, fn
 
     def callback(self, result: Any) -> None:
-        self.fn(result)
+        if self.obj is _NO_SELF:
+            self.fn(result)
+        else:
+            self.fn(self.obj, result)
 
     errback = callback
+
+
+_NO_SELF = object()
 
 
 def on_finish(request: Any, fn: Any) -> None:

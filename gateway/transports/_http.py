@@ -532,6 +532,12 @@ def gateway_site(
             body must be in (``408`` beyond); None or 0 for no deadline.
         reactor: the reactor for timeouts (default: the global one).
         **kwargs: passed to ``server.Site`` (``timeout``: idle timeout, ``logPath``, ...).
+
+    An SSE stream or a held poll still open after a moment keeps only the request
+    headers its access-log line and its answer read
+    (:data:`~gateway.transports._compact.KEPT_REQUEST_HEADERS`: ``Referer``,
+    ``User-Agent``, ``X-Forwarded-For``, ``Connection``); a ``logFormatter``
+    reading others sees them absent on such a request's line.
     """
     # GatewayRequest does not parse bodies as forms (see its docstring).
     site = server.Site(resource, requestFactory=GatewayRequest, reactor=reactor, **kwargs)

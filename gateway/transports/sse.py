@@ -49,6 +49,7 @@ object made per stream and event (see :meth:`SSEStream.on_publication`).
 from __future__ import annotations
 
 import functools
+import sys
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 
@@ -163,7 +164,9 @@ def parse_channels(params: dict[str, list[str]]) -> list[str]:
         raise BadRequest(f"at most {MAX_CHANNELS} channels per request")
     for name in channels:
         validate_channel(name)
-    return channels
+    # One string per channel name however many requests name it (memory: each
+    # held request keeps its channels for as long as it is held).
+    return [sys.intern(name) for name in channels]
 
 
 def parse_join_leave(value: str | None) -> bool:
@@ -308,6 +311,7 @@ class ChannelSetRequest:
             sub = bus.subscribe(channel, self, self.since.get(channel))
             self._subscriptions.append(sub)
             sub.ready.addCallbacks(self._ready, self._subscribe_failed, (channel,), errbackArgs=(channel,))
+            sub.settle()
 
     def _finished(self, result: Any) -> None:
         # Fires with None after finish() and with a Failure when the client went

@@ -152,6 +152,26 @@ def test_on_finish_is_told_once_when_the_response_finishes():
     assert seen == [None]
 
 
+def test_on_finish_keeps_a_method_as_its_object_and_function():
+    from gateway.transports._compact import on_finish
+
+    class Owner:
+        def __init__(self) -> None:
+            self.seen: list = []
+
+        def finished(self, result) -> None:
+            self.seen.append(result)
+
+    channel, request = _held_request()
+    owner = Owner()
+    on_finish(request, owner.finished)
+    (notice,) = request.notifications
+    assert notice.obj is owner and notice.fn is Owner.finished
+    request.finish()
+    assert owner.seen == [None]
+    channel.connectionLost(None)
+
+
 def test_on_finish_is_told_once_when_the_client_goes_away():
     from twisted.internet.error import ConnectionLost
     from twisted.python.failure import Failure

@@ -122,3 +122,11 @@ def test_a_held_poll_is_answered_when_its_timeout_passes(gateway):
     (body,) = req.written
     assert json.loads(body)["messages"] == [] and req.finished
     assert gateway.deadlines.pending == 0 and poll.released
+
+
+def test_requests_naming_a_channel_share_one_string_for_it():
+    from gateway.transports.sse import parse_channels
+
+    a = parse_channels({"channel": ["".join(["ro", "om-1"]), "b"]})
+    b = parse_channels({"channel": ["".join(["roo", "m-1"])]})
+    assert a == ["room-1", "b"] and a[0] is b[0]
