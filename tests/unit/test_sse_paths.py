@@ -127,6 +127,9 @@ def test_a_held_poll_is_answered_when_its_timeout_passes(gateway):
 def test_requests_naming_a_channel_share_one_string_for_it():
     from gateway.transports.sse import parse_channels
 
-    a = parse_channels({"channel": ["".join(["ro", "om-1"]), "b"]})
-    b = parse_channels({"channel": ["".join(["roo", "m-1"])]})
+    n = 1
+    first, second = f"room-{n}", f"room-{n}"  # two strings, as two requests' query strings make
+    assert first is not second
+    a = parse_channels({"channel": [first, "b"]})
+    b = parse_channels({"channel": [second]})
     assert a == ["room-1", "b"] and a[0] is b[0]
