@@ -192,7 +192,8 @@ def main() -> None:
         for sub in getattr(c, "_subscriptions", ()) or ():
             per_conn.add(id(sub))
         for value in gc.get_referents(c):  # (vars() would make a dictionary: see below)
-            if type(value).__name__ == "DelayedCall":
+            if type(value).__name__ == "DelayedCall" or (type(value) is list and len(value) == 3 and value[2] is c):
+                # Its own reactor call, or its entry in gateway.deadlines.
                 per_conn.add(id(value))
         request = getattr(c, "request", None) or getattr(c, "transport", None)
         channel = getattr(request, "channel", None)

@@ -165,8 +165,9 @@ def parse_channels(params: dict[str, list[str]]) -> list[str]:
     for name in channels:
         validate_channel(name)
     # One string per channel name however many requests name it (memory: each
-    # held request keeps its channels for as long as it is held).
-    return [sys.intern(name) for name in channels]
+    # held request keeps its channels for as long as it is held); a list of
+    # the exact size.
+    return list(dict.fromkeys(map(sys.intern, channels)))
 
 
 def parse_join_leave(value: str | None) -> bool:
