@@ -415,3 +415,20 @@ def test_requests_on_one_listening_address_share_its_address_object():
     for channel, request in requests:
         request.finish()
         channel.connectionLost(None)
+
+
+def test_slimming_makes_no_instance_dictionary():
+    """An object whose attributes are still in CPython's values array keeps them
+    there (a dictionary made for it would cost memory and, on 3.11, every
+    attribute read on it the specialized path); one that has a dictionary gets a
+    rebuilt, ordinary one."""
+    from gateway.transports._compact import existing_dict
+
+    leaf, channel, transport = _request_on(_FULL_HEAD, leaf_head=True)
+    (request,) = leaf.requests
+    objects = (request, channel, transport)
+    before = [existing_dict(obj) is not None for obj in objects]
+    slim_request(request)
+    assert [existing_dict(obj) is not None for obj in objects] == before
+    request.finish()
+    channel.connectionLost(None)
