@@ -9,8 +9,9 @@ RSS is ``VmRSS`` from ``/proc/<pid>/status``, read after 100 warm-up connections
 (opened and closed, so first-use allocations are not counted) and again once all N
 are open and subscribed (``/metrics`` shows them).  The figure is (after - before) /
 N.  Polls are held (``timeout=60``) on a channel nothing publishes to.  For where the
-bytes go, run ``python bench/hotpath.py --tracemalloc`` (Python allocations by
-source line, in one process).
+bytes go, run ``python bench/connobjects.py --transport sse --all`` (every object one
+idle connection holds, by attribute path) or ``python bench/hotpath.py --tracemalloc``
+(Python allocations by source line, in one process).
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ from gateway.metrics import Stats
 from gateway.metrics_limits import LimitStats
 from gateway.presence import Presence
 from gateway.transports._compact import LaterSlimming
+from gateway.transports._deadlines import Deadlines
 
 __all__ = ["Gateway"]
 
@@ -103,8 +104,10 @@ class Gateway:
         self.presence = Presence(self.bus, config.node_id, config.presence_ttl, reactor)
         self.bus.on_presence = self.presence.events_received
         self.draining = False
-        # Held polls are slimmed (memory) only once held a while (see LaterSlimming).
+        # Held polls and SSE streams are slimmed (memory) only once held a while (see LaterSlimming).
         self.slimming = LaterSlimming(reactor, 0.25)
+        # Their heartbeats and timeouts, on one reactor call (memory: see Deadlines).
+        self.deadlines = Deadlines(reactor)
         self._connections: dict[str, set[Any]] = {"websocket": set(), "sse": set(), "poll": set()}
         self._drained: list[defer.Deferred[None]] = []
 

@@ -107,7 +107,14 @@ class Subscription:
         ready: fires with a :class:`SubscribeResult` when the subscription goes
             live; fails with a :class:`GatewayError`, or with ``CancelledError``
             when cancelled before that.
+
+    Memory (one per subscriber and channel, held as long as the subscription):
+    slots, and once ``ready`` has fired, its callbacks have run and left nothing
+    (None), it is let go; reading ``ready`` after that gives a Deferred that has
+    fired with None, as the dropped one would have.
     """
+
+    __slots__ = ("_ready", "active", "bus", "channel", "deliver", "since", "subscriber")
 
     def __init__(self, bus: Bus, channel: str, subscriber: Subscriber, since: Position | None) -> None:
         self.bus = bus
@@ -117,7 +124,36 @@ class Subscription:
         self.deliver = subscriber.on_publication
         self.since = since
         self.active = True
-        self.ready: defer.Deferred[SubscribeResult] = defer.Deferred()
+        self._ready: defer.Deferred[SubscribeResult] | None = defer.Deferred()
+
+    @property
+    def ready(self) -> defer.Deferred[SubscribeResult]:
+        ready = self._ready
+        if ready is None:
+            return defer.succeed(None)  # type: ignore[arg-type]
+        return ready
+
+    @property
+    def _ready_called(self) -> bool:
+        return self._ready is None or bool(self._ready.called)
+
+    def _fire_ready(self, result: SubscribeResult | Failure) -> None:
+        ready = self._ready
+        assert ready is not None
+        if isinstance(result, Failure):
+            ready.errback(result)
+        else:
+            ready.callback(result)
+        self.settle()
+
+    def settle(self) -> None:
+        """Let ``ready`` go if it has fired and its callbacks are done with it
+        (memory; a subscriber calls this once it has added its callbacks, which
+        run at once when the subscription was ready already)."""
+        ready = self._ready
+        # (Not paused: every callback added so far has run.)
+        if ready is not None and ready.called and not ready.paused and ready.result is None:
+            self._ready = None
 
     @property
     def position(self) -> Position | None:
@@ -129,10 +165,10 @@ class Subscription:
         if not self.active:
             return
         self.active = False
-        pending = not self.ready.called
+        pending = not self._ready_called
         self.bus._remove(self)
-        if pending and not self.ready.called:
-            self.ready.errback(Failure(defer.CancelledError()))
+        if pending and not self._ready_called:
+            self._fire_ready(Failure(defer.CancelledError()))
 
 
 @implementer(IBrokerListener)
@@ -407,15 +443,15 @@ class Bus:
             d.addCallbacks(self._history_received, self._history_failed, (action.request,), errbackArgs=(action.request,))
         elif isinstance(action, sq.SubscriptionReady):
             sub = self._live(action.subscription)
-            if sub is not None and not sub.ready.called:
+            if sub is not None and not sub._ready_called:
                 prepared = tuple(self._prepare(p) for p in action.publications)
-                sub.ready.callback(SubscribeResult(action.top, action.recovered, prepared))
+                sub._fire_ready(SubscribeResult(action.top, action.recovered, prepared))
         elif isinstance(action, sq.SubscriptionFailed):
             sub = self._subscription(action.subscription)
             sub.active = False
-            if not sub.ready.called:
+            if not sub._ready_called:
                 assert failure is not None
-                sub.ready.errback(failure)
+                sub._fire_ready(failure)
         elif isinstance(action, sq.SubscribeChannel):
             d = defer.maybeDeferred(self.broker.subscribe, action.channel)
             d.addCallbacks(self._broker_subscribed, self._broker_subscribe_failed, (action.request,), errbackArgs=(action.request,))

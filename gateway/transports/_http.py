@@ -25,6 +25,7 @@ from gateway.errors import (
     RateLimited,
     TooLarge,
 )
+from gateway.transports._compact import LazyEmpty
 
 __all__ = ["JSONResource", "NotFoundResource", "json_body", "error_body", "send_json", "send_error"]
 
@@ -268,6 +269,12 @@ class GatewayHTTPChannel(http.HTTPChannel):
     request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT
     linger_timeout: float = LINGER_TIMEOUT
 
+    # Memory of a held connection (_compact.slim_request): what twisted.web's
+    # HTTPChannel.__init__ assigns, as the class default that shrink() drops in
+    # its favour, and the empty buffer made again when next read.
+    _transferDecoder = None
+    _dataBuffer = LazyEmpty(list)
+
     _deadline: Any = None
     _linger: Any = None
     _answering = False
@@ -448,6 +455,18 @@ class GatewayRequest(server.Request):
 
     _body_refused = False
 
+    # Memory of a held request (_compact.slim_request): the values twisted.web's
+    # Request.__init__ assigns here, as class defaults that shrink() drops in
+    # their favour, and its empty containers, made again when next read.
+    queued = 0  # len(channel.requests) when it was made: twisted.web handles one at a time
+    _parsePOSTFormSubmission = False
+    gateway_params: dict[str, list[str]] | None = None  # query_params' cache
+    _adapterCache = LazyEmpty(dict)
+    received_cookies = LazyEmpty(dict)
+    cookies = LazyEmpty(list)
+    requestHeaders = LazyEmpty(Headers)
+    responseHeaders = LazyEmpty(Headers)
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # twisted.web's switch for reading POST form bodies into args (see above).
         kwargs.setdefault("parsePOSTFormSubmission", False)
@@ -521,6 +540,12 @@ def gateway_site(
             body must be in (``408`` beyond); None or 0 for no deadline.
         reactor: the reactor for timeouts (default: the global one).
         **kwargs: passed to ``server.Site`` (``timeout``: idle timeout, ``logPath``, ...).
+
+    An SSE stream or a held poll still open after a moment keeps only the request
+    headers its access-log line and its answer read
+    (:data:`~gateway.transports._compact.KEPT_REQUEST_HEADERS`: ``Referer``,
+    ``User-Agent``, ``X-Forwarded-For``, ``Connection``); a ``logFormatter``
+    reading others sees them absent on such a request's line.
     """
     # GatewayRequest does not parse bodies as forms (see its docstring).
     site = server.Site(resource, requestFactory=GatewayRequest, reactor=reactor, **kwargs)

@@ -148,8 +148,13 @@ class TickWriter:
                     self.flushes += 1
                     transport._tempDataBuffer = []
                     transport._tempDataLen = 0
-                    transport.dataBuffer = b""
-                    transport.offset = 0
+                    if transport.offset:
+                        # (Else dataBuffer is b"" already.)  Not assigned when
+                        # unchanged: a slimmed idle connection reads both from
+                        # its class (_compact.shrink), and putting them back in
+                        # its dict would grow the dict again.
+                        transport.dataBuffer = b""
+                        transport.offset = 0
                     return
                 if sent > 0:
                     # The socket is full: the unsent rest goes where doWrite()

@@ -120,13 +120,17 @@ class HeldPoll(ChannelSetRequest):
         if first or self.timeout == 0:
             self._answer(first)
             return
-        self._timer = self.gateway.reactor.callLater(self.timeout, self._timed_out)
+        self._timer = self.gateway.deadlines.call_later(self.timeout, self)
         # Held: what twisted.web keeps of the arrived request is not needed (memory),
         # if it is still held in a moment.
         self.gateway.slimming.hold(self, self.request)
 
     def _deliver(self, event: Event) -> None:
         self._answer([event])
+
+    def on_deadline(self) -> None:
+        """The timeout passed (:class:`~gateway.transports._deadlines.Deadlines`)."""
+        self._timed_out()
 
     def _timed_out(self) -> None:
         self._timer = None
@@ -163,8 +167,7 @@ class HeldPoll(ChannelSetRequest):
 
     def _on_release(self) -> None:
         if self._timer is not None:
-            if self._timer.active():
-                self._timer.cancel()
+            self.gateway.deadlines.cancel(self._timer)
             self._timer = None
         self.gateway.slimming.release(self)
 

@@ -49,6 +49,7 @@ object made per stream and event (see :meth:`SSEStream.on_publication`).
 from __future__ import annotations
 
 import functools
+import sys
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 
@@ -76,7 +77,7 @@ from gateway.errors import (
 )
 from gateway.transports._auth import as_gateway_error, authenticate_request
 from gateway.transports._backpressure import SendBuffer
-from gateway.transports._compact import on_finish, slim_request
+from gateway.transports._compact import on_finish
 from gateway.transports._http import (
     error_body,
     is_gone,
@@ -163,7 +164,10 @@ def parse_channels(params: dict[str, list[str]]) -> list[str]:
         raise BadRequest(f"at most {MAX_CHANNELS} channels per request")
     for name in channels:
         validate_channel(name)
-    return channels
+    # One string per channel name however many requests name it (memory: each
+    # held request keeps its channels for as long as it is held); a list of
+    # the exact size.
+    return list(dict.fromkeys(map(sys.intern, channels)))
 
 
 def parse_join_leave(value: str | None) -> bool:
@@ -322,6 +326,7 @@ class ChannelSetRequest:
             sub = bus.subscribe(channel, self, self.since.get(channel))
             self._subscriptions.append(sub)
             sub.ready.addCallbacks(self._ready, self._subscribe_failed, (channel,), errbackArgs=(channel,))
+            sub.settle()
 
     def _finished(self, result: Any) -> None:
         # Fires with None after finish() and with a Failure when the client went
@@ -593,8 +598,10 @@ class SSEStream(ChannelSetRequest):
                     self._wire = wire
                     if not request.chunked:
                         self._framing = _RAW  # HTTP/1.0 (memory: the class's otherwise)
-            # The head is out: what twisted.web keeps for it is not needed (memory).
-            slim_request(request)
+            # The head is out: what twisted.web keeps for it is not needed (memory),
+            # if the stream is still open in a moment (by then twisted.web is done
+            # with the request's arrival, which set some attributes back).
+            self.gateway.slimming.hold(self, request)
 
     def on_publication(self, prepared: PreparedPublication) -> None:
         """The bus's delivery of the next publication.
@@ -681,7 +688,11 @@ class SSEStream(ChannelSetRequest):
         self.request.finish()
 
     def _schedule_ping(self) -> None:
-        self._heartbeat = self.gateway.reactor.callLater(self.gateway.config.heartbeat, self._ping)
+        self._heartbeat = self.gateway.deadlines.call_later(self.gateway.config.heartbeat, self)
+
+    def on_deadline(self) -> None:
+        """The heartbeat is due (:class:`~gateway.transports._deadlines.Deadlines`)."""
+        self._ping()
 
     def _ping(self) -> None:
         self._heartbeat = None
@@ -696,8 +707,9 @@ class SSEStream(ChannelSetRequest):
     def _on_release(self) -> None:
         # Off the live path: nothing is written to the connection any more.
         self._wire = None
-        if self._heartbeat is not None and self._heartbeat.active():
-            self._heartbeat.cancel()
+        self.gateway.slimming.release(self)
+        if self._heartbeat is not None:
+            self.gateway.deadlines.cancel(self._heartbeat)
         self._heartbeat = None
         if self._buffer is not None:
             # Free the connection's producer slot: after a finish() the

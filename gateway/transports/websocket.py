@@ -402,6 +402,7 @@ class GatewayWebSocketProtocol(WebSocketServerProtocol):
             callbackArgs=(command, sub),
             errbackArgs=(command, sub),
         )
+        sub.settle()
 
     def _subscribed(self, result: SubscribeResult, command: Subscribe, sub: Subscription) -> None:
         fields: dict[str, Any] = {"channel": command.channel, "epoch": result.top.epoch, "seq": result.top.seq}

@@ -90,6 +90,25 @@ async def test_held_until_the_end_of_the_turn_then_sent_without_registering(conn
     assert transport._tempDataBuffer == [] and transport.dataBuffer == b""
 
 
+async def test_a_flush_leaves_what_equals_the_class_default_out_of_the_dict(conn):
+    """A slimmed idle connection reads dataBuffer and offset from its class
+    (_compact.shrink): a flush that takes everything does not put them back; one
+    after an older buffer was fully sent at an offset starts afresh."""
+    from gateway.transports._compact import shrink
+
+    transport, client = conn
+    shrink(transport)
+    assert "dataBuffer" not in vars(transport) and "offset" not in vars(transport)
+    writer = TickWriter(reactor)
+    writer.write(transport, b"one,")
+    assert await read_until(client, 4) == b"one,"
+    assert "dataBuffer" not in vars(transport) and "offset" not in vars(transport)
+    transport.dataBuffer, transport.offset = b"sent", 4  # all of it sent already
+    writer.write(transport, b"two,")
+    assert await read_until(client, 4) == b"two,"
+    assert transport.dataBuffer == b"" and transport.offset == 0
+
+
 async def test_order_kept_with_plain_writes_in_between(conn):
     """Interleaved transport.write() calls (Autobahn's replies, close frames) stay in order."""
     transport, client = conn

@@ -780,3 +780,37 @@ def test_a_subscriber_cancelled_during_a_batch_gets_nothing_more():
     rec.on_publication = once
     bus.publications_received(published(bus, broker, "c", 3))
     assert rec.seqs == [1]
+
+
+def test_a_ready_deferred_that_is_done_with_is_let_go():
+    """Memory per subscription: once ``ready`` has fired and its callbacks left
+    nothing, the subscription drops it (as it fires, or when the subscriber says it
+    has added its callbacks); ``ready`` then reads as fired with None.  A result
+    nobody took yet, or a failure nobody handled, is kept."""
+    bus, broker, _ = make()
+    broker.hold_history = True
+    later = bus.subscribe("c", RecordingSubscriber())
+    seen: list = []
+    later.ready.addCallback(seen.append)
+    later.settle()
+    assert later._ready is not None  # not fired yet
+    broker.release_history()
+    assert len(seen) == 1 and later._ready is None
+    assert result_of(later.ready) is None
+    broker.hold_history = False
+    at_once = bus.subscribe("c", RecordingSubscriber())  # (ready at once: from the node)
+    untaken = bus.subscribe("c", RecordingSubscriber())
+    at_once.ready.addCallback(seen.append)
+    assert at_once._ready is not None
+    at_once.settle()
+    assert at_once._ready is None and len(seen) == 2
+    untaken.settle()
+    assert result_of(untaken.ready).top == seen[1].top  # kept: nobody took it
+    for sub in (later, at_once, untaken):
+        sub.cancel()
+    assert bus.subscriber_count() == 0
+    broker.hold_history = True
+    cancelled = bus.subscribe("d", RecordingSubscriber())
+    cancelled.cancel()
+    assert cancelled._ready is not None  # a CancelledError nobody handled yet
+    assert result_of(cancelled.ready).check(defer.CancelledError)
