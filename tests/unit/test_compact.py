@@ -131,12 +131,12 @@ def test_upgraded_channels_are_forgotten_at_once():
     assert a not in connections._open
 
 
-def _held_request():
-    leaf = Held(True)
+def _held_request(head: bool = True, target: bytes = b"/x"):
+    leaf = Held(head)
     site = gateway_site(leaf)
     channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
     channel.makeConnection(StringTransport())
-    channel.dataReceived(b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n")
+    channel.dataReceived(b"GET " + target + b" HTTP/1.1\r\nHost: h\r\n\r\n")
     return channel, leaf.requests[0]
 
 
@@ -237,12 +237,7 @@ def test_query_parameters_are_parsed_once_per_request_and_dropped_when_slimmed()
     from gateway.errors import BadRequest
     from gateway.transports._http import query_params
 
-    leaf = Held(False)
-    site = gateway_site(leaf)
-    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
-    channel.makeConnection(StringTransport())
-    channel.dataReceived(b"GET /x?channel=a&token=t%C3%A9 HTTP/1.1\r\nHost: h\r\n\r\n")
-    (request,) = leaf.requests
+    channel, request = _held_request(False, b"/x?channel=a&token=t%C3%A9")
     first = query_params(request)
     assert first == {"channel": ["a"], "token": ["t\u00e9"]}
     assert query_params(request) is first
