@@ -10,6 +10,8 @@ Fixtures (keep them stable: other test modules build on them):
   tcp:<free port>`` with extra options; returns a started :class:`GatewayProcess`
   (``.base``, ``.port``, ``.publish()``, ``.restart()``, ``.stop()``, ``.kill()``,
   ``.start()``, ``.output()``).  Everything it started is stopped after the test.
+  Gateways asked for again with the same options come from :class:`SpareGateways`
+  (started during the previous such test, never used before).
 * ``gateway``: ``gateway_factory("--demo")``.
 * ``relay_factory(gateway)``: a :class:`TcpRelay` (plain TCP, ``.base``, ``.cut()``
   drops every connection through it) to put between the page and the gateway.
@@ -154,6 +156,11 @@ class GatewayProcess:
         return self.proc is not None and self.proc.poll() is None
 
     def start(self, timeout: float = TIMEOUT) -> GatewayProcess:
+        self.spawn()
+        return self.wait_ready(timeout)
+
+    def spawn(self) -> None:
+        """Start the process without waiting for it (:meth:`wait_ready` does)."""
         assert not self.running, "already running"
         twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
         with open(self._log_path, "ab") as log:
@@ -164,6 +171,10 @@ class GatewayProcess:
                 env=self.env,
             )
         self.starts += 1
+
+    def wait_ready(self, timeout: float = TIMEOUT) -> GatewayProcess:
+        """Once ``/readyz`` answers 200; an AssertionError if the process exits or takes too long."""
+        assert self.proc is not None, "not started"
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
@@ -213,6 +224,48 @@ class GatewayProcess:
         self.kill()
         with contextlib.suppress(OSError):
             os.unlink(self._log_path)
+
+
+class SpareGateways:
+    """Gateways started ahead of need, so that a test finds its gateway running.
+
+    Starting ``twistd`` costs about a second of CPU (imports, mostly), which a test that
+    asks for a gateway would otherwise wait for.  Once a second test asks for a gateway
+    with the same arguments and environment as an earlier one, a spare with those is
+    started while that test runs, and the next test asking for the same gets it.  A spare
+    is a fresh process that nothing has used; one that failed to start is replaced by a
+    start as usual.  Kinds asked for once only (a cluster's ``--redis`` URL of the test's
+    own Redis) never get a spare."""
+
+    def __init__(self) -> None:
+        self._spares: dict[Any, GatewayProcess] = {}
+        self._asked: set[Any] = set()
+
+    def take(self, args: tuple[str, ...], env: dict[str, str] | None) -> GatewayProcess:
+        """A started, ready gateway: ``GatewayProcess(args, env=env).start()``, or a spare like it."""
+        # (pytest sets PYTEST_CURRENT_TEST for each test; nothing else may differ.)
+        environ = {k: v for k, v in {**os.environ, **(env or {})}.items() if k != "PYTEST_CURRENT_TEST"}
+        key = (tuple(args), tuple(sorted(environ.items())))
+        proc = self._spares.pop(key, None)
+        if proc is not None:
+            try:
+                proc.wait_ready()
+            except AssertionError:
+                proc.cleanup()
+                proc = None
+        if proc is None:
+            proc = GatewayProcess(args, env=env).start()
+        if key in self._asked:
+            spare = GatewayProcess(args, env=env)
+            spare.spawn()
+            self._spares[key] = spare
+        self._asked.add(key)
+        return proc
+
+    def close(self) -> None:
+        for proc in self._spares.values():
+            proc.cleanup()
+        self._spares.clear()
 
 
 class TcpRelay:
@@ -423,11 +476,24 @@ def chromium() -> Iterator[Any]:
             browser.close()
 
 
+@pytest.fixture(scope="package")
+def spare_gateways() -> Iterator[SpareGateways]:
+    spares = SpareGateways()
+    try:
+        yield spares
+    finally:
+        spares.close()
+
+
 @pytest.fixture
-def gateway_factory() -> Iterator[Any]:
+def gateway_factory(spare_gateways: SpareGateways) -> Iterator[Any]:
     started: list[GatewayProcess] = []
 
     def make(*args: str, env: dict[str, str] | None = None, port: int | None = None, start: bool = True) -> GatewayProcess:
+        if port is None and start:
+            proc = spare_gateways.take(args, env)
+            started.append(proc)
+            return proc
         proc = GatewayProcess(args, port=port, env=env)
         started.append(proc)
         return proc.start() if start else proc

@@ -49,7 +49,10 @@ def redis_server(tmp_path: Any) -> Any:
 
 @pytest.fixture
 def cluster(gateway_factory: Any, redis_server: RedisServer) -> list[GatewayProcess]:
-    return [gateway_factory("--redis", redis_server.url, "--node-id", name) for name in ("a", "b")]
+    nodes = [gateway_factory("--redis", redis_server.url, "--node-id", name, start=False) for name in ("a", "b")]
+    for node in nodes:  # both start at once
+        node.spawn()
+    return [node.wait_ready() for node in nodes]
 
 
 class ClusterPublisher:
